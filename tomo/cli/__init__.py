@@ -1,0 +1,1 @@
+"""The ``tomo`` command line."""
