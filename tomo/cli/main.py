@@ -1,13 +1,32 @@
-"""Entry point of the ``tomo`` command (sub-commands are registered in :func:`build_parser`)."""
+"""tomo: CT reconstruction from DICOM and sinograms, with classical and diffusion-prior methods.
+
+Each sub-command lives in its own module ``tomo.cli.<name>`` exposing
+``register(subparsers)``, which adds its parser and sets ``func`` (a callable taking the parsed
+arguments and returning an exit code).
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+#: sub-command modules, in the order ``tomo --help`` lists them
+COMMANDS: tuple[str, ...] = ()
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tomo", description=__doc__)
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = argparse.ArgumentParser(
+        prog="tomo", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    from tomo import __version__
+    parser.add_argument("--version", action="version", version=f"tomo {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"tomo.cli.{name}").register(subparsers)
     return parser
 
 
@@ -17,7 +36,14 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return int(args.func(args) or 0)
+    except (CommandError, ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+        print(f"tomo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tomo {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
