@@ -292,15 +292,17 @@ def _frames_of(ds: Dataset, path: Path) -> tuple[list[_Frame], list[str]]:
 
 def _dcmread(path: Path, **kwargs) -> Dataset:
     """dcmread that also accepts files without the 128-byte preamble, but not random files."""
-    with _warnings.catch_warnings():
-        _warnings.simplefilter("ignore")
-        try:
-            return pydicom.dcmread(path, **kwargs)
-        except InvalidDicomError:
-            ds = pydicom.dcmread(path, force=True, **kwargs)
-            if "SOPClassUID" not in ds or "Rows" not in ds:
-                raise
-            return ds
+    try:
+        return pydicom.dcmread(path, **kwargs)
+    except InvalidDicomError:
+        ds = pydicom.dcmread(path, force=True, **kwargs)
+        if "SOPClassUID" not in ds or "Rows" not in ds:
+            raise
+        return ds
+
+
+# pydicom reads past a premature end of file with only a warning; these phrases mark it
+_EOF_PHRASES = ("end of file", "truncat", "expected explicit vr", "unexpected end")
 
 
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -311,7 +313,7 @@ def _pixel_data_problem(ds: Dataset, path: Path) -> str | None:
     present = [t for t in _PIXEL_TAGS if t in ds]
     if not present:
         return "CT without pixel data"
-    raw = ds.get_item(present[0])
+    raw = ds.get_item(present[0], keep_deferred=True)
     tell, length = getattr(raw, "value_tell", None), getattr(raw, "length", None)
     if tell is not None and length not in (None, 0xFFFFFFFF) and tell + length > os.path.getsize(path):
         return "truncated file (pixel data runs past the end of the file)"
@@ -321,15 +323,21 @@ def _pixel_data_problem(ds: Dataset, path: Path) -> str | None:
 def _read_header(path: Path) -> _FileHeader | SkippedFile:
     """Parse one file's header; a SkippedFile says why it is not a usable CT image."""
     try:
-        # defer_size: large values (pixel data) stay on disk, only their offsets are recorded
-        ds = _dcmread(path, defer_size=1024)
+        with _warnings.catch_warnings(record=True) as caught:
+            _warnings.simplefilter("always")
+            # defer_size: large values (pixel data) stay on disk, only their offsets are recorded
+            ds = _dcmread(path, defer_size=1024)
     except InvalidDicomError:
         return SkippedFile(path, "not a DICOM file")
     except Exception as exc:  # pydicom raises many types on corrupt input
         return SkippedFile(path, f"corrupt DICOM ({type(exc).__name__})")
+    if any(p in str(w.message).lower() for w in caught for p in _EOF_PHRASES):
+        return SkippedFile(path, "truncated or corrupt file (ends inside a data element)")
     try:
         sop = str(ds.get("SOPClassUID", ""))
         modality = str(ds.get("Modality", "")).upper()
+        if not sop and not modality:
+            return SkippedFile(path, "truncated or corrupt file (no SOPClassUID or Modality)")
         if sop not in CT_SOP_CLASSES and modality != "CT":
             what = _ts_name(sop) if sop else "no SOP class"
             return SkippedFile(path, f"not CT (modality {modality or '?'}, {what})")
@@ -337,11 +345,13 @@ def _read_header(path: Path) -> _FileHeader | SkippedFile:
         ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
         if not ts:
             ts = "1.2.840.10008.1.2"  # no meta: DICOM default, implicit VR little endian
+        missing = [k for k in ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation")
+                   if k not in ds]
+        if missing:
+            return SkippedFile(path, f"truncated or corrupt CT header (no {', '.join(missing)})")
         photometric = str(ds.get("PhotometricInterpretation", ""))
         if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or not photometric.startswith("MONOCHROME"):
             return SkippedFile(path, f"not greyscale CT (PhotometricInterpretation {photometric or '?'})")
-        if "Rows" not in ds or "Columns" not in ds:
-            return SkippedFile(path, "CT without image size (Rows/Columns)")
         frames, notes = _frames_of(ds, path)
     except Exception as exc:
         return SkippedFile(path, f"corrupt DICOM header ({type(exc).__name__}: {exc})")
@@ -533,7 +543,7 @@ def find_series(path: str | os.PathLike, read_pixels: bool = False) -> SeriesSca
 def _decode(path: Path, transfer_syntax: str) -> np.ndarray:
     """Stored values of every frame, [frames, rows, cols], any integer dtype."""
     with _warnings.catch_warnings():
-        _warnings.simplefilter("ignore")
+        _warnings.simplefilter("ignore")  # header problems were reported by the scan
         try:
             ds = _dcmread(path)
         except Exception as exc:
