@@ -308,11 +308,16 @@ _EOF_PHRASES = ("end of file", "truncat", "expected explicit vr", "unexpected en
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
-def _pixel_data_problem(ds: Dataset, path: Path) -> str | None:
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _pixel_data_problem(ds: Dataset, path: Path, transfer_syntax: str) -> str | None:
     """Why the (deferred) pixel data of ``ds`` is unusable, or None when it looks complete."""
     present = [t for t in _PIXEL_TAGS if t in ds]
     if not present:
         return "CT without pixel data"
+    if transfer_syntax == _DEFLATED:  # offsets refer to the inflated stream, not the file
+        return None
     raw = ds.get_item(present[0], keep_deferred=True)
     tell, length = getattr(raw, "value_tell", None), getattr(raw, "length", None)
     if tell is not None and length not in (None, 0xFFFFFFFF) and tell + length > os.path.getsize(path):
@@ -355,7 +360,7 @@ def _read_header(path: Path) -> _FileHeader | SkippedFile:
         frames, notes = _frames_of(ds, path)
     except Exception as exc:
         return SkippedFile(path, f"corrupt DICOM header ({type(exc).__name__}: {exc})")
-    problem = _pixel_data_problem(ds, path)
+    problem = _pixel_data_problem(ds, path, ts)
     if problem:
         return SkippedFile(path, problem)
     for tag in _PIXEL_TAGS:
@@ -464,11 +469,17 @@ def _iter_files(path: Path) -> list[Path]:
 def _group(path: Path) -> tuple[dict[str, list[_FileHeader]], list[SkippedFile]]:
     groups: dict[str, list[_FileHeader]] = {}
     skipped: list[SkippedFile] = []
+    seen: dict[str, Path] = {}
     for p in _iter_files(Path(path)):
         result = _read_header(p)
         if isinstance(result, SkippedFile):
             skipped.append(result)
             continue
+        sop_uid = str(result.header.get("SOPInstanceUID", ""))
+        if sop_uid and sop_uid in seen:  # byte-for-byte copies are common in exported folders
+            skipped.append(SkippedFile(p, "duplicate of an image already found (same SOPInstanceUID)"))
+            continue
+        seen[sop_uid] = p
         uid = str(result.header.get("SeriesInstanceUID", "")) or f"(no SeriesInstanceUID) {p}"
         groups.setdefault(uid, []).append(result)
     return groups, skipped
