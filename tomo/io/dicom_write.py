@@ -1,0 +1,340 @@
+"""Write a derived CT series (HU) as DICOM CT Image Storage, explicit VR little endian.
+
+:func:`write_series` stores a reconstruction as a new series of the reference study (or of a
+fresh anonymous study), with geometry consistent with the new pixel grid. Files are written
+into a temporary sibling folder and renamed into place, so an interrupted run leaves no half
+series behind.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+from tomo.io.dicom import CTVolume
+
+__all__ = ["write_series", "choose_rescale"]
+
+_AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+# Attributes copied verbatim from the reference: Patient, General Study, Patient Study,
+# Frame of Reference (positions stay in the reference's patient coordinates) and the
+# acquisition attributes of the CT Image module that a derived image inherits.
+_COPIED = (
+    "SpecificCharacterSet",
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+    "PatientAge", "PatientSize", "PatientWeight", "OtherPatientIDs", "PatientComments",
+    "PatientIdentityRemoved", "DeidentificationMethod",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+    "AccessionNumber", "StudyDescription",
+    "FrameOfReferenceUID", "PositionReferenceIndicator",
+    "PatientPosition", "BodyPartExamined", "KVP", "AcquisitionNumber",
+)
+_INT16 = (-32768, 32767)
+
+
+def choose_rescale(hu_min: float, hu_max: float) -> tuple[float, float]:
+    """Rescale (slope, intercept) so that ``round((hu - intercept) / slope)`` fits int16.
+
+    Slope 1 / intercept -1024 (1 HU steps, the usual CT convention) whenever the range fits;
+    otherwise the smallest slope (6 significant digits) that spans the range.
+
+    Parameters
+    ----------
+    hu_min, hu_max : float
+        Range of the values to store, HU.
+
+    Returns
+    -------
+    slope, intercept : float
+        Exactly representable as DICOM DS strings (what a reader will see).
+    """
+    if not (np.isfinite(hu_min) and np.isfinite(hu_max)) or hu_min > hu_max:
+        raise ValueError(f"invalid HU range ({hu_min}, {hu_max})")
+    if hu_min - (-1024.0) >= _INT16[0] + 0.5 and hu_max - (-1024.0) <= _INT16[1] - 0.5:
+        return 1.0, -1024.0
+    span = hu_max - hu_min
+    slope = float(f"{span / (_INT16[1] - _INT16[0] - 2):.6g}")
+    while span / slope > _INT16[1] - _INT16[0] - 1:  # rounding of the 6-digit slope went down
+        slope = float(f"{slope * 1.00001:.6g}")
+    intercept = float(f"{hu_min - (_INT16[0] + 1) * slope:.10g}")
+    return slope, intercept
+
+
+def _as_volume(hu) -> np.ndarray:
+    arr = np.asarray(hu)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or min(arr.shape) < 1:
+        raise ValueError(f"hu must be [slices, rows, cols] or [rows, cols], got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise TypeError(f"hu must be real numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"hu contains {int(np.sum(~np.isfinite(arr)))} NaN/Inf values")
+    return arr
+
+
+def _pair(value, name: str) -> tuple[float, float]:
+    arr = np.atleast_1d(np.asarray(value, dtype=float)).ravel()
+    if arr.size == 1:
+        arr = np.repeat(arr, 2)
+    if arr.shape != (2,) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{name} must be one or two positive mm values (row, col), got {value!r}")
+    return float(arr[0]), float(arr[1])
+
+
+def _unit_frame(orientation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    o = np.asarray(orientation, dtype=float).ravel()
+    if o.shape != (6,) or not np.all(np.isfinite(o)):
+        raise ValueError(f"orientation must be 6 direction cosines, got {orientation!r}")
+    row, col = o[:3], o[3:]
+    if (abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3
+            or abs(row @ col) > 1e-3):
+        raise ValueError(f"orientation {o.tolist()} is not two orthonormal unit vectors")
+    return row, col, np.cross(row, col)
+
+
+def _positions(n, rows, cols, spacing, orientation, reference, positions, slice_spacing_mm):
+    """ImagePositionPatient [n, 3] of the new grid (see :func:`write_series`)."""
+    row_dir, col_dir, normal = _unit_frame(orientation)
+    if positions is not None:
+        pos = np.asarray(positions, dtype=float)
+        if pos.shape != (n, 3) or not np.all(np.isfinite(pos)):
+            raise ValueError(f"positions must be finite [{n}, 3] mm, got shape {pos.shape}")
+        return pos
+    if reference is not None:
+        ref_pos = np.asarray(reference.positions, dtype=float)
+        if ref_pos.shape[0] != n:
+            raise ValueError(f"hu has {n} slices but the reference {ref_pos.shape[0]}; pass positions")
+        _, ref_rows, ref_cols = reference.hu.shape
+        ref_row_dir, ref_col_dir, _ = _unit_frame(reference.orientation)
+        ref_ps = reference.pixel_spacing_mm
+        # keep each slice's field-of-view centre; for the same field of view this keeps the
+        # outer pixel corner and moves the first pixel centre by half the spacing change
+        centre = (ref_pos + (ref_cols - 1) / 2 * ref_ps[1] * ref_row_dir
+                  + (ref_rows - 1) / 2 * ref_ps[0] * ref_col_dir)
+    else:
+        if n > 1 and slice_spacing_mm is None:
+            raise ValueError("without a reference or positions, several slices need slice_spacing_mm")
+        step = 0.0 if slice_spacing_mm is None else float(slice_spacing_mm)
+        centre = np.outer(np.arange(n) * step, normal)  # image centre on the axis through 0
+    return centre - (cols - 1) / 2 * spacing[1] * row_dir - (rows - 1) / 2 * spacing[0] * col_dir
+
+
+def _ds_str(x: float) -> str:
+    """DS value (at most 16 characters)."""
+    for digits in (10, 9, 8, 7, 6):
+        s = f"{x:.{digits}g}"
+        if len(s) <= 16:
+            return s
+    raise ValueError(f"cannot write {x} as a DICOM decimal string")
+
+
+def _base_dataset(reference: CTVolume | None, now: _dt.datetime) -> Dataset:
+    ds = Dataset()
+    header = reference.header if reference is not None else None
+    if header is not None:
+        for keyword in _COPIED:
+            if keyword in header:
+                ds[keyword] = header[keyword]
+    if reference is not None and reference.study_uid and "StudyInstanceUID" not in ds:
+        ds.StudyInstanceUID = reference.study_uid
+    if header is None:
+        ds.PatientName = "ANONYMOUS"
+        ds.PatientID = "ANONYMOUS"
+        ds.PatientIdentityRemoved = "YES"
+        ds.StudyDate, ds.StudyTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    defaults = {"StudyInstanceUID": generate_uid(),
+                "FrameOfReferenceUID": generate_uid(), "PatientBirthDate": "", "PatientSex": "",
+                "ReferringPhysicianName": "", "StudyID": "", "AccessionNumber": "",
+                "StudyDate": "", "StudyTime": "", "PositionReferenceIndicator": "",
+                "PatientPosition": "", "KVP": "", "AcquisitionNumber": ""}
+    for keyword, value in defaults.items():
+        if keyword not in ds:
+            setattr(ds, keyword, value)
+    return ds
+
+
+def _check_output(out: Path, reference: CTVolume | None, overwrite: bool) -> None:
+    sources = [Path(f).resolve() for f in (reference.files if reference is not None else [])]
+    target = out.resolve()
+    if any(target == s or target in s.parents for s in sources):
+        raise ValueError(f"refusing to write into {out}: it holds the reference series (inputs "
+                         "are never overwritten)")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"output folder {out} is not empty (use overwrite=True / --overwrite)")
+        strays = [p.name for p in out.iterdir() if not (p.is_file() and p.suffix.lower() == ".dcm")]
+        if strays:
+            raise FileExistsError(f"will not replace {out}: it holds more than .dcm files "
+                                  f"({', '.join(sorted(strays)[:3])} ...)")
+
+
+def write_series(hu, out_dir: str | os.PathLike, reference: CTVolume | None = None, *,
+                 pixel_spacing_mm, positions=None, orientation: Sequence[float] | None = None,
+                 description: str, derivation: str, overwrite: bool = False,
+                 slice_spacing_mm: float | None = None, series_number: int | None = None) -> list[Path]:
+    """Write HU slices as a new derived CT series.
+
+    Parameters
+    ----------
+    hu : array_like
+        [slices, rows, cols] (or [rows, cols]) in HU, finite.
+    out_dir : str or Path
+        Folder to create (must be absent or empty unless ``overwrite``); files are
+        ``CT000001.dcm`` ... in slice order.
+    reference : CTVolume, optional
+        Series the images derive from: patient, study and frame-of-reference modules are
+        copied from its header, and default positions follow its slices. Without it a fresh
+        study of patient "ANONYMOUS" is made.
+    pixel_spacing_mm : float or (float, float)
+        (row spacing, column spacing) of ``hu``, mm.
+    positions : array_like, optional
+        [slices, 3] ImagePositionPatient (centre of the first pixel), mm. Default: each
+        reference slice's field-of-view centre is kept (a 256x256 image of a 512x512 slice
+        with doubled spacing covers the same field, its first pixel centre moved by half a
+        new pixel minus half an old one); without a reference the image centre lies on the
+        axis through the origin, slices ``slice_spacing_mm`` apart.
+    orientation : 6 floats, optional
+        ImageOrientationPatient; default the reference's, else axial (1,0,0,0,1,0).
+    description : str
+        SeriesDescription.
+    derivation : str
+        DerivationDescription: the method and acquisition, e.g.
+        ``"DDS reconstruction, parallel beam 30 views, I0=1e6"``.
+    overwrite : bool
+        Replace a non-empty ``out_dir`` that holds only ``.dcm`` files.
+    slice_spacing_mm : float, optional
+        Slice spacing without reference or positions (needed for several slices).
+    series_number : int, optional
+        SeriesNumber; default 1000 + the reference's (or 1000).
+
+    Returns
+    -------
+    list of Path
+        The written files, in slice order.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad shapes, values, geometry, or an output folder that holds the reference.
+    FileExistsError
+        A non-empty output folder without ``overwrite``.
+    """
+    vol = _as_volume(hu)
+    n, rows, cols = vol.shape
+    if rows > 65535 or cols > 65535:
+        raise ValueError(f"image size {rows}x{cols} exceeds DICOM's 65535")
+    spacing = _pair(pixel_spacing_mm, "pixel_spacing_mm")
+    if not isinstance(description, str) or not isinstance(derivation, str) or not derivation.strip():
+        raise TypeError("description and derivation must be strings (derivation non-empty)")
+    if orientation is None:
+        orientation = reference.orientation if reference is not None else _AXIAL
+    row_dir, col_dir, normal = _unit_frame(orientation)
+    pos = _positions(n, rows, cols, spacing, orientation, reference, positions, slice_spacing_mm)
+    out = Path(out_dir)
+    _check_output(out, reference, overwrite)
+
+    slope, intercept = choose_rescale(float(vol.min()), float(vol.max()))
+    stored = np.clip(np.rint((vol - intercept) / slope), *_INT16).astype("<i2")
+
+    now = _dt.datetime.now()
+    base = _base_dataset(reference, now)
+    base.Modality = "CT"
+    base.SeriesInstanceUID = generate_uid()
+    ref_number = reference.header.get("SeriesNumber") if reference is not None and reference.header is not None else None
+    base.SeriesNumber = series_number if series_number is not None else 1000 + int(ref_number or 0)
+    base.SeriesDescription = description[:64]
+    base.SeriesDate = base.ContentDate = base.InstanceCreationDate = now.strftime("%Y%m%d")
+    base.SeriesTime = base.ContentTime = base.InstanceCreationTime = now.strftime("%H%M%S")
+    base.Manufacturer = "tomo"
+    base.SoftwareVersions = _tomo_version()
+    base.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+    base.DerivationDescription = derivation[:1024]
+    base.BurnedInAnnotation = "NO"
+    base.ImageOrientationPatient = [_ds_str(v) for v in (*row_dir, *col_dir)]
+    base.PixelSpacing = [_ds_str(spacing[0]), _ds_str(spacing[1])]
+    plane = pos @ normal
+    steps = np.diff(np.sort(plane))
+    thickness = None
+    if reference is not None and reference.header is not None and reference.header.get("SliceThickness"):
+        thickness = float(reference.header.SliceThickness)
+    elif n > 1:
+        thickness = float(np.median(steps))
+    elif slice_spacing_mm is not None:
+        thickness = float(slice_spacing_mm)
+    base.SliceThickness = _ds_str(thickness) if thickness else ""
+    if n > 1 and np.ptp(steps) <= 0.01 * np.median(steps):
+        base.SpacingBetweenSlices = _ds_str(float(np.median(steps)))
+    base.SamplesPerPixel = 1
+    base.PhotometricInterpretation = "MONOCHROME2"
+    base.Rows, base.Columns = rows, cols
+    base.BitsAllocated, base.BitsStored, base.HighBit, base.PixelRepresentation = 16, 16, 15, 1
+    base.RescaleIntercept = _ds_str(intercept)
+    base.RescaleSlope = _ds_str(slope)
+    base.RescaleType = "HU"
+    base.SOPClassUID = CTImageStorage
+
+    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    names = [f"CT{k + 1:06d}.dcm" for k in range(n)]
+    try:
+        for k in range(n):
+            ds = _slice_dataset(base, k, pos[k], plane[k], stored[k])
+            ds.save_as(tmp / names[k], enforce_file_format=True)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [out / name for name in names]
+
+
+def _slice_dataset(base: Dataset, k: int, position: np.ndarray, location: float,
+                   pixels: np.ndarray) -> Dataset:
+    ds = Dataset()
+    ds.update(base)
+    ds.SOPInstanceUID = generate_uid()
+    ds.InstanceNumber = k + 1
+    ds.ImagePositionPatient = [_ds_str(v) for v in position]
+    ds.SliceLocation = _ds_str(location)
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "TOMO"
+    ds.file_meta = meta
+    return ds
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished temporary folder to ``out`` (replacing a checked old one)."""
+    if out.is_dir():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        out.rename(old)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            old.rename(out)
+            raise
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+
+
+def _tomo_version() -> str:
+    try:
+        from tomo import __version__
+        return f"tomo {__version__}"
+    except ImportError:  # pragma: no cover
+        return "tomo"
