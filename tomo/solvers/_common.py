@@ -1,0 +1,80 @@
+"""Pieces shared by the sampling loops: result type, input checks, seeded noise."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["SolverResult", "check_prior", "make_generator", "standard_normal"]
+
+
+@dataclass
+class SolverResult:
+    """What a diffusion solver returns.
+
+    Attributes
+    ----------
+    x : torch.Tensor [B, 1, H, W]
+        Reconstruction in the prior's model range (detached).
+    network_evaluations : int
+        Calls of ``prior.eps`` (each on the whole batch).
+    gradient_evaluations : int
+        Backward passes through the network (DPS: one per step; DDS: 0).
+    operator_calls : int
+        Applications of ``A`` or ``A^T`` (batched call counts once), norm estimate included.
+    residual_norms : list of list of float
+        Normalised data residual ``||s W^{1/2}(y - A x0_hat)||`` per step (rows) and item.
+    timesteps : list of int
+        Training timesteps visited.
+    """
+
+    x: torch.Tensor
+    network_evaluations: int
+    gradient_evaluations: int
+    operator_calls: int
+    residual_norms: list = field(default_factory=list)
+    timesteps: list = field(default_factory=list)
+
+
+def check_prior(prior) -> None:
+    """Refuse objects lacking the prior interface the solvers use."""
+    missing = [name for name in ("eps", "alphas_cumprod") if not hasattr(prior, name)]
+    if missing:
+        raise TypeError(f"prior must provide eps(x_t, t, generator=None) and alphas_cumprod "
+                        f"(like tomo.priors.DiffusionPrior); {type(prior).__name__} lacks {', '.join(missing)}")
+
+
+def make_generator(seed: int | torch.Generator | None, device: torch.device) -> torch.Generator:
+    """A ``torch.Generator`` from a seed (on ``device``), or the given generator unchanged.
+
+    ``None`` draws a seed from torch's global generator (so ``torch.manual_seed`` still makes runs
+    reproducible).
+    """
+    if isinstance(seed, torch.Generator):
+        return seed
+    if seed is None:
+        seed = int(torch.randint(0, 2 ** 62, (1,)).item())
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}")
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def standard_normal(shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise drawn with ``generator`` (on its own device), on ``like``'s device."""
+    z = torch.randn(shape, generator=generator, dtype=like.dtype, device=generator.device)
+    return z.to(like.device)
+
+
+def prior_device(prior, default: torch.device) -> torch.device:
+    """The device the prior computes on (``prior.device`` if it says), else ``default``."""
+    dev = getattr(prior, "device", None)
+    return torch.device(dev) if dev is not None else default
+
+
+def check_same_device(prior, operator) -> None:
+    dev = getattr(prior, "device", None)
+    if dev is None:
+        return
+    pd, od = torch.device(dev), operator.device
+    if pd.type != od.type or (pd.index is not None and od.index is not None and pd.index != od.index):
+        raise ValueError(f"prior is on {pd} but the operator is on {od}; build both on the same device")

@@ -1,0 +1,251 @@
+"""Noise-aware data terms and the conjugate-gradient solver used by the diffusion solvers.
+
+The data term of every solver is the weighted least-squares misfit
+
+    r(x) = s * W^{1/2} (y - A x),        W = diag(weights),
+
+for measurements ``y = A x + n``: ``weights = 1`` for white Gaussian noise, ``1 / variance``
+for heteroscedastic noise (e.g. post-log transmission CT, see
+:func:`transmission_poisson_weights`). ``s = 1 / ||W^{1/2} A||_2`` (per slice) makes step sizes
+and regularisation weights dimensionless, so the same ``zeta`` or ``lam`` works for a blur
+(norm about 1) and a CT projector (norm in the hundreds of mm); it rescales the whole term and
+does not change its minimisers. Solvers know nothing about CT: they see only the
+:class:`~operators.base.LinearOperator` interface.
+"""
+from __future__ import annotations
+
+import torch
+
+from operators.base import LinearOperator, check_tensor
+
+__all__ = ["DataFidelity", "conjugate_gradient", "transmission_poisson_weights", "batch_measurements"]
+
+
+def _batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-item inner product over every dimension but the first; shape [B, 1, ..., 1]."""
+    dot = (a * b).flatten(1).sum(dim=1)
+    return dot.reshape((-1,) + (1,) * (a.dim() - 1))
+
+
+def conjugate_gradient(apply_matrix, rhs: torch.Tensor, x0: torch.Tensor, iterations: int,
+                       tol: float = 0.0) -> torch.Tensor:
+    """Batched conjugate gradients for ``M x = rhs`` with ``M`` symmetric positive semi-definite.
+
+    Every item of the batch (first dimension) is an independent system with its own step
+    lengths. Early-stopped CG started at ``x0`` is itself a regulariser (DDS relies on this).
+
+    Parameters
+    ----------
+    apply_matrix : callable
+        ``x -> M x`` on tensors shaped like ``rhs``.
+    rhs, x0 : torch.Tensor, shape [B, ...]
+        Right-hand side and starting point.
+    iterations : int
+        Maximum number of CG iterations (0 returns ``x0``).
+    tol : float
+        Stop an item once its residual norm falls below ``tol * ||rhs||``.
+
+    Returns
+    -------
+    torch.Tensor, shape of ``x0``
+    """
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    x = x0.clone()
+    if iterations == 0:
+        return x
+    r = rhs - apply_matrix(x)
+    p = r.clone()
+    rs = _batch_dot(r, r)
+    stop = (tol * rhs.flatten(1).norm(dim=1)).reshape(rs.shape) ** 2
+    for _ in range(iterations):
+        active = rs > stop
+        if not bool(active.any()):
+            break
+        mp = apply_matrix(p)
+        pmp = _batch_dot(p, mp)
+        # items that converged (or hit a null direction) keep their x: step 0
+        alpha = torch.where(active & (pmp > 0), rs / torch.where(pmp > 0, pmp, torch.ones_like(pmp)),
+                            torch.zeros_like(pmp))
+        x = x + alpha * p
+        r = r - alpha * mp
+        rs_new = _batch_dot(r, r)
+        beta = torch.where(rs > 0, rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)), torch.zeros_like(rs))
+        p = r + beta * p
+        rs = rs_new
+    return x
+
+
+def transmission_poisson_weights(sinogram: torch.Tensor, i0: float) -> torch.Tensor:
+    """Inverse variances of post-log transmission data, ``W = I0 exp(-y)``.
+
+    For counts ``N ~ Poisson(I0 exp(-p))`` and ``y = -log(N / I0)``, the delta method gives
+    ``Var y ~ 1 / (I0 exp(-p))``; the measured ``y`` stands in for ``p`` (standard
+    penalised-weighted-least-squares practice).
+
+    Parameters
+    ----------
+    sinogram : torch.Tensor, any shape
+        Line integrals ``y`` (dimensionless, mu [1/mm] x length [mm]).
+    i0 : float
+        Incident photons per detector bin (> 0).
+
+    Returns
+    -------
+    torch.Tensor, shape of ``sinogram``: weights [1/variance], floored at 1 photon.
+    """
+    check_tensor(sinogram, "sinogram")
+    if not (isinstance(i0, (int, float)) and i0 > 0):
+        raise ValueError(f"i0 must be a positive number of photons per bin, got {i0!r}")
+    return (i0 * torch.exp(-sinogram)).clamp_min(1.0)
+
+
+def batch_measurements(operator: LinearOperator, y: torch.Tensor, name: str = "y") -> torch.Tensor:
+    """Bring ``y`` to the solvers' layout ``[B, 1, *out_shape]``.
+
+    Accepts ``[*out_shape]`` (one item), ``[B, *out_shape]`` and ``[B, 1, *out_shape]``.
+    """
+    check_tensor(y, name)
+    out = operator.out_shape
+    nd = len(out)
+    if y.dim() < nd or tuple(y.shape[y.dim() - nd:]) != out:
+        raise ValueError(f"{name} must end in the operator's measurement shape {out}, got shape "
+                         f"{tuple(y.shape)}")
+    lead = tuple(y.shape[: y.dim() - nd])
+    if lead == ():
+        return y.reshape((1, 1) + out)
+    if len(lead) == 1:
+        return y.reshape((lead[0], 1) + out)
+    if len(lead) == 2 and lead[1] == 1:
+        return y
+    raise ValueError(f"{name} must have shape {out}, [B, {', '.join(map(str, out))}] or "
+                     f"[B, 1, {', '.join(map(str, out))}], got {tuple(y.shape)}")
+
+
+class DataFidelity:
+    """The weighted, normalised least-squares term ``r(x) = s W^{1/2} (y - A x)`` of a batch.
+
+    Parameters
+    ----------
+    operator : LinearOperator
+        Forward model ``A`` with a 2-D ``in_shape`` ``(H, W)``.
+    y : torch.Tensor
+        Measurements, ``[*out_shape]``, ``[B, *out_shape]`` or ``[B, 1, *out_shape]``.
+    weights : torch.Tensor or None
+        Diagonal of ``W`` (inverse noise variances, >= 0), broadcastable to ``y``'s shape
+        ``[B, 1, *out_shape]`` (``[*out_shape]`` and ``[B, *out_shape]`` are accepted too).
+        ``None``: white noise (``W = I``).
+    normalize : bool
+        Scale by ``s = 1 / ||W^{1/2} A||`` per item (power iteration); otherwise ``s = 1``.
+    power_iterations : int
+        Iterations of the norm estimate.
+
+    Attributes
+    ----------
+    y : torch.Tensor [B, 1, *out_shape]
+    scale : torch.Tensor [B] (``s`` per item)
+    operator_calls : int
+        Applications of ``A`` or ``A^T`` so far (a batched call counts once).
+    """
+
+    def __init__(self, operator: LinearOperator, y: torch.Tensor, weights: torch.Tensor | None = None,
+                 *, normalize: bool = True, power_iterations: int = 20):
+        if not isinstance(operator, LinearOperator):
+            raise TypeError(f"operator must be an operators.LinearOperator, got {type(operator).__name__}")
+        if len(operator.in_shape) != 2:
+            raise ValueError(f"the solvers reconstruct 2-D images: operator.in_shape must be (H, W), "
+                             f"got {operator.in_shape}")
+        self.operator = operator
+        self.y = batch_measurements(operator, y)
+        self.batch = self.y.shape[0]
+        self.image_shape = (self.batch, 1) + operator.in_shape
+        self.operator_calls = 0
+        self.sqrt_w = self._sqrt_weights(weights)
+        self.scale = torch.ones(self.batch, dtype=self.y.dtype, device=self.y.device)
+        if normalize:
+            self.scale = 1.0 / self._whitened_norm(power_iterations)
+
+    # ----- set-up ------------------------------------------------------------------------------
+    def _sqrt_weights(self, weights):
+        if weights is None:
+            return None
+        check_tensor(weights, "weights")
+        if weights.device != self.y.device:
+            raise ValueError(f"weights are on {weights.device} but y is on {self.y.device}")
+        if bool((weights < 0).any()):
+            raise ValueError("weights (inverse noise variances) must be >= 0")
+        out = self.operator.out_shape
+        if weights.dim() >= len(out) and tuple(weights.shape[-len(out):]) == out and weights.dim() <= len(out) + 1:
+            weights = batch_measurements(self.operator, weights, "weights")
+        try:
+            w = torch.broadcast_to(weights, self.y.shape)
+        except RuntimeError:
+            raise ValueError(f"weights of shape {tuple(weights.shape)} do not broadcast to the measurements "
+                             f"{tuple(self.y.shape)}") from None
+        if bool((w.flatten(1).sum(dim=1) == 0).any()):
+            raise ValueError("weights are all zero for at least one item: nothing to fit")
+        return w.to(self.y.dtype).sqrt()
+
+    def _whitened_norm(self, iterations: int) -> torch.Tensor:
+        """``||W^{1/2} A||`` per item by power iteration (fixed seed: deterministic)."""
+        g = torch.Generator(device="cpu").manual_seed(0)
+        v = torch.randn(self.image_shape, generator=g, dtype=self.y.dtype).to(self.y.device)
+        sigma2 = torch.ones(self.batch, dtype=self.y.dtype, device=self.y.device)
+        with torch.no_grad():
+            for _ in range(max(int(iterations), 1)):
+                v = v / v.flatten(1).norm(dim=1).clamp_min(1e-30).reshape(-1, 1, 1, 1)
+                u = self._normal_unscaled(v)
+                sigma2 = u.flatten(1).norm(dim=1)
+                v = u
+        if bool((sigma2 <= 0).any()):
+            raise ValueError("the weighted operator W^(1/2) A is zero for some item: nothing to fit")
+        return sigma2.sqrt()
+
+    # ----- the term ------------------------------------------------------------------------------
+    def _apply(self, x):
+        self.operator_calls += 1
+        return self.operator(x)
+
+    def _apply_adjoint(self, r):
+        self.operator_calls += 1
+        return self.operator.adjoint(r)
+
+    def _weigh(self, r):
+        return r if self.sqrt_w is None else r * self.sqrt_w
+
+    def _scale_like(self, t, power: int = 1):
+        return (self.scale ** power).reshape((-1,) + (1,) * (t.dim() - 1))
+
+    def _normal_unscaled(self, x):
+        return self._apply_adjoint(self._weigh(self._weigh(self._apply(x))))
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """``s W^{1/2} (y - A x)`` for ``x`` [B, 1, H, W]; differentiable (through ``A^T``)."""
+        r = self._weigh(self.y - self._apply(x))
+        return r * self._scale_like(r)
+
+    def residual_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """``||r(x)||`` per item, shape [B]."""
+        return self.residual(x).flatten(1).norm(dim=1)
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        """``s^2 A^T W A x``."""
+        out = self._normal_unscaled(x)
+        return out * self._scale_like(out, 2)
+
+    def normal_rhs(self) -> torch.Tensor:
+        """``s^2 A^T W y``."""
+        out = self._apply_adjoint(self._weigh(self._weigh(self.y)))
+        return out * self._scale_like(out, 2)
+
+    def solve(self, x0: torch.Tensor, iterations: int, lam: float = 0.0, tol: float = 0.0) -> torch.Tensor:
+        """A few CG iterations on ``(A^T W A + lam I) x = A^T W y + lam x0`` started at ``x0``.
+
+        In normalised units (``||s W^{1/2} A|| = 1``), so ``lam`` is relative to the largest
+        eigenvalue of the normal matrix. ``lam = 0``: plain (early-stopped) least squares.
+        """
+        rhs = self.normal_rhs()
+        if lam > 0:
+            rhs = rhs + lam * x0
+            return conjugate_gradient(lambda v: self.normal(v) + lam * v, rhs, x0, iterations, tol)
+        return conjugate_gradient(self.normal, rhs, x0, iterations, tol)
