@@ -11,7 +11,7 @@ import importlib
 import sys
 
 #: sub-command modules, in the order ``tomo --help`` lists them
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = ("info",)
 
 
 class CommandError(Exception):
