@@ -1,0 +1,16 @@
+"""Diffusion prior for CT slices: a diffusers UNet (epsilon prediction) with its DDPM schedule.
+
+>>> from tomo.priors import load_prior
+>>> prior = load_prior()                      # shipped checkpoint in <repo>/data/prior
+>>> x = prior.hu_to_model(hu_tensor)          # [B, 1, H, W] HU -> model range
+>>> eps = prior.eps(x_t, t)                   # any H, W; differentiable w.r.t. x_t
+>>> x0 = prior.x0_hat(x_t, t)                 # Tweedie estimate
+
+Training: :mod:`tomo.priors.train` (``tomo train``). See ``docs/prior.md``.
+"""
+from .checkpoint import PriorCheckpointError
+from .config import make_config
+from .prior import DiffusionPrior, build_scheduler, build_unet, default_prior_path, load_prior
+
+__all__ = ["DiffusionPrior", "load_prior", "default_prior_path", "PriorCheckpointError",
+           "make_config", "build_unet", "build_scheduler"]

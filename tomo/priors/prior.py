@@ -1,0 +1,232 @@
+"""The diffusion prior used by the solvers: an epsilon-predicting UNet and its DDPM schedule."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoint import (PriorCheckpointError, check_state_dict, load_config, load_tensors,
+                         resolve_checkpoint)
+from .config import downsampling_factor, scheduler_kwargs, unet_kwargs
+from .patches import assemble_patches, random_shift
+
+#: environment variable that points :func:`load_prior` at another checkpoint
+PRIOR_ENV = "TOMO_PRIOR"
+
+
+def default_prior_path() -> Path:
+    """The shipped checkpoint folder, ``<repository>/data/prior`` (``$TOMO_PRIOR`` overrides)."""
+    env = os.environ.get(PRIOR_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "data" / "prior"
+
+
+def build_unet(config: dict):
+    """A freshly initialised diffusers ``UNet2DModel`` for a configuration."""
+    from diffusers import UNet2DModel
+    return UNet2DModel(**unet_kwargs(config))
+
+
+def build_scheduler(config: dict):
+    """The diffusers ``DDPMScheduler`` of a configuration."""
+    from diffusers import DDPMScheduler
+    return DDPMScheduler(**scheduler_kwargs(config))
+
+
+class DiffusionPrior(torch.nn.Module):
+    """A trained denoiser ``eps(x_t, t)`` with its DDPM schedule and HU mapping.
+
+    Images are in *model range*: HU mapped linearly by :meth:`hu_to_model` so that
+    ``hu_window[0] -> -1`` and ``hu_window[1] -> +1``; ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``.
+
+    Attributes
+    ----------
+    config : dict
+        The JSON configuration (see :mod:`tomo.priors.config`).
+    unet : diffusers.UNet2DModel
+    alphas_cumprod : Tensor float64 [T]
+        ``abar_t`` of the DDPM schedule, from the diffusers scheduler.
+    num_train_timesteps : int
+        T.
+    pixel_size_mm : float
+        Pixel size of the training images, mm; use reconstruction grids near it.
+    hu_window : (float, float)
+        HU mapped to -1 and +1.
+    patch_size : int or None
+        Patch side in pixels (patch prior) or None (whole-image prior).
+    """
+
+    def __init__(self, unet, config: dict):
+        super().__init__()
+        self.unet = unet
+        self.config = config
+        self.scheduler = build_scheduler(config)
+        self.register_buffer("alphas_cumprod",
+                             self.scheduler.alphas_cumprod.detach().clone().to(torch.float64),
+                             persistent=False)
+        self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
+        self.pixel_size_mm = float(config["pixel_size_mm"])
+        self.hu_window = (float(config["hu_window"][0]), float(config["hu_window"][1]))
+        self.patch_size = config["patch_size"]
+        self.position_channels = bool(config["position_channels"])
+
+    # ------------------------------------------------------------------ HU <-> model range
+    def hu_to_model(self, hu):
+        """HU -> model range: ``2 (hu - lo) / (hi - lo) - 1`` (no clipping). Tensor or array."""
+        lo, hi = self.hu_window
+        return 2.0 * (hu - lo) / (hi - lo) - 1.0
+
+    def model_to_hu(self, x):
+        """Model range -> HU: ``lo + (x + 1) (hi - lo) / 2`` (no clipping). Tensor or array."""
+        lo, hi = self.hu_window
+        return lo + (x + 1.0) * (0.5 * (hi - lo))
+
+    # ------------------------------------------------------------------ network
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def _timesteps(self, t, batch: int, device) -> torch.Tensor:
+        if isinstance(t, torch.Tensor):
+            if t.is_floating_point() or t.is_complex():
+                raise TypeError(f"t must be an integer time step or LongTensor, got dtype {t.dtype}")
+            t = t.reshape(-1).to(device=device, dtype=torch.long)
+            if t.numel() == 1:
+                t = t.expand(batch)
+            elif t.numel() != batch:
+                raise ValueError(f"t has {t.numel()} entries for a batch of {batch} images")
+        elif isinstance(t, (int,)) and not isinstance(t, bool):
+            t = torch.full((batch,), int(t), dtype=torch.long, device=device)
+        else:
+            raise TypeError(f"t must be an int or a LongTensor [B], got {type(t).__name__}")
+        if int(t.min()) < 0 or int(t.max()) >= self.num_train_timesteps:
+            raise ValueError(f"time steps must lie in [0, {self.num_train_timesteps - 1}], "
+                             f"got [{int(t.min())}, {int(t.max())}]")
+        return t
+
+    def _check_image(self, x_t) -> None:
+        if not isinstance(x_t, torch.Tensor):
+            raise TypeError(f"x_t must be a torch.Tensor, got {type(x_t).__name__}")
+        if x_t.ndim != 4 or x_t.shape[1] != 1:
+            raise ValueError(f"x_t must have shape [B, 1, H, W], got {tuple(x_t.shape)}")
+        if not x_t.is_floating_point():
+            raise TypeError(f"x_t must be floating point, got {x_t.dtype}")
+        if x_t.device != self.device:
+            raise ValueError(f"x_t is on {x_t.device} but the prior is on {self.device}; "
+                             f"move one of them (prior.to(device))")
+        if not torch.isfinite(x_t).all():
+            raise ValueError("x_t contains NaN or Inf")
+
+    def _net(self, inp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.unet.parameters()).dtype
+        return self.unet(inp.to(dtype), t).sample.to(inp.dtype)
+
+    def eps(self, x_t: torch.Tensor, t, generator: torch.Generator | None = None,
+            shift: tuple[int, int] | None = None, max_patches: int = 256) -> torch.Tensor:
+        """Predicted noise for a batch of noisy images of any size.
+
+        Parameters
+        ----------
+        x_t : Tensor [B, 1, H, W]
+            Noisy images in model range, on the prior's device; any H, W >= 1.
+        t : int or LongTensor [B]
+            Diffusion time step(s) in [0, T).
+        generator : torch.Generator, optional
+            Draws the random offset of the patch partition (patch prior); pass a seeded
+            generator for reproducible results. Must live on the CPU.
+        shift : (int, int), optional
+            Explicit (row, column) offset in [0, patch_size) instead of a random one.
+        max_patches : int
+            Largest number of patches per network call (memory only).
+
+        Returns
+        -------
+        Tensor [B, 1, H, W]
+            Predicted unit-variance noise; differentiable with respect to ``x_t``.
+        """
+        self._check_image(x_t)
+        t = self._timesteps(t, x_t.shape[0], x_t.device)
+        if self.patch_size is not None:
+            p = self.patch_size
+            if shift is None:
+                shift = random_shift(p, generator)
+            if not all(0 <= int(s) < p for s in shift):
+                raise ValueError(f"shift {shift} must lie in [0, {p})")
+            return assemble_patches(self._net, x_t, t, p, (int(shift[0]), int(shift[1])),
+                                    self.position_channels, max_patches)
+        return self._whole_image_eps(x_t, t)
+
+    def _whole_image_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x_t.shape
+        f = downsampling_factor(self.config["architecture"])
+        ph, pw = -h % f, -w % f
+        xp = torch.nn.functional.pad(x_t, (0, pw, 0, ph))       # zero padding right/bottom
+        if self.position_channels:
+            ys = 2 * (torch.arange(h + ph, device=x_t.device, dtype=x_t.dtype) + 0.5) / h - 1
+            xs = 2 * (torch.arange(w + pw, device=x_t.device, dtype=x_t.dtype) + 0.5) / w - 1
+            pos = torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None]))[None].expand(b, -1, -1, -1)
+            xp = torch.cat([xp, pos], dim=1)
+        return self._net(xp, t)[:, :, :h, :w]
+
+    def x0_hat(self, x_t: torch.Tensor, t, eps: torch.Tensor | None = None, **eps_kwargs) -> torch.Tensor:
+        """Tweedie's estimate ``(x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (no clipping).
+
+        ``eps`` may be passed when already computed; otherwise :meth:`eps` is called with
+        ``eps_kwargs`` (``generator``, ``shift``).
+        """
+        if eps is None:
+            eps = self.eps(x_t, t, **eps_kwargs)
+        t = self._timesteps(t, x_t.shape[0], x_t.device)
+        abar = self.alphas_cumprod[t].to(x_t.dtype).reshape(-1, 1, 1, 1)
+        return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+
+    def sample(self, n: int = 1, size: tuple[int, int] | None = None, steps: int = 50, eta: float = 0.0,
+               generator: torch.Generator | None = None, progress: bool = True) -> torch.Tensor:
+        """Unconditional DDIM samples in model range, [n, 1, H, W] (see :func:`tomo.priors.sampling.ddim_sample`)."""
+        from .sampling import ddim_sample
+        return ddim_sample(self, n=n, size=size, steps=steps, eta=eta, generator=generator, progress=progress)
+
+    def extra_repr(self) -> str:
+        return (f"patch_size={self.patch_size}, pixel_size_mm={self.pixel_size_mm}, "
+                f"hu_window={self.hu_window}, T={self.num_train_timesteps}")
+
+
+def load_prior(path=None, device="cpu") -> DiffusionPrior:
+    """Load a trained prior (EMA weights) for inference.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A checkpoint folder holding ``prior.json`` and ``prior.safetensors`` (or either file).
+        Default: ``$TOMO_PRIOR`` if set, else the shipped ``<repository>/data/prior``.
+    device : str or torch.device
+
+    Returns
+    -------
+    DiffusionPrior
+        In eval mode, parameters frozen (gradients flow to the input only).
+
+    Raises
+    ------
+    FileNotFoundError
+        No checkpoint there.
+    PriorCheckpointError (a ValueError)
+        Corrupt files, an unsupported or invalid config, or weights that do not fit it.
+    """
+    if path is None:
+        path = default_prior_path()
+        if not Path(path).exists():
+            raise FileNotFoundError(f"no diffusion prior at {path}: the shipped prior lives in "
+                                    f"<repository>/data/prior; set ${PRIOR_ENV} or pass a path "
+                                    f"(train one with `tomo train`)")
+    config_path, weights_path = resolve_checkpoint(path)
+    config = load_config(config_path)
+    tensors, _ = load_tensors(weights_path)
+    unet = build_unet(config)
+    check_state_dict(unet.state_dict(), tensors, str(weights_path))
+    unet.load_state_dict(tensors)
+    prior = DiffusionPrior(unet, config)
+    prior.requires_grad_(False)
+    return prior.eval().to(device)
