@@ -44,19 +44,24 @@ def check_prior(prior) -> None:
                         f"(like tomo.priors.DiffusionPrior); {type(prior).__name__} lacks {', '.join(missing)}")
 
 
-def make_generator(seed: int | torch.Generator | None, device: torch.device) -> torch.Generator:
-    """A ``torch.Generator`` from a seed (on ``device``), or the given generator unchanged.
+def make_generator(seed: int | torch.Generator | None) -> torch.Generator:
+    """A CPU ``torch.Generator`` from a seed, or the given CPU generator unchanged.
 
-    ``None`` draws a seed from torch's global generator (so ``torch.manual_seed`` still makes runs
+    All randomness (initial noise, re-noising, the prior's patch shifts) is drawn on the CPU
+    and moved to the compute device, so a seed gives the same noise on CPU and CUDA runs.
+    ``None`` draws a seed from torch's global generator (``torch.manual_seed`` still makes runs
     reproducible).
     """
     if isinstance(seed, torch.Generator):
+        if seed.device.type != "cpu":
+            raise ValueError(f"the generator must live on the CPU (the prior draws its patch shifts "
+                             f"there), got one on {seed.device}")
         return seed
     if seed is None:
         seed = int(torch.randint(0, 2 ** 62, (1,)).item())
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}")
-    return torch.Generator(device=device).manual_seed(seed)
+    return torch.Generator(device="cpu").manual_seed(seed)
 
 
 def standard_normal(shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:

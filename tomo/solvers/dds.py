@@ -76,7 +76,7 @@ def dds(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
     schedule = make_schedule(prior.alphas_cumprod, steps, spacing)
     data = DataFidelity(operator, y, weights, normalize=normalize)
     check_same_device(prior, operator)
-    generator = make_generator(seed, operator.device)
+    generator = make_generator(seed)
     x = standard_normal(data.image_shape, generator, data.y)
     history = []
     with torch.no_grad():

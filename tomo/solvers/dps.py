@@ -75,7 +75,7 @@ def dps(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
     schedule = make_schedule(prior.alphas_cumprod, steps, spacing)
     data = DataFidelity(operator, y, weights, normalize=normalize)
     check_same_device(prior, operator)
-    generator = make_generator(seed, operator.device)
+    generator = make_generator(seed)
     x = standard_normal(data.image_shape, generator, data.y)
     history = []
     for t, abar, abar_prev in tqdm(schedule, desc="DPS", disable=not progress, leave=False):
