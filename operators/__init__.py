@@ -1,8 +1,23 @@
 """Differentiable forward models for CT and image restoration, as torch linear operators.
 
 Importable on its own (no knowledge of priors or solvers). See :mod:`operators.base` for the
-common interface every operator follows.
+common interface every operator follows, :mod:`operators.geometry` for the CT geometries and
+their conventions (ASTRA's, lengths in mm), ``docs/operators.md`` for a tour.
 """
 from .base import AdjointOperator, ComposedOperator, LinearOperator, ScaledOperator, check_tensor
+from .geometry import (ConeBeam3D, FanBeam2D, Geometry, ParallelBeam2D, ParallelBeam3D, geometry_from_dict,
+                       geometry_from_json, geometry_from_sinogram_fields)
+from .ct import (CTProjector, clear_matrix_cache, estimate_matrix_bytes, matrix_cache_info,
+                 set_matrix_cache_limits, system_matrix)
+from .fbp import FBP, FILTERS, fbp
+from .phantom import WATER_MU_PER_MM, shepp_logan
 
-__all__ = ["LinearOperator", "AdjointOperator", "ScaledOperator", "ComposedOperator", "check_tensor"]
+__all__ = [
+    "LinearOperator", "AdjointOperator", "ScaledOperator", "ComposedOperator", "check_tensor",
+    "Geometry", "ParallelBeam2D", "FanBeam2D", "ParallelBeam3D", "ConeBeam3D",
+    "geometry_from_dict", "geometry_from_json", "geometry_from_sinogram_fields",
+    "CTProjector", "estimate_matrix_bytes", "system_matrix", "set_matrix_cache_limits", "matrix_cache_info",
+    "clear_matrix_cache",
+    "fbp", "FBP", "FILTERS",
+    "shepp_logan", "WATER_MU_PER_MM",
+]

@@ -1,0 +1,496 @@
+"""CT acquisition geometries as plain, serialisable data (all lengths in mm, angles in radians).
+
+Conventions are ASTRA's, so that a geometry converts to ASTRA with :meth:`to_astra` and a sinogram
+file written with ASTRA's ``create_proj_geom`` + ``create_sino`` is read correctly:
+
+* The image (volume) is centred on the rotation axis. Image row ``r`` and column ``c`` of an
+  ``(H, W)`` image with pixel size ``p`` have their centre at
+  ``x = (c + 0.5 - W / 2) * p`` and ``y = (H / 2 - r - 0.5) * p`` (row 0 is the top, at largest y).
+* Parallel beam, angle ``theta``: rays travel along ``(sin theta, -cos theta)``; a point ``(x, y)``
+  falls on the detector at ``t = x cos theta + y sin theta`` (mm); detector bin ``i`` of ``n`` has
+  its centre at ``t_i = (i - (n - 1) / 2) * detector_spacing_mm``.
+* Fan beam (flat detector): the source sits at ``source_origin_mm * (sin theta, -cos theta)``, the
+  detector centre at ``origin_detector_mm * (-sin theta, cos theta)``, detector direction
+  ``(cos theta, sin theta)``; ``detector_spacing_mm`` is the bin width *on the detector*.
+* 3D: volume ``(D, H, W)`` = ASTRA's (slices z, rows y, columns x); projections are ASTRA's
+  ``(detector_rows, views, detector_cols)``; ``detector_spacing_mm = (row, col)``.
+
+Angles are stored at float32 precision (ASTRA computes with float32 angles and the sinogram
+exchange file stores them as float32), so a geometry survives a round trip through that file
+exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "Geometry", "ParallelBeam2D", "FanBeam2D", "ParallelBeam3D", "ConeBeam3D",
+    "geometry_from_dict", "geometry_from_json", "geometry_from_sinogram_fields", "SINOGRAM_GEOMETRY_KEYS",
+]
+
+#: The geometry keys of the sinogram exchange file (/work/shared/docs/evaluation.md).
+SINOGRAM_GEOMETRY_KEYS = ("geometry", "angles", "detector_spacing_mm", "pixel_spacing_mm", "image_shape",
+                          "source_origin_mm", "origin_detector_mm")
+
+
+# ----- validation helpers ---------------------------------------------------------------------------
+def _positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:
+    try:
+        v = float(np.asarray(value).item()) if np.ndim(value) == 0 else None
+    except (TypeError, ValueError):
+        v = None
+    if v is None:
+        raise ValueError(f"{name} must be a single number, got {value!r}")
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {v}")
+    return v
+
+
+def _positive_int(value: Any, name: str) -> int:
+    arr = np.asarray(value)
+    if arr.ndim != 0 or not (np.issubdtype(arr.dtype, np.integer)
+                             or (np.issubdtype(arr.dtype, np.floating) and float(arr) == int(arr))):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    v = int(arr)
+    if v <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {v}")
+    return v
+
+
+def _shape(value: Any, name: str, ndim: int) -> tuple:
+    try:
+        items = tuple(np.asarray(value).reshape(-1).tolist())
+    except Exception as exc:  # noqa: BLE001 - any unparsable input is a user error
+        raise ValueError(f"{name} must be a sequence of {ndim} positive integers, got {value!r}") from exc
+    if len(items) != ndim:
+        raise ValueError(f"{name} must have {ndim} entries, got {value!r}")
+    return tuple(_positive_int(v, f"{name}[{i}]") for i, v in enumerate(items))
+
+
+def _angles(value: Any) -> tuple:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"angles must be a 1D array of numbers (radians), got {value!r}") from exc
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise ValueError(f"angles must be one-dimensional, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError("angles is empty: a geometry needs at least one projection angle")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("angles contains NaN or Inf")
+    # float32 precision: what ASTRA uses internally and what the sinogram file stores.
+    return tuple(float(a) for a in arr.astype(np.float32))
+
+
+def _as_str(value: Any) -> str:
+    arr = np.asarray(value)
+    return str(arr.item()) if arr.ndim == 0 else str(value)
+
+
+# ----- base --------------------------------------------------------------------------------------
+class Geometry:
+    """Mixin with serialisation shared by all geometries (subclasses are frozen dataclasses)."""
+
+    #: value of the ``"type"`` key in :meth:`to_dict`.
+    type_name: str = ""
+    #: number of spatial dimensions of the image (2 or 3).
+    ndim: int = 0
+
+    @property
+    def num_views(self) -> int:
+        """Number of projection angles."""
+        return len(self.angles)
+
+    @property
+    def angles_array(self) -> np.ndarray:
+        """The projection angles as a float64 array (radians, float32-representable values)."""
+        return np.asarray(self.angles, dtype=np.float64)
+
+    def to_dict(self) -> dict:
+        """Plain-Python dict (JSON-serialisable) with a ``"type"`` key; inverse of :meth:`from_dict`."""
+        d = {"type": self.type_name}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            d[f.name] = list(v) if isinstance(v, tuple) else v
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Geometry":
+        """Build from :meth:`to_dict` output (the ``"type"`` key, if present, must match)."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"{cls.__name__}.from_dict expects a mapping, got {type(d).__name__}")
+        t = d.get("type", cls.type_name)
+        if _TYPE_ALIASES.get(str(t)) is not cls:
+            raise ValueError(f"{cls.__name__}.from_dict got a geometry of type {t!r}")
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names - {"type"}
+        if unknown:
+            raise ValueError(f"{cls.__name__}.from_dict: unknown keys {sorted(unknown)}")
+        missing = [f.name for f in fields(cls) if f.name not in d and f.default is MISSING]
+        if missing:
+            raise ValueError(f"{cls.__name__}.from_dict: missing keys {missing}")
+        return cls(**{k: v for k, v in d.items() if k != "type"})
+
+    def to_json(self) -> str:
+        """Canonical JSON text (sorted keys); used as the cache key of projection matrices."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, s: str) -> "Geometry":
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(s))
+
+    def _key(self) -> str:
+        return self.to_json()
+
+
+
+
+# ----- 2D ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Beam2D(Geometry):
+    """Fields and methods shared by the 2D geometries (not used directly)."""
+
+    image_shape: tuple
+    pixel_spacing_mm: float
+    angles: tuple
+    detector_count: int
+    detector_spacing_mm: float
+
+    ndim = 2
+
+    def __post_init__(self):
+        _set(self, "image_shape", _shape(self.image_shape, "image_shape", 2))
+        _set(self, "pixel_spacing_mm", _positive_float(self.pixel_spacing_mm, "pixel_spacing_mm"))
+        _set(self, "angles", _angles(self.angles))
+        _set(self, "detector_count", _positive_int(self.detector_count, "detector_count"))
+        _set(self, "detector_spacing_mm", _positive_float(self.detector_spacing_mm, "detector_spacing_mm"))
+        self._validate_extra()
+
+    def _validate_extra(self):
+        pass
+
+    @property
+    def sinogram_shape(self) -> tuple:
+        """``(views, detector_count)``."""
+        return (self.num_views, self.detector_count)
+
+    @property
+    def extent_mm(self) -> tuple:
+        """Image size ``(height, width)`` in mm."""
+        return (self.image_shape[0] * self.pixel_spacing_mm, self.image_shape[1] * self.pixel_spacing_mm)
+
+    def astra_vol_geom(self) -> dict:
+        """ASTRA 2D volume geometry with the physical window in mm, centred on the origin."""
+        import astra
+        h, w = self.image_shape
+        hy, hx = h * self.pixel_spacing_mm / 2, w * self.pixel_spacing_mm / 2
+        return astra.create_vol_geom(h, w, -hx, hx, -hy, hy)
+
+    def to_astra(self) -> tuple:
+        """``(vol_geom, proj_geom)`` ASTRA dicts in mm (volume window centred on the origin)."""
+        return self.astra_vol_geom(), self.astra_proj_geom()
+
+    def to_sinogram_fields(self) -> dict:
+        """The geometry keys of the sinogram exchange file (evaluation.md), with the file's dtypes.
+
+        The detector count is not a key of that file: it is the sinogram's last dimension.
+        """
+        return {
+            "geometry": self.sinogram_name,
+            "angles": np.asarray(self.angles, dtype=np.float32),
+            "detector_spacing_mm": float(self.detector_spacing_mm),
+            "pixel_spacing_mm": float(self.pixel_spacing_mm),
+            "image_shape": np.asarray(self.image_shape, dtype=np.int64),
+        }
+
+
+@dataclass(frozen=True)
+class ParallelBeam2D(_Beam2D):
+    """2D parallel-beam geometry (ASTRA ``parallel``).
+
+    Parameters
+    ----------
+    image_shape : (int, int)
+        Reconstruction grid ``(H, W)`` in pixels.
+    pixel_spacing_mm : float
+        Square pixel side in mm.
+    angles : 1D array-like of float
+        Projection angles in radians (typically ``linspace(0, pi, V, endpoint=False)``).
+    detector_count : int
+        Number of detector bins.
+    detector_spacing_mm : float
+        Bin width in mm.
+    """
+
+    type_name = "ParallelBeam2D"
+    astra_type = "parallel"
+    sinogram_name = "parallel"
+
+    def astra_proj_geom(self) -> dict:
+        """ASTRA ``parallel`` projection geometry (mm)."""
+        import astra
+        return astra.create_proj_geom("parallel", self.detector_spacing_mm, self.detector_count,
+                                      self.angles_array)
+
+
+@dataclass(frozen=True)
+class FanBeam2D(_Beam2D):
+    """2D fan-beam geometry with a flat detector (ASTRA ``fanflat``).
+
+    Parameters
+    ----------
+    image_shape, pixel_spacing_mm, angles, detector_count
+        As for :class:`ParallelBeam2D` (angles usually cover a full turn, ``[0, 2 pi)``).
+    detector_spacing_mm : float
+        Bin width *at the detector* in mm (the width at the rotation axis is
+        ``detector_spacing_mm * source_origin_mm / (source_origin_mm + origin_detector_mm)``).
+    source_origin_mm : float
+        Source to rotation-axis distance in mm; must exceed the half-diagonal of the image.
+    origin_detector_mm : float
+        Rotation-axis to detector distance in mm (>= 0).
+    """
+
+    source_origin_mm: float = None
+    origin_detector_mm: float = None
+
+    type_name = "FanBeam2D"
+    astra_type = "fanflat"
+    sinogram_name = "fanbeam"
+
+    def _validate_extra(self):
+        if self.source_origin_mm is None or self.origin_detector_mm is None:
+            raise ValueError("FanBeam2D needs source_origin_mm and origin_detector_mm")
+        _set(self, "source_origin_mm", _positive_float(self.source_origin_mm, "source_origin_mm"))
+        _set(self, "origin_detector_mm", _positive_float(self.origin_detector_mm, "origin_detector_mm",
+                                                          allow_zero=True))
+        half_diag = 0.5 * math.hypot(*self.extent_mm)
+        if self.source_origin_mm <= half_diag:
+            raise ValueError(f"source_origin_mm={self.source_origin_mm} mm puts the source inside the image "
+                             f"(half-diagonal {half_diag:.1f} mm); move it further out")
+
+    @property
+    def magnification(self) -> float:
+        """``(source_origin + origin_detector) / source_origin``."""
+        return (self.source_origin_mm + self.origin_detector_mm) / self.source_origin_mm
+
+    def astra_proj_geom(self) -> dict:
+        """ASTRA ``fanflat`` projection geometry (mm)."""
+        import astra
+        return astra.create_proj_geom("fanflat", self.detector_spacing_mm, self.detector_count,
+                                      self.angles_array, self.source_origin_mm, self.origin_detector_mm)
+
+    def to_sinogram_fields(self) -> dict:
+        d = super().to_sinogram_fields()
+        d["source_origin_mm"] = float(self.source_origin_mm)
+        d["origin_detector_mm"] = float(self.origin_detector_mm)
+        return d
+
+
+# ----- 3D ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Beam3D(Geometry):
+    """Fields and methods shared by the 3D geometries (not used directly)."""
+
+    volume_shape: tuple
+    voxel_spacing_mm: float
+    angles: tuple
+    detector_rows: int
+    detector_cols: int
+    detector_spacing_mm: tuple
+
+    ndim = 3
+
+    def __post_init__(self):
+        _set(self, "volume_shape", _shape(self.volume_shape, "volume_shape", 3))
+        _set(self, "voxel_spacing_mm", _positive_float(self.voxel_spacing_mm, "voxel_spacing_mm"))
+        _set(self, "angles", _angles(self.angles))
+        _set(self, "detector_rows", _positive_int(self.detector_rows, "detector_rows"))
+        _set(self, "detector_cols", _positive_int(self.detector_cols, "detector_cols"))
+        try:
+            sp = list(np.asarray(self.detector_spacing_mm, dtype=object).reshape(-1))
+        except Exception:  # noqa: BLE001
+            sp = []
+        if len(sp) != 2:
+            raise ValueError(f"detector_spacing_mm must be (row, col) in mm, got {self.detector_spacing_mm!r}")
+        _set(self, "detector_spacing_mm", (_positive_float(sp[0], "detector_spacing_mm[0]"),
+                                           _positive_float(sp[1], "detector_spacing_mm[1]")))
+        self._validate_extra()
+
+    def _validate_extra(self):
+        pass
+
+    @property
+    def image_shape(self) -> tuple:
+        """Alias of ``volume_shape`` (the operator's ``in_shape``)."""
+        return self.volume_shape
+
+    @property
+    def projection_shape(self) -> tuple:
+        """ASTRA's ``(detector_rows, views, detector_cols)``."""
+        return (self.detector_rows, self.num_views, self.detector_cols)
+
+    def astra_vol_geom(self) -> dict:
+        """ASTRA 3D volume geometry with the physical window in mm, centred on the origin."""
+        import astra
+        d, h, w = self.volume_shape
+        s = self.voxel_spacing_mm / 2
+        return astra.create_vol_geom(h, w, d, -w * s, w * s, -h * s, h * s, -d * s, d * s)
+
+    def to_astra(self) -> tuple:
+        """``(vol_geom, proj_geom)`` ASTRA dicts in mm (volume centred on the origin)."""
+        return self.astra_vol_geom(), self.astra_proj_geom()
+
+
+@dataclass(frozen=True)
+class ParallelBeam3D(_Beam3D):
+    """3D parallel-beam geometry (ASTRA ``parallel3d``; rotation about the z axis).
+
+    Parameters
+    ----------
+    volume_shape : (int, int, int)
+        ``(D, H, W)`` voxels = ASTRA's (slices z, rows y, columns x).
+    voxel_spacing_mm : float
+        Cubic voxel side in mm.
+    angles : 1D array-like of float
+        Radians.
+    detector_rows, detector_cols : int
+        Detector size in pixels.
+    detector_spacing_mm : (float, float)
+        ``(row, col)`` pixel pitch in mm (row = along z, col = along the in-plane detector axis).
+    """
+
+    type_name = "ParallelBeam3D"
+    astra_type = "parallel3d"
+
+    def astra_proj_geom(self) -> dict:
+        """ASTRA ``parallel3d`` projection geometry (mm)."""
+        import astra
+        row, col = self.detector_spacing_mm
+        return astra.create_proj_geom("parallel3d", col, row, self.detector_rows, self.detector_cols,
+                                      self.angles_array)
+
+
+@dataclass(frozen=True)
+class ConeBeam3D(_Beam3D):
+    """3D circular cone-beam geometry with a flat detector (ASTRA ``cone``).
+
+    Parameters as :class:`ParallelBeam3D` plus ``source_origin_mm`` and ``origin_detector_mm``
+    (mm); ``detector_spacing_mm`` is the pitch at the detector.
+    """
+
+    source_origin_mm: float = None
+    origin_detector_mm: float = None
+
+    type_name = "ConeBeam3D"
+    astra_type = "cone"
+
+    def _validate_extra(self):
+        if self.source_origin_mm is None or self.origin_detector_mm is None:
+            raise ValueError("ConeBeam3D needs source_origin_mm and origin_detector_mm")
+        _set(self, "source_origin_mm", _positive_float(self.source_origin_mm, "source_origin_mm"))
+        _set(self, "origin_detector_mm", _positive_float(self.origin_detector_mm, "origin_detector_mm",
+                                                          allow_zero=True))
+        d, h, w = self.volume_shape
+        half_diag = 0.5 * self.voxel_spacing_mm * math.hypot(h, w)
+        if self.source_origin_mm <= half_diag:
+            raise ValueError(f"source_origin_mm={self.source_origin_mm} mm puts the source inside the volume "
+                             f"(in-plane half-diagonal {half_diag:.1f} mm)")
+
+    def astra_proj_geom(self) -> dict:
+        """ASTRA ``cone`` projection geometry (mm)."""
+        import astra
+        row, col = self.detector_spacing_mm
+        return astra.create_proj_geom("cone", col, row, self.detector_rows, self.detector_cols,
+                                      self.angles_array, self.source_origin_mm, self.origin_detector_mm)
+
+
+def _set(obj, name, value):
+    object.__setattr__(obj, name, value)
+
+
+# ----- dispatch ----------------------------------------------------------------------------------
+_TYPE_ALIASES = {
+    "ParallelBeam2D": ParallelBeam2D, "parallel2d": ParallelBeam2D, "parallel": ParallelBeam2D,
+    "FanBeam2D": FanBeam2D, "fanbeam2d": FanBeam2D, "fanbeam": FanBeam2D, "fanflat": FanBeam2D,
+    "ParallelBeam3D": ParallelBeam3D, "parallel3d": ParallelBeam3D,
+    "ConeBeam3D": ConeBeam3D, "cone3d": ConeBeam3D, "cone": ConeBeam3D,
+}
+
+
+def geometry_from_dict(d: Mapping) -> Geometry:
+    """Build any geometry from a dict with a ``"type"`` key (output of ``Geometry.to_dict``)."""
+    if not isinstance(d, Mapping):
+        raise TypeError(f"geometry_from_dict expects a mapping, got {type(d).__name__}")
+    if "type" not in d:
+        raise ValueError(f"geometry dict has no 'type' key; expected one of {sorted(set(c.type_name for c in _TYPE_ALIASES.values()))}")
+    cls = _TYPE_ALIASES.get(str(d["type"]))
+    if cls is None:
+        raise ValueError(f"unknown geometry type {d['type']!r}; expected one of "
+                         f"{sorted(set(c.type_name for c in _TYPE_ALIASES.values()))}")
+    return cls.from_dict(d)
+
+
+def geometry_from_json(s: str) -> Geometry:
+    """Inverse of ``Geometry.to_json`` for any geometry type."""
+    return geometry_from_dict(json.loads(s))
+
+
+def geometry_from_sinogram_fields(d: Mapping, detector_count: int | None = None) -> ParallelBeam2D:
+    """Build a 2D geometry from the keys of a sinogram exchange file (evaluation.md).
+
+    Parameters
+    ----------
+    d : mapping
+        ``geometry`` (``"parallel"`` or ``"fanbeam"``), ``angles`` [views] (radians),
+        ``detector_spacing_mm``, ``pixel_spacing_mm``, ``image_shape`` [2], and for fan beam
+        ``source_origin_mm`` and ``origin_detector_mm``; values may be 0-d NumPy arrays as
+        ``np.load`` returns them. If ``d`` has a ``sinogram`` key its last dimension gives the
+        detector count and its view dimension must match ``angles``.
+    detector_count : int, optional
+        Needed when ``d`` has no ``sinogram``.
+
+    Returns
+    -------
+    ParallelBeam2D or FanBeam2D
+    """
+    if not hasattr(d, "__getitem__") or not hasattr(d, "keys"):
+        raise TypeError(f"expected a mapping (e.g. np.load(...) of a .npz), got {type(d).__name__}")
+    keys = set(d.keys())
+    required = ["geometry", "angles", "detector_spacing_mm", "pixel_spacing_mm", "image_shape"]
+    missing = [k for k in required if k not in keys]
+    if missing:
+        raise ValueError(f"sinogram fields are missing {missing}")
+    kind = _as_str(d["geometry"]).strip().lower()
+    angles = np.asarray(d["angles"])
+    if "sinogram" in keys:
+        sino = np.asarray(d["sinogram"])
+        if sino.ndim not in (2, 3):
+            raise ValueError(f"sinogram must be [views, detectors] or [slices, views, detectors], got shape {sino.shape}")
+        if sino.shape[-2] != angles.reshape(-1).size:
+            raise ValueError(f"sinogram has {sino.shape[-2]} views but angles has {angles.reshape(-1).size} entries")
+        if detector_count is not None and int(detector_count) != sino.shape[-1]:
+            raise ValueError(f"detector_count={detector_count} does not match the sinogram's {sino.shape[-1]} bins")
+        detector_count = sino.shape[-1]
+    if detector_count is None:
+        raise ValueError("detector count unknown: pass a 'sinogram' key or detector_count=")
+    common = dict(image_shape=d["image_shape"], pixel_spacing_mm=d["pixel_spacing_mm"], angles=angles,
+                  detector_count=detector_count, detector_spacing_mm=d["detector_spacing_mm"])
+    if kind == "parallel":
+        return ParallelBeam2D(**common)
+    if kind == "fanbeam":
+        for k in ("source_origin_mm", "origin_detector_mm"):
+            if k not in keys:
+                raise ValueError(f"fan-beam sinogram fields need {k!r}")
+        return FanBeam2D(**common, source_origin_mm=d["source_origin_mm"],
+                         origin_detector_mm=d["origin_detector_mm"])
+    raise ValueError(f"unknown geometry {kind!r} in sinogram fields; expected 'parallel' or 'fanbeam'")
