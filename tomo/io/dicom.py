@@ -675,7 +675,7 @@ def read_series(path: str | os.PathLike, series_uid: str | None = None) -> CTVol
                 f"{uid} {str(hs[0].header.get('SeriesDescription', '')) or '(no description)'!r} "
                 f"{sum(len(h.frames) for h in hs)} slices" for uid, hs in sorted(groups.items()))
             raise DicomReadError(f"{path} holds {len(groups)} CT series: {listing}; pick one with "
-                                 "series_uid=... (tomo: --series UID)")
+                                 "series_uid=...")
         series_uid = next(iter(groups))
     if series_uid not in groups:
         raise DicomReadError(f"series {series_uid} not found in {path}; present: {', '.join(sorted(groups))}")
