@@ -292,3 +292,15 @@ def test_read_volume_npz_and_dicom(shared_data, tmp_path):
     assert dicom.hu.shape == (28, 512, 512)
     with pytest.raises(FileNotFoundError):
         read_volume(tmp_path / "absent")
+
+
+def test_localizer_in_series_is_skipped(ct_file, tmp_path):
+    shutil.copy(ct_file, tmp_path / "a.dcm")
+    ds = pydicom.dcmread(ct_file)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # coronal scout, same series UID
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(tmp_path / "scout.dcm")
+    vol = read_series(tmp_path)
+    assert vol.hu.shape[0] == 1
+    assert find_series(tmp_path).skipped_reasons()["CT localizer (scout) image"] == 1

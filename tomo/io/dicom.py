@@ -350,6 +350,8 @@ def _read_header(path: Path) -> _FileHeader | SkippedFile:
         ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
         if not ts:
             ts = "1.2.840.10008.1.2"  # no meta: DICOM default, implicit VR little endian
+        if "LOCALIZER" in [str(v).upper() for v in (ds.get("ImageType") or [])]:
+            return SkippedFile(path, "CT localizer (scout) image")
         missing = [k for k in ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation")
                    if k not in ds]
         if missing:
