@@ -11,11 +11,10 @@ import importlib
 import sys
 
 #: sub-command modules, in the order ``tomo --help`` lists them
-COMMANDS: tuple[str, ...] = ("info",)
+COMMANDS: tuple[str, ...] = ("info", "train")
 
 
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit code 2."""
+from tomo.cli import CommandError  # noqa: F401  (re-exported: sub-commands raise it)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,4 +46,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Import through the package so CommandError is the same class sub-commands raise.
+    from tomo.cli.main import main as _main
+    sys.exit(_main())
