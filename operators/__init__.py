@@ -11,6 +11,9 @@ from .ct import (CTProjector, clear_matrix_cache, estimate_matrix_bytes, matrix_
                  set_matrix_cache_limits, system_matrix)
 from .fbp import FBP, FILTERS, fbp
 from .phantom import WATER_MU_PER_MM, shepp_logan
+from .image import (Convolution, Downsample, GaussianBlur, Identity, Inpaint, Mask, MotionBlur, Outpaint, box_mask,
+                    random_mask)
+from .noise import GaussianNoise, PoissonTransmissionNoise
 
 __all__ = [
     "LinearOperator", "AdjointOperator", "ScaledOperator", "ComposedOperator", "check_tensor",
@@ -20,4 +23,7 @@ __all__ = [
     "clear_matrix_cache",
     "fbp", "FBP", "FILTERS",
     "shepp_logan", "WATER_MU_PER_MM",
+    "Identity", "Convolution", "GaussianBlur", "MotionBlur", "Downsample", "Mask", "Inpaint", "Outpaint",
+    "box_mask", "random_mask",
+    "GaussianNoise", "PoissonTransmissionNoise",
 ]
