@@ -200,10 +200,12 @@ def clear_matrix_cache() -> None:
 
 def _to_torch_csr(m, dtype: torch.dtype) -> torch.Tensor:
     idx = np.int32 if max(m.nnz, *m.shape) < 2 ** 31 - 1 else np.int64
-    return torch.sparse_csr_tensor(torch.from_numpy(np.ascontiguousarray(m.indptr, dtype=idx)),
-                                   torch.from_numpy(np.ascontiguousarray(m.indices, dtype=idx)),
-                                   torch.from_numpy(np.ascontiguousarray(m.data)).to(dtype),
-                                   size=m.shape, check_invariants=False)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": we rely only on CSR @ dense
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(torch.from_numpy(np.ascontiguousarray(m.indptr, dtype=idx)),
+                                       torch.from_numpy(np.ascontiguousarray(m.indices, dtype=idx)),
+                                       torch.from_numpy(np.ascontiguousarray(m.data)).to(dtype),
+                                       size=m.shape, check_invariants=False)
 
 
 def system_matrix(geometry: _Beam2D, dtype: torch.dtype = torch.float32,
