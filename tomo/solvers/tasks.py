@@ -1,0 +1,91 @@
+"""Image-restoration tasks on HU images (deblurring, super-resolution, in/outpainting).
+
+Shared by ``tomo restore`` and ``scripts/benchmark_tasks.py``: the task's forward operator with
+the project's defaults, the simulated degradation (operator + white Gaussian noise in HU), and
+the diffusion restoration in the prior's model range (:func:`~tomo.solvers.problem.hu_problem`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from operators import Downsample, GaussianBlur, GaussianNoise, Inpaint, LinearOperator, Outpaint, box_mask
+
+from .dds import dds
+from .dps import dps
+from .problem import hu_problem
+
+__all__ = ["TASKS", "METHODS", "task_operator", "default_box", "degrade", "restore", "Restoration"]
+
+TASKS = ("deblur", "superres", "inpaint", "outpaint")
+METHODS = ("dds", "dps")
+
+
+def default_box(shape) -> tuple[int, int, int, int]:
+    """Centred missing box of a quarter of each side: ``(top, left, height, width)`` in pixels."""
+    h, w = int(shape[0]), int(shape[1])
+    bh, bw = max(1, h // 4), max(1, w // 4)
+    return (h - bh) // 2, (w - bw) // 2, bh, bw
+
+
+def task_operator(task: str, shape, *, sigma_px: float = 2.0, factor: int = 4, box=None, keep: float = 0.5,
+                  device="cpu") -> LinearOperator:
+    """The forward model of a restoration task on ``(H, W)`` images.
+
+    Parameters
+    ----------
+    task : {"deblur", "superres", "inpaint", "outpaint"}
+    shape : (int, int)
+        Image size, pixels.
+    sigma_px : float
+        Gaussian blur standard deviation, pixels (deblur).
+    factor : int
+        Block-averaging factor, 2 or 4 (superres; the image sides must be divisible by it).
+    box : (top, left, height, width), optional
+        Missing box, pixels (inpaint; default :func:`default_box`).
+    keep : float
+        Kept fraction of each side around the centre (outpaint).
+    """
+    if task == "deblur":
+        return GaussianBlur(shape, sigma_px, device=device)
+    if task == "superres":
+        return Downsample(shape, factor, device=device)
+    if task == "inpaint":
+        return Inpaint(box_mask(shape, default_box(shape) if box is None else box), device=device)
+    if task == "outpaint":
+        return Outpaint(shape, float(keep), device=device)
+    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+def degrade(operator: LinearOperator, hu: torch.Tensor, noise_hu: float, seed: int = 0) -> torch.Tensor:
+    """Simulated measurement ``A hu + n``, ``n ~ N(0, noise_hu^2)`` [HU], seeded (CPU generator)."""
+    with torch.no_grad():
+        clean = operator(hu)
+    return GaussianNoise(noise_hu).sample(clean, generator=torch.Generator().manual_seed(int(seed)))
+
+
+@dataclass
+class Restoration:
+    """Result of :func:`restore`: ``hu`` [B, 1, H, W] and the solver's counts."""
+
+    hu: torch.Tensor
+    network_evaluations: int
+    gradient_evaluations: int
+
+
+def restore(prior, operator: LinearOperator, y_hu: torch.Tensor, method: str = "dds", *, seed=0,
+            progress: bool = True, **solver_kwargs) -> Restoration:
+    """Restore HU images from HU measurements ``y_hu = A hu + n`` with a diffusion solver.
+
+    ``solver_kwargs`` go to :func:`~tomo.solvers.dds` or :func:`~tomo.solvers.dps`
+    (``steps``, ``eta``, ``cg_iterations``, ``lam``, ``zeta``, ...). White noise is assumed
+    (``weights=None``): with it, the data term is normalised and its scale does not matter.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    problem = hu_problem(prior, operator, y_hu)
+    solver = dds if method == "dds" else dps
+    result = solver(prior, **problem.solver_args(), seed=seed, progress=progress, **solver_kwargs)
+    return Restoration(hu=prior.model_to_hu(result.x), network_evaluations=result.network_evaluations,
+                       gradient_evaluations=result.gradient_evaluations)
