@@ -8,7 +8,7 @@ from .base import AdjointOperator, ComposedOperator, LinearOperator, ScaledOpera
 from .geometry import (ConeBeam3D, FanBeam2D, Geometry, ParallelBeam2D, ParallelBeam3D, geometry_from_dict,
                        geometry_from_json, geometry_from_sinogram_fields)
 from .ct import (CTProjector, clear_matrix_cache, estimate_matrix_bytes, matrix_cache_info,
-                 set_matrix_cache_limits, system_matrix)
+                 set_matrix_cache_limits, set_matrix_threads, system_matrix)
 from .fbp import FBP, FILTERS, fbp
 from .phantom import WATER_MU_PER_MM, shepp_logan
 from .image import (Convolution, Downsample, GaussianBlur, Identity, Inpaint, Mask, MotionBlur, Outpaint, box_mask,
@@ -19,7 +19,7 @@ __all__ = [
     "LinearOperator", "AdjointOperator", "ScaledOperator", "ComposedOperator", "check_tensor",
     "Geometry", "ParallelBeam2D", "FanBeam2D", "ParallelBeam3D", "ConeBeam3D",
     "geometry_from_dict", "geometry_from_json", "geometry_from_sinogram_fields",
-    "CTProjector", "estimate_matrix_bytes", "system_matrix", "set_matrix_cache_limits", "matrix_cache_info",
+    "CTProjector", "estimate_matrix_bytes", "system_matrix", "set_matrix_cache_limits", "set_matrix_threads", "matrix_cache_info",
     "clear_matrix_cache",
     "fbp", "FBP", "FILTERS",
     "shepp_logan", "WATER_MU_PER_MM",

@@ -199,3 +199,17 @@ def test_cuda_request_without_gpu_raises_clear_error():
     # must be a Python exception, not a process abort inside ASTRA
     with pytest.raises(ValueError, match="CUDA|cuda"):
         CTProjector(par(), device="cuda")
+
+
+def test_matrix_threads_setting_is_restored():
+    from operators import set_matrix_threads
+    before = torch.get_num_threads()
+    old = set_matrix_threads(1)
+    try:
+        A = CTProjector(par(), num_threads=1)
+        A(torch.rand(32, 32))
+        assert torch.get_num_threads() == before
+        with pytest.raises(ValueError, match=">= 0"):
+            set_matrix_threads(-1)
+    finally:
+        set_matrix_threads(old)
