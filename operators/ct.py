@@ -331,6 +331,7 @@ class CTProjector(LinearOperator):
         self.num_threads = None if num_threads is None else int(num_threads)
         self.backend = self._choose_backend(backend)
         self._impl = None
+        self._device_matrices: dict = {}
         if self.backend == "cuda":
             from .cuda import AstraCudaProjector
             self._impl = AstraCudaProjector(geometry, self.device)
@@ -385,9 +386,12 @@ class CTProjector(LinearOperator):
         return self.num_threads if self.num_threads is not None else _THREADS["n"]
 
     def _matrices(self, dtype):
+        if self.device.type != "cpu":  # GPU copy kept by this operator (not in the CPU cache's budget)
+            if dtype not in self._device_matrices:
+                w, wt, _ = system_matrix(self.geometry, dtype, self.projector_type)
+                self._device_matrices[dtype] = (w.to(self.device), wt.to(self.device))
+            return self._device_matrices[dtype]
         w, wt, _ = system_matrix(self.geometry, dtype, self.projector_type)
-        if self.device.type != "cpu":
-            w, wt = w.to(self.device), wt.to(self.device)
         return w, wt
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -100,20 +100,27 @@ def _pixel_coordinates(geometry: _Beam2D, dtype, device):
     return xx.reshape(-1), yy.reshape(-1)
 
 
+def _covers_uniformly(angles: np.ndarray, period: float) -> bool:
+    """True if ``angles`` (mod ``period``) leave no gap larger than twice the mean spacing."""
+    a = np.sort(np.mod(angles, period))
+    gaps = np.diff(np.concatenate([a, [a[0] + period]]))
+    return bool(gaps.max() <= 2.0 * period / a.size + 1e-6)
+
+
 def _check_coverage(geometry: _Beam2D) -> None:
-    a = np.sort(np.mod(geometry.angles_array, 2 * np.pi))
-    want = 2 * np.pi if isinstance(geometry, FanBeam2D) else np.pi
+    a = geometry.angles_array
     if a.size < 2:
         warnings.warn("FBP with a single view is not a reconstruction", stacklevel=3)
         return
-    # largest gap on the circle (for parallel beam, angles are equivalent modulo pi)
-    if not isinstance(geometry, FanBeam2D):
-        a = np.sort(np.mod(a, np.pi))
-    gaps = np.diff(np.concatenate([a, [a[0] + want]]))
-    if gaps.max() > 3 * max(np.median(gaps), 1e-12) or abs(want - (a.size * np.median(gaps))) > 0.05 * want:
-        warnings.warn(f"FBP assumes the {a.size} views cover [0, {'2 pi' if want > 4 else 'pi'}) uniformly; "
-                      f"these angles do not (largest gap {gaps.max():.3f} rad), so the scaling is approximate",
-                      stacklevel=3)
+    if isinstance(geometry, FanBeam2D):
+        ok, what = _covers_uniformly(a, 2 * np.pi), "a full turn [0, 2 pi)"
+    else:
+        # pi / V per view is right both for a half turn and for a uniform full turn
+        ok, what = _covers_uniformly(a, np.pi), "[0, pi) (or a full turn)"
+    if not ok:
+        warnings.warn(f"FBP assumes the {a.size} views cover {what} uniformly; these angles do not, "
+                      f"so the reconstruction is distorted and its scaling approximate "
+                      f"(short scans would need Parker weights, which are not implemented)", stacklevel=3)
 
 
 class FBP(torch.nn.Module):
