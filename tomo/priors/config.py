@@ -42,6 +42,25 @@ def default_architecture(in_channels: int = 3, sample_size: int = 64) -> dict[st
     }
 
 
+def tiny_architecture(in_channels: int = 3, sample_size: int = 16) -> dict[str, Any]:
+    """A very small ``UNet2DModel`` (about 50 k parameters) for tests and smoke runs."""
+    return {
+        "class": "UNet2DModel",
+        "sample_size": sample_size,
+        "in_channels": in_channels,
+        "out_channels": 1,
+        "block_out_channels": [8, 16],
+        "layers_per_block": 1,
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 8,
+        "attention_head_dim": 8,
+    }
+
+
+ARCHITECTURES = {"small": default_architecture, "tiny": tiny_architecture}
+
+
 def default_schedule(beta_schedule: str = "linear", num_train_timesteps: int = 1000) -> dict[str, Any]:
     """diffusers ``DDPMScheduler`` arguments: epsilon prediction, T = 1000 (Ho et al. 2020 betas)."""
     return {

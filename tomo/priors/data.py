@@ -1,0 +1,293 @@
+"""Training slices for the prior: DICOM series and HU ``.npz`` volumes -> resampled 2-D slices.
+
+Every slice of every volume found is used, whatever its orientation (axial, coronal and
+sagittal reformats alike). Slices are clipped to the prior's HU window, stored once at their
+native resolution (int16 HU), resampled to the target pixel size on first use (anti-aliased
+linear interpolation, :func:`skimage.transform.rescale`) and cached, then mapped to [-1, 1].
+
+A training sample is a square crop (patch or whole canvas) at a random position, optionally
+flipped, that may extend past the slice border; the part outside the slice is zero padding
+and is masked out of the loss, exactly as the zero padding the patch prior sees at inference.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .patches import position_grid
+
+
+@dataclass
+class SliceRecord:
+    """One 2-D training slice at native resolution.
+
+    Attributes
+    ----------
+    hu : numpy.ndarray
+        int16 [rows, cols], HU clipped to the window.
+    spacing_mm : (float, float)
+        (row spacing, column spacing), mm.
+    group : str
+        Patient / volume group used for sampling balance (top folder under the data root,
+        or the ``.npz`` file name).
+    source : str
+        The series UID or file it came from.
+    """
+    hu: np.ndarray
+    spacing_mm: tuple[float, float]
+    group: str
+    source: str
+
+
+@dataclass
+class DataReport:
+    """What :func:`collect_slices` found: counts for the log and the model card."""
+    roots: list[str] = field(default_factory=list)
+    n_volumes: int = 0
+    n_slices: int = 0
+    groups: dict[str, int] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (path, reason)
+    spacing_range_mm: tuple[float, float] | None = None
+
+    def summary(self) -> str:
+        text = (f"{self.n_slices} slices from {self.n_volumes} series/volumes in {len(self.groups)} groups")
+        if self.spacing_range_mm:
+            text += f", pixel spacing {self.spacing_range_mm[0]:.3g}-{self.spacing_range_mm[1]:.3g} mm"
+        if self.skipped:
+            reasons = Counter(r for _, r in self.skipped)
+            text += f"; skipped {len(self.skipped)} files/series (" + ", ".join(
+                f"{n} {r}" for r, n in reasons.most_common(5)) + ")"
+        return text
+
+    def as_dict(self) -> dict:
+        return {"roots": self.roots, "n_volumes": self.n_volumes, "n_slices": self.n_slices,
+                "groups": self.groups, "n_skipped": len(self.skipped),
+                "skipped_reasons": dict(Counter(r for _, r in self.skipped)),
+                "pixel_spacing_range_mm": list(self.spacing_range_mm) if self.spacing_range_mm else None}
+
+
+def _short_reason(reason: str) -> str:
+    """The first clause of a reader message, for counting skip reasons."""
+    return reason.split(":")[0].split("(")[0].strip()[:80] or "unreadable"
+
+
+def _to_int16(hu: np.ndarray, hu_window) -> np.ndarray:
+    lo, hi = hu_window
+    return np.clip(np.rint(hu), lo, hi).astype(np.int16)
+
+
+def _group_of(path: Path, root: Path) -> str:
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        return path.name
+    return rel.parts[0] if len(rel.parts) > 1 else path.stem
+
+
+def _add_volume(records: list, report: DataReport, hu: np.ndarray, spacing, group: str, source: str,
+                hu_window) -> None:
+    for k in range(hu.shape[0]):
+        records.append(SliceRecord(_to_int16(hu[k], hu_window), (float(spacing[0]), float(spacing[1])),
+                                   group, f"{source}[{k}]"))
+    report.n_volumes += 1
+    report.groups[group] = report.groups.get(group, 0) + hu.shape[0]
+
+
+def _read_npz(path: Path, root: Path, records, report, hu_window) -> None:
+    from tomo.io.dicom import read_volume
+    try:
+        vol = read_volume(path)
+    except (ValueError, OSError) as exc:
+        report.skipped.append((str(path), _short_reason(str(exc).replace(str(path), "").lstrip(": "))))
+        return
+    _add_volume(records, report, vol.hu, vol.pixel_spacing_mm, _group_of(path, root), str(path), hu_window)
+
+
+def _read_dicom_tree(root: Path, records, report, hu_window) -> None:
+    from tomo.io.dicom import find_series, read_series
+    scan = find_series(root)
+    for s in scan.skipped:
+        if s.path.suffix.lower() != ".npz":          # .npz volumes are read separately
+            report.skipped.append((str(s.path), _short_reason(s.reason)))
+    for info in scan:
+        where = info.files[0] if len(info.files) == 1 else info.files[0].parent
+        if not info.readable:
+            report.skipped.append((str(where), "series problem: " + _short_reason("; ".join(info.problems))))
+            continue
+        try:
+            vol = read_series(where, series_uid=info.uid)
+        except (ValueError, OSError) as exc:
+            report.skipped.append((str(where), _short_reason(str(exc))))
+            continue
+        _add_volume(records, report, vol.hu, vol.pixel_spacing_mm, _group_of(info.files[0], root),
+                    info.uid, hu_window)
+
+
+def collect_slices(paths, hu_window, warn: bool = True) -> tuple[list[SliceRecord], DataReport]:
+    """Read every CT slice under ``paths`` (folders searched recursively, or files).
+
+    Parameters
+    ----------
+    paths : sequence of str or Path
+        DICOM folders/files and OpenKBP-style ``.npz`` volumes (``hu`` [slices, H, W] in HU,
+        ``spacing_mm`` (x, y, z) in mm).
+    hu_window : (float, float)
+        HU range kept (values are clipped to it).
+    warn : bool
+        Emit one warning summarising skipped files.
+
+    Returns
+    -------
+    records : list of SliceRecord
+    report : DataReport
+
+    Raises
+    ------
+    FileNotFoundError
+        A path that does not exist.
+    ValueError
+        No readable CT slice anywhere (the message counts the skipped files and why).
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    records: list[SliceRecord] = []
+    report = DataReport(roots=[str(p) for p in paths])
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"training data path does not exist: {p}")
+        if p.is_file() and p.suffix.lower() == ".npz":
+            _read_npz(p, p.parent, records, report, hu_window)
+            continue
+        root = p if p.is_dir() else p.parent
+        if p.is_dir():
+            for f in sorted(p.rglob("*.npz")):
+                _read_npz(f, root, records, report, hu_window)
+        _read_dicom_tree(p, records, report, hu_window)
+    report.n_slices = len(records)
+    if records:
+        sp = [s for r in records for s in r.spacing_mm]
+        report.spacing_range_mm = (float(min(sp)), float(max(sp)))
+    if warn and report.skipped:
+        first = "; ".join(f"{p}: {r}" for p, r in report.skipped[:3])
+        warnings.warn(f"skipped {len(report.skipped)} files/series of the training data "
+                      f"(e.g. {first})", stacklevel=2)
+    if not records:
+        where = ", ".join(report.roots)
+        why = (f"{len(report.skipped)} files skipped: " + ", ".join(
+            f"{n} {r}" for r, n in Counter(r for _, r in report.skipped).most_common(3))
+               if report.skipped else "the folder is empty")
+        raise ValueError(f"no readable CT slices in {where} ({why})")
+    return records, report
+
+
+def resample(hu: np.ndarray, spacing_mm, pixel_size_mm: float) -> np.ndarray:
+    """Resample a slice to square pixels of ``pixel_size_mm`` (anti-aliased when shrinking)."""
+    from skimage.transform import rescale
+    scale = (spacing_mm[0] / pixel_size_mm, spacing_mm[1] / pixel_size_mm)
+    if abs(scale[0] - 1) < 1e-6 and abs(scale[1] - 1) < 1e-6:
+        return hu.astype(np.float32)
+    return rescale(hu.astype(np.float32), scale, order=1, mode="edge", preserve_range=True,
+                   anti_aliasing=min(scale) < 1).astype(np.float32)
+
+
+class SliceSampler:
+    """Draws training batches (crops with masks and position channels) from slice records.
+
+    Parameters
+    ----------
+    records : list of SliceRecord
+    config : dict
+        Prior configuration (HU window, pixel size, patch/image size, position channels).
+    hflip, vflip : bool
+        Random left-right / up-down flips. Up-down is off by default: patients lie on the
+        table the same way up, and the position channels should learn that.
+    balance : {"slice", "sqrt", "group"}
+        Sampling weight of a slice: uniform, 1/sqrt(slices in its group), or 1/(slices in its
+        group). "sqrt" (default) keeps one long series from dominating the few-slice patients
+        without repeating those few slices too often.
+    cache_mb : float
+        Memory for cached resampled slices; beyond it slices are resampled on every use.
+    """
+
+    def __init__(self, records: list[SliceRecord], config: dict, hflip: bool = True, vflip: bool = False,
+                 balance: str = "sqrt", cache_mb: float = 2048.0):
+        if not records:
+            raise ValueError("no training slices")
+        if balance not in ("slice", "sqrt", "group"):
+            raise ValueError(f"balance must be 'slice', 'sqrt' or 'group', got {balance!r}")
+        self.records = records
+        self.hu_window = tuple(config["hu_window"])
+        self.pixel_size_mm = float(config["pixel_size_mm"])
+        self.crop = int(config["patch_size"] or config["image_size"])
+        self.patch_mode = config["patch_size"] is not None
+        self.position_channels = bool(config["position_channels"])
+        self.hflip, self.vflip = hflip, vflip
+        counts = Counter(r.group for r in records)
+        power = {"slice": 0.0, "sqrt": 0.5, "group": 1.0}[balance]
+        self.weights = torch.tensor([counts[r.group] ** -power for r in records], dtype=torch.float64)
+        self._cache: dict[int, np.ndarray] = {}
+        self._cache_bytes, self._cache_limit = 0, cache_mb * 2 ** 20
+
+    def image(self, i: int) -> np.ndarray:
+        """Slice ``i`` resampled to the target pixel size, model range [-1, 1], float32."""
+        if i in self._cache:
+            return self._cache[i]
+        r = self.records[i]
+        lo, hi = self.hu_window
+        img = resample(r.hu, r.spacing_mm, self.pixel_size_mm)
+        img = np.clip(2 * (img - lo) / (hi - lo) - 1, -1, 1).astype(np.float32)
+        if self._cache_bytes + img.nbytes <= self._cache_limit:
+            self._cache[i] = img
+            self._cache_bytes += img.nbytes
+        return img
+
+    def _offset_range(self, n: int) -> tuple[int, int]:
+        """Inclusive range of crop starts along an axis of ``n`` pixels."""
+        c = self.crop
+        if self.patch_mode:   # patches may hang over the border by up to half a patch
+            return -(c // 2), max(n - c + c // 2, -(c // 2))
+        return (0, n - c) if n >= c else (n - c, 0)
+
+    def sample(self, batch: int, generator: torch.Generator):
+        """A batch of crops.
+
+        Returns
+        -------
+        x0 : Tensor [B, 1, C, C]
+            Clean crops in model range, 0 outside the slice.
+        mask : Tensor [B, 1, C, C]
+            1 inside the slice, 0 in the padding.
+        pos : Tensor [B, 2, C, C] or None
+            Position channels (see :mod:`tomo.priors.patches`).
+        """
+        c = self.crop
+        idx = torch.multinomial(self.weights, batch, replacement=True, generator=generator).tolist()
+        flips = torch.rand(batch, 2, generator=generator)
+        unif = torch.rand(batch, 2, generator=generator, dtype=torch.float64)
+        x0 = torch.zeros(batch, 1, c, c)
+        mask = torch.zeros(batch, 1, c, c)
+        tops, lefts, hs, ws = [], [], [], []
+        for b, i in enumerate(idx):
+            img = self.image(i)
+            if self.hflip and flips[b, 0] < 0.5:
+                img = img[:, ::-1]
+            if self.vflip and flips[b, 1] < 0.5:
+                img = img[::-1, :]
+            h, w = img.shape
+            (t0, t1), (l0, l1) = self._offset_range(h), self._offset_range(w)
+            top = t0 + int(unif[b, 0] * (t1 - t0 + 1))
+            left = l0 + int(unif[b, 1] * (l1 - l0 + 1))
+            ys, ye = max(top, 0), min(top + c, h)
+            xs, xe = max(left, 0), min(left + c, w)
+            if ye > ys and xe > xs:
+                x0[b, 0, ys - top:ye - top, xs - left:xe - left] = torch.from_numpy(
+                    np.ascontiguousarray(img[ys:ye, xs:xe]))
+                mask[b, 0, ys - top:ye - top, xs - left:xe - left] = 1
+            tops.append(top), lefts.append(left), hs.append(h), ws.append(w)
+        pos = position_grid(tops, lefts, c, hs, ws) if self.position_channels else None
+        return x0, mask, pos
