@@ -62,3 +62,32 @@ def test_ct_problem_accepts_the_prior_hu_window(tiny_prior):
     mu = 0.0192 * (1 + hu / 1000)
     p = ct_problem(tiny_prior, op, op(mu)[0, 0])
     torch.testing.assert_close(p.operator(tiny_prior.hu_to_model(hu)), p.y, rtol=1e-5, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def tiny_prior_dir(tmp_path_factory, tiny_prior):
+    from tomo.priors.checkpoint import save_config, save_tensors
+    folder = tmp_path_factory.mktemp("prior")
+    save_config(folder / "prior.json", tiny_prior.config)
+    save_tensors(folder / "prior.safetensors", tiny_prior.unet.state_dict())
+    return folder
+
+
+@pytest.mark.parametrize("method,options", [("dds", {"steps": 2, "cg_iterations": 3, "eta": 0.5}),
+                                            ("dps", {"steps": 2, "zeta": 0.5})])
+def test_registered_in_the_reconstruct_registry(tiny_prior_dir, method, options):
+    """``reconstruct(..., method="dds"|"dps")`` returns attenuation in 1/mm of the grid's shape."""
+    from operators import ParallelBeam2D, CTProjector
+    from tomo.recon import available_methods, reconstruct
+
+    assert {"dds", "dps"} <= set(available_methods())
+    geometry = ParallelBeam2D(image_shape=(16, 16), pixel_spacing_mm=1.5, angles=torch.arange(6) * 3.14159 / 6,
+                              detector_count=24, detector_spacing_mm=1.5)
+    mu = torch.full((2, 16, 16), 0.0192)
+    sino = CTProjector(geometry)(mu)
+    out = reconstruct(sino, geometry, method, i0=1e5, progress=False, prior=str(tiny_prior_dir), seed=1,
+                      **options)
+    assert out.shape == (2, 16, 16) and bool(torch.isfinite(out).all())
+    # a random network's output is not a CT image, but the affine map keeps it in the mu range of
+    # the HU window [-1000, 2000] give or take the CG correction
+    assert -0.05 < float(out.mean()) < 0.1

@@ -1,0 +1,72 @@
+"""``dds`` and ``dps`` as methods of ``tomo reconstruct`` (the registry of :mod:`tomo.recon.methods`).
+
+Imported by the registry on first use (``tomo.solvers.methods`` is one of its plugin modules).
+Each method takes a sinogram ``[B, views, detectors]`` of line integrals and returns attenuation
+``[B, H, W]`` in 1/mm; the data term is transmission-Poisson weighted when the dose ``i0`` is
+known, white otherwise.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from tomo.recon.methods import MethodOption, ReconProblem, register_method
+
+from .dds import dds
+from .dps import dps
+from .problem import ct_problem
+
+__all__ = ["run_dds", "run_dps", "DDS_DEFAULTS", "DPS_DEFAULTS"]
+
+#: defaults of ``tomo reconstruct --method dds`` (see docs/solvers.md, docs/benchmarks_diffusion.md)
+DDS_DEFAULTS = {"steps": 50, "cg_iterations": 5, "eta": 0.85, "seed": 0}
+#: defaults of ``tomo reconstruct --method dps``
+DPS_DEFAULTS = {"steps": 1000, "zeta": 1.0, "seed": 0}
+
+
+@lru_cache(maxsize=2)
+def _cached_prior(path: str | None, device: str):
+    from tomo.priors import load_prior
+    return load_prior(path, device=device)
+
+
+def _solve(solver, defaults: dict, sinogram: torch.Tensor, problem: ReconProblem, prior, options: dict):
+    settings = {**defaults, **{k: v for k, v in options.items() if v is not None}}
+    model = _cached_prior(None if prior is None else str(prior), str(problem.device))
+    ct = ct_problem(model, problem.operator, sinogram, i0=problem.i0)
+    result = solver(model, **ct.solver_args(), progress=problem.progress, **settings)
+    return ct.to_physical(result.x)[:, 0]
+
+
+def run_dds(sinogram: torch.Tensor, problem: ReconProblem, *, prior=None, **options) -> torch.Tensor:
+    """DDS reconstruction: mu [1/mm] ``[B, H, W]`` (options: steps, cg_iterations, eta, seed)."""
+    return _solve(dds, DDS_DEFAULTS, sinogram, problem, prior, options)
+
+
+def run_dps(sinogram: torch.Tensor, problem: ReconProblem, *, prior=None, **options) -> torch.Tensor:
+    """DPS reconstruction: mu [1/mm] ``[B, H, W]`` (options: steps, zeta, seed)."""
+    return _solve(dps, DPS_DEFAULTS, sinogram, problem, prior, options)
+
+
+_COMMON = (
+    MethodOption("--steps", "steps", int, "diffusion sampling steps = network evaluations "
+                                          "(default: dds 50, dps 1000)"),
+    MethodOption("--prior", "prior", str, "diffusion prior checkpoint folder (default: the shipped data/prior)"),
+    MethodOption("--seed", "seed", int, "sampling seed (default 0)"),
+)
+
+register_method(
+    "dds", run_dds, batch_size=4,
+    help="Decomposed Diffusion Sampler: diffusion prior + CG data consistency, ~50 network evaluations",
+    options=_COMMON + (
+        MethodOption("--cg-iterations", "cg_iterations", int, "dds: CG iterations per step (default 5)"),
+        MethodOption("--eta", "eta", float, "dds: fraction of fresh noise when re-noising, 0-1 (default 0.85)"),
+    ))
+
+register_method(
+    "dps", run_dps, batch_size=2,
+    help="Diffusion Posterior Sampling: gradient through the prior network each step (slow: 1000 steps)",
+    options=_COMMON + (
+        MethodOption("--zeta", "zeta", float, "dps: data-consistency step size (default 1.0)"),
+    ))
