@@ -102,7 +102,7 @@ def _read_npz(path: Path, root: Path, records, report, hu_window) -> None:
     from tomo.io.dicom import read_volume
     try:
         vol = read_volume(path)
-    except (ValueError, OSError) as exc:
+    except Exception as exc:   # any unreadable file is skipped and counted (e.g. zipfile.BadZipFile)
         report.skipped.append((str(path), _short_reason(str(exc).replace(str(path), "").lstrip(": "))))
         return
     _add_volume(records, report, vol.hu, vol.pixel_spacing_mm, _group_of(path, root), str(path), hu_window)
@@ -121,7 +121,7 @@ def _read_dicom_tree(root: Path, records, report, hu_window) -> None:
             continue
         try:
             vol = read_series(where, series_uid=info.uid)
-        except (ValueError, OSError) as exc:
+        except Exception as exc:   # a series that fails to decode is skipped and counted
             report.skipped.append((str(where), _short_reason(str(exc))))
             continue
         _add_volume(records, report, vol.hu, vol.pixel_spacing_mm, _group_of(info.files[0], root),

@@ -38,6 +38,8 @@ def build_scheduler(config: dict):
 class DiffusionPrior(torch.nn.Module):
     """A trained denoiser ``eps(x_t, t)`` with its DDPM schedule and HU mapping.
 
+    The UNet's parameters are frozen on construction (``requires_grad_(False)``).
+
     Images are in *model range*: HU mapped linearly by :meth:`hu_to_model` so that
     ``hu_window[0] -> -1`` and ``hu_window[1] -> +1``; ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``.
 
@@ -71,6 +73,9 @@ class DiffusionPrior(torch.nn.Module):
         self.hu_window = (float(config["hu_window"][0]), float(config["hu_window"][1]))
         self.patch_size = config["patch_size"]
         self.position_channels = bool(config["position_channels"])
+        # inference object: gradients flow to the input only (DPS); call
+        # requires_grad_(True) to fine-tune
+        self.requires_grad_(False)
 
     # ------------------------------------------------------------------ HU <-> model range
     def hu_to_model(self, hu):
@@ -228,5 +233,4 @@ def load_prior(path=None, device="cpu") -> DiffusionPrior:
     check_state_dict(unet.state_dict(), tensors, str(weights_path))
     unet.load_state_dict(tensors)
     prior = DiffusionPrior(unet, config)
-    prior.requires_grad_(False)
     return prior.eval().to(device)

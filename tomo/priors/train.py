@@ -218,6 +218,48 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+class _EMA:
+    """EMA of the weights with ``torch.optim.swa_utils.AveragedModel``.
+
+    Decay at update ``k`` (1-based): ``min(max_decay, 1 - k^(-2/3))`` -- the warm-up of
+    diffusers' ``EMAModel(use_ema_warmup=True, power=2/3)``, so early weights fade fast.
+    (torch's AveragedModel rather than diffusers' EMAModel: importing diffusers.training_utils
+    costs several seconds per process.)
+    """
+
+    def __init__(self, model: torch.nn.Module, max_decay: float):
+        from torch.optim.swa_utils import AveragedModel
+        self.max_decay = max_decay
+
+        def multi_avg_fn(ema_params, params, num_averaged):
+            decay = min(max_decay, 1.0 - (1.0 + float(num_averaged)) ** (-2.0 / 3.0))
+            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+
+        self.averaged = AveragedModel(model, multi_avg_fn=multi_avg_fn)
+        self.averaged.requires_grad_(False)
+
+    @property
+    def shadow_params(self) -> list[torch.Tensor]:
+        return [p.detach() for p in self.averaged.module.parameters()]
+
+    @property
+    def n_averaged(self) -> int:
+        return int(self.averaged.n_averaged)
+
+    def step(self, model: torch.nn.Module) -> None:
+        self.averaged.update_parameters(model)
+
+    def meta(self) -> dict:
+        return {"n_averaged": self.n_averaged, "max_decay": self.max_decay}
+
+    def load(self, shadow: list[torch.Tensor], meta: dict) -> None:
+        n = meta.get("n_averaged", meta.get("optimization_step"))   # (older files: diffusers EMAModel)
+        with torch.no_grad():
+            for p, v in zip(self.averaged.module.parameters(), shadow):
+                p.copy_(v)
+            self.averaged.n_averaged.fill_(int(n))
+
+
 def _ema_state_dict(model: torch.nn.Module, ema) -> dict[str, torch.Tensor]:
     """UNet state dict holding the EMA weights (parameters) and the live buffers."""
     names = [n for n, _ in model.named_parameters()]
@@ -239,9 +281,7 @@ def _load_train_state(out: Path, model, ema, opt, scaler) -> dict:
     check_state_dict(model.state_dict(), raw, f"{path} (raw weights)")
     check_state_dict({k: p for k, p in params.items()}, ema_sd, f"{path} (EMA weights)")
     model.load_state_dict(raw)
-    ema_meta = dict(meta["ema"])
-    ema_meta["shadow_params"] = [ema_sd[n].to(p.device) for n, p in params.items()]
-    ema.load_state_dict(ema_meta)
+    ema.load([ema_sd[n] for n in params], meta["ema"])
     try:
         opt.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
     except (ValueError, KeyError, RuntimeError) as exc:
@@ -254,7 +294,7 @@ def _load_train_state(out: Path, model, ema, opt, scaler) -> dict:
 def _save_checkpoint(out: Path, model, ema, opt, scaler, config: dict, step: int, wall: float,
                      opts: TrainOptions, data_record: dict, d: _Dist, amp: str) -> None:
     opt_tensors, opt_meta = _flatten_optimizer(opt)
-    ema_meta = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
+    ema_meta = ema.meta()
     names = [n for n, _ in model.named_parameters()]
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"ema.{n}": s for n, s in zip(names, ema.shadow_params)})
@@ -275,7 +315,7 @@ def _save_checkpoint(out: Path, model, ema, opt, scaler, config: dict, step: int
         "optimizer": {"name": "AdamW", "lr": opts.lr, "lr_schedule": opts.lr_schedule,
                       "warmup_steps": opts.warmup_steps, "weight_decay": opts.weight_decay,
                       "grad_clip": opts.grad_clip},
-        "ema": {"max_decay": opts.ema_decay, "warmup": "1 - (1 + step)^(-2/3)"},
+        "ema": {"max_decay": opts.ema_decay, "decay_at_update_k": "min(max_decay, 1 - k^(-2/3))"},
         "augmentation": {"hflip": opts.hflip, "vflip": opts.vflip, "random_crops": True,
                          "balance": opts.balance},
         "seed": opts.seed, "mixed_precision": amp,
@@ -376,7 +416,6 @@ def train(opts: TrainOptions) -> dict:
     Run under ``torchrun --nproc_per_node N`` for data-parallel training (gloo on CPU, NCCL on
     GPUs); every process draws its own batches, gradients are averaged by DDP.
     """
-    from diffusers.training_utils import EMAModel
     from tqdm import tqdm
 
     _validate(opts)
@@ -408,7 +447,7 @@ def train(opts: TrainOptions) -> dict:
 
     torch.manual_seed(opts.seed)
     model = build_unet(config).to(d.device)
-    ema = EMAModel(model.parameters(), decay=opts.ema_decay, use_ema_warmup=True, power=2 / 3)
+    ema = _EMA(model, opts.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     amp_dtype = None
     if opts.amp and d.device.type == "cuda":
@@ -426,7 +465,6 @@ def train(opts: TrainOptions) -> dict:
         if d.main:
             _truncate_log(out / LOG_NAME, step)
             print(f"tomo train: resumed {out} at step {step}", file=sys.stderr)
-    ema.to(d.device)
     net = model
     if d.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -476,7 +514,7 @@ def train(opts: TrainOptions) -> dict:
             scaler.update()
         else:
             opt.step()
-        ema.step(model.parameters())
+        ema.step(model)
         step += 1
         interval_losses.append(loss.item())
 
