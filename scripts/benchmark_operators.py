@@ -150,14 +150,20 @@ def main(argv=None) -> int:
     p.add_argument("--skimage-slices", type=int, default=2,
                    help="scikit-image is a per-slice loop and slow: time it on at most this many slices")
     p.add_argument("--no-skimage", action="store_true")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads of the matrix path (operators.set_matrix_threads; 0 = torch default)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (64x64, 10 views, batch 1 and 4)")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.views, args.batches, args.reps = [64], [10], [1, 4], 1
     warnings.filterwarnings("ignore", category=UserWarning)
-    print(machine_description())
+    from operators import set_matrix_threads
+    set_matrix_threads(args.threads)
+    print(machine_description() + f"; matrix path threads: {args.threads or torch.get_num_threads()}")
     print(HEADER)
     run(args.sizes, args.views, args.batches, args.reps, args.skimage_slices, args.no_skimage)
+    if hasattr(os, "getloadavg"):
+        print(f"load average at end: {os.getloadavg()[0]:.2f}")
     return 0
 
 
