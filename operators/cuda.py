@@ -165,6 +165,32 @@ def calibrate_orientation(device: torch.device) -> dict:
     return _ORIENTATION
 
 
+def astra_geometries_2d(g, batch: int, orient: dict) -> tuple:
+    """ASTRA 3D ``(vol_geom, proj_geom)`` for a batch of ``batch`` 2D slices of geometry ``g``.
+
+    Volume ``(batch, H, W)`` in mm (slices one pixel thick); projections ``(batch, V, D)``
+    (parallel beam) or ``(1, batch * V, D)`` (fan beam, slice-major views). ``orient`` is
+    :func:`calibrate_orientation`'s result.
+    """
+    import astra
+    h, w = g.image_shape
+    p = g.pixel_spacing_mm
+    vol_geom = astra.create_vol_geom(h, w, batch, -w * p / 2, w * p / 2, -h * p / 2, h * p / 2,
+                                     -batch * p / 2, batch * p / 2)
+    if isinstance(g, FanBeam2D):
+        z = (np.arange(batch) + 0.5 - batch / 2) * p
+        if not orient["rows_follow_slices"]:
+            z = z[::-1]
+        vec = _fan_vectors(g.angles_array, g.detector_spacing_mm, g.source_origin_mm, g.origin_detector_mm,
+                           z, p, orient["mirror_y"])
+        proj_geom = astra.create_proj_geom("cone_vec", 1, g.detector_count, vec)
+    else:
+        vec = _parallel_vectors(g.angles_array, g.detector_spacing_mm,
+                                p if orient["rows_follow_slices"] else -p, orient["mirror_y"])
+        proj_geom = astra.create_proj_geom("parallel3d_vec", batch, g.detector_count, vec)
+    return vol_geom, proj_geom
+
+
 # ----- operator backend ----------------------------------------------------------------------------
 class AstraCudaProjector:
     """Forward/back-projection kernels of :class:`operators.ct.CTProjector` on CUDA (see module doc)."""
@@ -184,25 +210,7 @@ class AstraCudaProjector:
         op = self._batch_ops.get(batch)
         if op is not None:
             return op
-        import astra
-        orient = calibrate_orientation(self.device)
-        g = self.geometry
-        h, w = g.image_shape
-        p = g.pixel_spacing_mm
-        vol_geom = astra.create_vol_geom(h, w, batch, -w * p / 2, w * p / 2, -h * p / 2, h * p / 2,
-                                         -batch * p / 2, batch * p / 2)
-        if isinstance(g, FanBeam2D):
-            z = (np.arange(batch) + 0.5 - batch / 2) * p
-            if not orient["rows_follow_slices"]:
-                z = z[::-1]
-            vec = _fan_vectors(g.angles_array, g.detector_spacing_mm, g.source_origin_mm, g.origin_detector_mm,
-                               z, p, orient["mirror_y"])
-            proj_geom = astra.create_proj_geom("cone_vec", 1, g.detector_count, vec)
-        else:
-            vec = _parallel_vectors(g.angles_array, g.detector_spacing_mm,
-                                    p if orient["rows_follow_slices"] else -p, orient["mirror_y"])
-            proj_geom = astra.create_proj_geom("parallel3d_vec", batch, g.detector_count, vec)
-        op = _Astra3D(vol_geom, proj_geom)
+        op = _Astra3D(*astra_geometries_2d(self.geometry, batch, calibrate_orientation(self.device)))
         if len(self._batch_ops) >= 4:  # keep a few batch sizes
             self._batch_ops.pop(next(iter(self._batch_ops))).close()
         self._batch_ops[batch] = op

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from operators import CTProjector, ConeBeam3D, FanBeam2D, ParallelBeam2D, ParallelBeam3D, fbp, shepp_logan
-from operators.cuda import _fan_vectors, _parallel_vectors, cuda_available
+from operators.cuda import _fan_vectors, _parallel_vectors, astra_geometries_2d, cuda_available
 
 CUDA = cuda_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU and ASTRA built with CUDA")
@@ -49,6 +49,17 @@ def test_vectors_match_astra_2d_conventions():
     assert np.allclose(ours[:4, [2, 5]], -1.5) and np.allclose(ours[4:, [2, 5]], 1.5)
     mirrored = _fan_vectors(angles, 0.7, 50.0, 20.0, np.array([0.0]), 3.0, mirror_y=True)
     assert np.allclose(mirrored[:, [1, 4, 7]], -ours[:4][:, [1, 4, 7]])
+
+
+@pytest.mark.parametrize("make, proj_shape", [(par, (3, 12, 48)), (fan, (1, 3 * 16, 64))])
+def test_2d_batch_geometries_have_the_tensor_layout_we_pass(make, proj_shape):
+    """ASTRA's own shape logic agrees with the buffers the CUDA path hands it (zero-copy views)."""
+    g = make()
+    for orient in ({"mirror_y": True, "rows_follow_slices": True}, {"mirror_y": False, "rows_follow_slices": False}):
+        vol_geom, proj_geom = astra_geometries_2d(g, 3, orient)
+        assert astra.functions.geom_size(vol_geom) == (3, 32, 32)
+        assert astra.functions.geom_size(proj_geom) == proj_shape
+        assert vol_geom["option"]["WindowMaxZ"] == pytest.approx(1.5 * g.pixel_spacing_mm)
 
 
 @pytest.mark.skipif(CUDA, reason="this machine has CUDA")
