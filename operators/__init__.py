@@ -14,6 +14,7 @@ from .phantom import WATER_MU_PER_MM, shepp_logan
 from .image import (Convolution, Downsample, GaussianBlur, Identity, Inpaint, Mask, MotionBlur, Outpaint, box_mask,
                     random_mask)
 from .noise import GaussianNoise, PoissonTransmissionNoise
+from .cuda import cuda_available
 
 __all__ = [
     "LinearOperator", "AdjointOperator", "ScaledOperator", "ComposedOperator", "check_tensor",
@@ -25,5 +26,5 @@ __all__ = [
     "shepp_logan", "WATER_MU_PER_MM",
     "Identity", "Convolution", "GaussianBlur", "MotionBlur", "Downsample", "Mask", "Inpaint", "Outpaint",
     "box_mask", "random_mask",
-    "GaussianNoise", "PoissonTransmissionNoise",
+    "GaussianNoise", "PoissonTransmissionNoise", "cuda_available",
 ]

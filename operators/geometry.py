@@ -42,7 +42,8 @@ SINOGRAM_GEOMETRY_KEYS = ("geometry", "angles", "detector_spacing_mm", "pixel_sp
 # ----- validation helpers ---------------------------------------------------------------------------
 def _positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:
     try:
-        v = float(np.asarray(value).item()) if np.ndim(value) == 0 else None
+        arr = np.asarray(value, dtype=np.float64)
+        v = float(arr.reshape(-1)[0]) if arr.size == 1 else None  # 0-d or 1-element arrays from .npz files
     except (TypeError, ValueError):
         v = None
     if v is None:
