@@ -4,7 +4,8 @@
 # Data: ../shared/data/train/dicom only (9 patients, 213 slices incl. coronal/sagittal reformats;
 # never dev/). Patch mode (64 px patches + x/y position channels) at 1.5 mm pixels, HU window
 # [-1000, 2000], 4.3 M-parameter diffusers UNet, linear DDPM schedule T=1000, AdamW 2e-4 constant
-# after 200 warm-up steps, batch 16, EMA <= 0.999, seed 0, one CPU thread (the machine is shared:
+# after 200 warm-up steps, batch 16, EMA <= 0.999, seed 0, bf16 autocast on the CPU (1.6x faster
+# than float32 on this AVX512-BF16 CPU; weights stay float32), one CPU thread (the machine is shared:
 # two threads are 3x slower than one when another process holds a core).
 #
 # The run stops at a wall-time budget (--max-minutes); with a constant learning rate, every step
@@ -19,7 +20,7 @@ mkdir -p "$OUT"
 setsid nohup nice -n 10 tomo train "$DATA/train/dicom" --out "$OUT" \
     --arch small --patch-size 64 --pixel-size 1.5 --hu-window=-1000,2000 --beta-schedule linear \
     --batch-size 16 --lr 2e-4 --lr-schedule constant --warmup-steps 200 --ema-decay 0.999 \
-    --seed 0 --steps 100000 --max-minutes 62 --threads 1 \
+    --seed 0 --steps 100000 --max-minutes 62 --threads 1 --cpu-bf16 \
     --checkpoint-every 100 --log-every 10 --samples 8 --sample-steps 50 \
     > "$OUT/train.log" 2>&1 < /dev/null &
 echo "training PID $! -> $OUT/train.log"

@@ -63,6 +63,8 @@ def register(subparsers) -> None:
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     r.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
+    r.add_argument("--cpu-bf16", action="store_true",
+                   help="bf16 autocast on CPU (weights stay float32; ~1.6x faster on CPUs with AVX512-BF16)")
     r.add_argument("--samples", type=int, default=8, help="unconditional samples drawn at the end (0: none)")
     r.add_argument("--sample-steps", type=int, default=50, help="DDIM steps for the samples (50)")
     r.add_argument("--sample-size", type=int, default=None, help="sample side in pixels (default: image size)")

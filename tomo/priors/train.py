@@ -79,6 +79,7 @@ class TrainOptions:
     resume: bool = False
     device: str = "auto"
     amp: bool = True                   # mixed precision on CUDA (bf16 where supported, else fp16)
+    cpu_bf16: bool = False             # bf16 autocast on CPU (about 1.6x faster with AVX512-BF16/AMX)
     samples: int = 8                   # unconditional samples drawn at the end (0: none)
     sample_steps: int = 50
     sample_size: int | None = None     # default: image_size
@@ -452,6 +453,8 @@ def train(opts: TrainOptions) -> dict:
     amp_dtype = None
     if opts.amp and d.device.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    elif opts.cpu_bf16 and d.device.type == "cpu":
+        amp_dtype = torch.bfloat16
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     amp_name = str(amp_dtype).replace("torch.", "") if amp_dtype else "off"
 
