@@ -12,6 +12,10 @@ prior: shifted patch partition). Reported per t, averaged over slices:
 - ``x0_rmse_hu``    RMSE in HU of Tweedie's x0_hat = (x_t - sqrt(1-abar) eps_hat)/sqrt(abar), in the
                     [-1000, 1000] HU evaluation window (both images clipped to it)
 - ``x0_rmse_hu_zero`` the same for the zero predictor, whose x0_hat = x_t / sqrt(abar)
+- ``gauss_mse``, ``x0_rmse_hu_gauss``: a stronger baseline, the exact MMSE predictor for a prior
+                    of independent Gaussian pixels with the mean and variance of the *training*
+                    slices, eps_hat = sqrt(1-abar) (x_t - sqrt(abar) mu) / (abar s^2 + 1 - abar):
+                    what any denoiser gets without learning spatial structure
 
 Usage (numbers for the model card; dev/ is for reporting only, never for training or tuning):
 
@@ -32,6 +36,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DEV = REPO.parent / "shared" / "data" / "dev" / "dicom"
+DEFAULT_TRAIN = REPO.parent / "shared" / "data" / "train" / "dicom"
 EVAL_WINDOW_HU = (-1000.0, 1000.0)
 
 CARD_TEMPLATE = """# Model card: tomo CT diffusion prior (`data/prior`)
@@ -100,7 +105,10 @@ DDIM, 50 steps, 256 x 256 px at {pixel} mm assembled from patches, shown in the 
 {eval_slices} slices ({eval_groups} patients) of `{eval_data}`, resampled to {pixel} mm; every slice noised
 at time step t with seeded unit-variance noise (seed {eval_seed}); mean ± standard error over slices.
 A model that always predicts zero noise scores eps MSE = mean(eps^2), about 1.0; a ratio below 1
-means the prior predicts the noise. x0_hat is Tweedie's denoised estimate, compared with the
+means the prior predicts the noise. "Gaussian pixels" is a stronger baseline: the exact MMSE
+denoiser for independent Gaussian pixels with the mean and variance of the training slices
+(mean {g_mean:.3f}, variance {g_var:.3f} in model range) -- what one gets without learning any
+spatial structure; the prior must beat it to be useful. x0_hat is Tweedie's denoised estimate, compared with the
 clean slice in the [-1000, 1000] HU window (the zero predictor's x0_hat is x_t / sqrt(abar)).
 
 {eval_table}
@@ -132,13 +140,21 @@ def load_slices(data: list[str], prior, max_slices: int | None):
     return [(sampler.image(i), records[i].group) for i in idx], report
 
 
+def pixel_moments(images) -> tuple[float, float]:
+    """Mean and variance (model range) of all pixels of the given slices."""
+    values = np.concatenate([img.ravel() for img, _ in images]).astype(np.float64)
+    return float(values.mean()), float(values.var())
+
+
 @torch.no_grad()
-def denoising_eval(prior, images, timesteps, seed: int = 0) -> list[dict]:
+def denoising_eval(prior, images, timesteps, seed: int = 0, gauss=(0.0, 1.0)) -> list[dict]:
     lo, hi = EVAL_WINDOW_HU
+    mu, var = gauss
     rows = []
     for t in timesteps:
         abar = float(prior.alphas_cumprod[t])
-        per = {"eps_mse": [], "zero_mse": [], "x0_rmse_hu": [], "x0_rmse_hu_zero": []}
+        per = {"eps_mse": [], "zero_mse": [], "gauss_mse": [], "x0_rmse_hu": [], "x0_rmse_hu_zero": [],
+               "x0_rmse_hu_gauss": []}
         for k, (img, _) in enumerate(images):
             g = torch.Generator().manual_seed(seed * 100_003 + k * 1009 + t)
             x0 = torch.from_numpy(img)[None, None].to(prior.device)
@@ -147,7 +163,11 @@ def denoising_eval(prior, images, timesteps, seed: int = 0) -> list[dict]:
             eps_hat = prior.eps(x_t, t, generator=g)
             x0_hat = (x_t - math.sqrt(1 - abar) * eps_hat) / math.sqrt(abar)
             x0_zero = x_t / math.sqrt(abar)
+            eps_gauss = math.sqrt(1 - abar) * (x_t - math.sqrt(abar) * mu) / (abar * var + 1 - abar)
+            x0_gauss = (x_t - math.sqrt(1 - abar) * eps_gauss) / math.sqrt(abar)
             ref = prior.model_to_hu(x0).clamp(lo, hi)
+            per["gauss_mse"].append(float((eps_gauss - eps).square().mean()))
+            per["x0_rmse_hu_gauss"].append(float((prior.model_to_hu(x0_gauss).clamp(lo, hi) - ref).square().mean().sqrt()))
             per["eps_mse"].append(float((eps_hat - eps).square().mean()))
             per["zero_mse"].append(float(eps.square().mean()))
             per["x0_rmse_hu"].append(float((prior.model_to_hu(x0_hat).clamp(lo, hi) - ref).square().mean().sqrt()))
@@ -159,19 +179,20 @@ def denoising_eval(prior, images, timesteps, seed: int = 0) -> list[dict]:
         row["ratio"] = row["eps_mse"] / row["zero_mse"]
         rows.append(row)
         print(f"t={t:4d}  eps MSE {row['eps_mse']:.4f} +- {row['eps_mse_sem']:.4f}   zero {row['zero_mse']:.4f}"
-              f"   ratio {row['ratio']:.3f}   x0 RMSE {row['x0_rmse_hu']:.1f} HU (zero predictor "
-              f"{row['x0_rmse_hu_zero']:.1f} HU)", flush=True)
+              f"   Gaussian {row['gauss_mse']:.4f}   ratio {row['ratio']:.3f}   x0 RMSE {row['x0_rmse_hu']:.1f} HU "
+              f"(zero {row['x0_rmse_hu_zero']:.1f}, Gaussian {row['x0_rmse_hu_gauss']:.1f})", flush=True)
     return rows
 
 
 def table(rows) -> str:
-    lines = ["| t | noise std sqrt(1-abar) | eps MSE, prior | eps MSE, zero predictor | ratio | "
-             "x0_hat RMSE (HU), prior | x0_hat RMSE (HU), zero predictor |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| t | noise std sqrt(1-abar) | eps MSE: prior | zero predictor | Gaussian pixels | "
+             "prior / zero | x0_hat RMSE (HU): prior | zero predictor | Gaussian pixels |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['t']} | {r['sqrt_1_minus_abar']:.3f} | {r['eps_mse']:.4f} ± {r['eps_mse_sem']:.4f} | "
-                     f"{r['zero_mse']:.4f} | {r['ratio']:.3f} | {r['x0_rmse_hu']:.1f} ± {r['x0_rmse_hu_sem']:.1f} | "
-                     f"{r['x0_rmse_hu_zero']:.1f} |")
+                     f"{r['zero_mse']:.4f} | {r['gauss_mse']:.4f} | {r['ratio']:.3f} | "
+                     f"{r['x0_rmse_hu']:.1f} ± {r['x0_rmse_hu_sem']:.1f} | {r['x0_rmse_hu_zero']:.1f} | "
+                     f"{r['x0_rmse_hu_gauss']:.1f} |")
     return "\n".join(lines)
 
 
@@ -200,7 +221,8 @@ def write_card(path: Path, prior_dir: Path, results: dict) -> None:
         spacing=data.get("pixel_spacing_range_mm"), groups=groups,
         eval_data=", ".join(ev["data"]), eval_slices=ev["n_slices"], eval_groups=ev["n_groups"],
         eval_table=table(ev["rows"]), eval_seed=ev["seed"], eval_command=ev["command"],
-        eval_minutes=ev["wall_s"] / 60, date=time.strftime("%Y-%m-%d"))
+        eval_minutes=ev["wall_s"] / 60, g_mean=ev["gauss_baseline"]["mean"], g_var=ev["gauss_baseline"]["variance"],
+        date=time.strftime("%Y-%m-%d"))
     path.write_text(card)
     print(f"wrote {path}")
 
@@ -214,6 +236,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prior", default=None, help="checkpoint folder (default: the shipped data/prior)")
     ap.add_argument("--data", nargs="+", default=[str(DEFAULT_DEV)], help="held-out CT (default dev/dicom)")
+    ap.add_argument("--baseline-data", nargs="+", default=[str(DEFAULT_TRAIN)],
+                    help="slices whose pixel mean/variance define the Gaussian baseline (default train/dicom)")
     ap.add_argument("--t", nargs="+", type=int, default=[10, 50, 100, 250, 500, 750, 900])
     ap.add_argument("--max-slices", type=int, default=None, help="evaluate at most this many slices")
     ap.add_argument("--seed", type=int, default=0)
@@ -232,8 +256,11 @@ def main(argv=None) -> int:
     t0 = time.time()
     images, report = load_slices(args.data, prior, args.max_slices)
     print(f"{len(images)} held-out slices ({report.summary()}); prior {prior_dir}", flush=True)
-    rows = denoising_eval(prior, images, args.t, args.seed)
-    results = {"eval": {"data": args.data, "n_slices": len(images),
+    gauss = pixel_moments(load_slices(args.baseline_data, prior, None)[0])
+    print(f"Gaussian baseline from {args.baseline_data}: mean {gauss[0]:.4f}, variance {gauss[1]:.4f} "
+          f"(model range)", flush=True)
+    rows = denoising_eval(prior, images, args.t, args.seed, gauss)
+    results = {"eval": {"gauss_baseline": {"data": args.baseline_data, "mean": gauss[0], "variance": gauss[1]},"data": args.data, "n_slices": len(images),
                         "n_groups": len({g for _, g in images}), "seed": args.seed, "rows": rows,
                         "wall_s": time.time() - t0,
                         "command": "python scripts/eval_prior.py " + " ".join(argv or sys.argv[1:])}}
