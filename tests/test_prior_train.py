@@ -178,3 +178,14 @@ def test_checkpoint_misuse_is_a_clear_error(npz_data, tmp_path, capsys):
     state.write_bytes(state.read_bytes()[:1000])                              # corrupt the training state
     rc, err = _run_cli([str(npz_data), "--out", str(out), *TINY, "--resume", "--steps", "4"], capsys)
     assert rc == 2 and "corrupt or truncated" in err
+
+
+def test_whole_image_mode_trains_and_loads(npz_data, tmp_path):
+    out = tmp_path / "whole"
+    train(TrainOptions([str(npz_data)], str(out), steps=3, batch_size=2, arch="tiny", patch_size=0,
+                       image_size=32, checkpoint_every=3, log_every=1, warmup_steps=1, samples=1,
+                       sample_steps=2, progress=False, threads=1))
+    prior = load_prior(out)
+    assert prior.patch_size is None and prior.config["image_size"] == 32
+    assert prior.eps(torch.zeros(1, 1, 30, 20), 10).shape == (1, 1, 30, 20)
+    assert (out / "samples.png").is_file()
