@@ -64,7 +64,7 @@ padding at the borders).
 `../shared/data/train/dicom` only (never `dev/`): {n_slices} slices from {n_volumes} DICOM
 series in {n_groups} patient folders, all orientations (the COVID-19-NY-SBU folders hold axial,
 coronal and sagittal reformats), native pixel spacing {spacing} mm, resampled to {pixel} mm
-(anti-aliased linear). Skipped: {n_skipped} file(s) {skipped}. Slices are sampled with weight
+(anti-aliased linear). Skipped: {n_skipped} file(s) ({skipped}). Slices are sampled with weight
 1/sqrt(slices in their patient folder), so the 141-slice thorax series does not dominate
 the 6-slice patients. Augmentation: random left-right flips and random crops (patches may hang
 over the slice border by half a patch; the padding is masked out of the loss).
@@ -80,7 +80,7 @@ mm would teach the prior blur.
 
 ## Training
 - Command (exactly what produced these weights): `scripts/train_prior.sh`, i.e.
-  `tomo train ../shared/data/train/dicom --out runs/prior --arch small --patch-size {patch} --pixel-size {pixel} --hu-window=-1000,2000 --beta-schedule {beta} --batch-size {batch} --lr {lr} --lr-schedule {lr_schedule} --warmup-steps {warmup} --ema-decay {ema} --seed {seed} --steps 100000 --max-minutes 62 --threads 1 --checkpoint-every 100 --log-every 10 --samples 8 --sample-steps 50`,
+  `tomo train ../shared/data/train/dicom --out runs/prior --arch small --patch-size {patch} --pixel-size {pixel} --hu-window=-1000,2000 --beta-schedule {beta} --batch-size {batch} --lr {lr} --lr-schedule {lr_schedule} --warmup-steps {warmup} --ema-decay {ema} --seed {seed} --steps 100000 --max-minutes 62 --threads 1{bf16_flag} --checkpoint-every 100 --log-every 10 --samples 8 --sample-steps 50`,
   then `python -m tomo.priors.export runs/prior data/prior --force`.
   The wall-time budget stopped it at **{steps} steps**; with the constant learning rate every
   step depends only on (seed, step), so `... --steps {steps}` without `--max-minutes` reproduces
@@ -88,7 +88,7 @@ mm would teach the prior blur.
   CPUs and library versions).
 - {steps} steps x batch {batch} x {processes} process = {patches_seen} patches; AdamW (lr {lr}, {warmup}
   warm-up steps, then {lr_schedule}; weight decay {wd}), gradient clipping at {clip}, EMA with
-  decay min({ema}, 1 - k^(-2/3)) at update k.
+  decay min({ema}, 1 - k^(-2/3)) at update k; mixed precision: {precision}.
 - Wall time {wall_min:.1f} min on {hardware} (a 2-core machine shared with other jobs, run at
   `nice 10`); software {software}.
 
@@ -116,7 +116,7 @@ clean slice in the [-1000, 1000] HU window (the zero predictor's x0_hat is x_t /
 Command: `{eval_command}` ({eval_minutes:.1f} min).
 
 ## Limitations
-- Tiny training set: 9 patients, 213 slices, one hour on 2 shared CPU cores. The prior knows
+- Tiny training set: {n_groups} patients, {n_slices} slices, {wall_min:.0f} min on 2 shared CPU cores. The prior knows
   chest CT at {pixel} mm (body outline, lungs, bone, table) and little else: no head, abdomen-only,
   pediatric or contrast-specific anatomy; it will pull such images towards chest anatomy.
 - Patch prior: long-range structure comes only from the position channels and the
@@ -204,20 +204,29 @@ def write_card(path: Path, prior_dir: Path, results: dict) -> None:
     groups = "\n".join(f"| {g} | {n} |" for g, n in sorted(data.get("groups", {}).items()))
     steps = tr.get("steps")
     template = CARD_TEMPLATE
+    hardware = tr.get("hardware", "?")
+    if "CPU" in hardware and "x86_64)" in hardware:      # records written before cpu_model() existed
+        from tomo.priors.train import cpu_model
+        hardware = hardware.replace("x86_64)", f"{cpu_model()})")
+    precision = tr.get("mixed_precision", "off")
+    bf16_flag = " --cpu-bf16" if precision == "bfloat16" and "CPU" in hardware else ""
+    precision = {"off": "none (float32)", "bfloat16": "bf16 autocast (weights and optimiser in float32)"}.get(
+        precision, precision)
     ev = results["eval"]
     card = template.format(
         steps=steps, patches_seen=tr.get("patches_seen"), wall_min=tr.get("wall_time_s", 0) / 60,
-        hardware=tr.get("hardware"), software=json.dumps(tr.get("software")),
+        hardware=hardware, software=json.dumps(tr.get("software")),
         batch=tr.get("batch_size_per_process"), processes=tr.get("processes"),
         lr=tr.get("optimizer", {}).get("lr"), lr_schedule=tr.get("optimizer", {}).get("lr_schedule"),
         warmup=tr.get("optimizer", {}).get("warmup_steps"), wd=tr.get("optimizer", {}).get("weight_decay"),
         clip=tr.get("optimizer", {}).get("grad_clip"), ema=tr.get("ema", {}).get("max_decay"),
-        seed=tr.get("seed"), n_params=n_params / 1e6, size_mb=size_mb,
+        seed=tr.get("seed"), bf16_flag=bf16_flag, precision=precision, n_params=n_params / 1e6, size_mb=size_mb,
         blocks=arch["block_out_channels"], layers=arch["layers_per_block"], patch=config["patch_size"],
         pixel=config["pixel_size_mm"], window=config["hu_window"], beta=config["schedule"]["beta_schedule"],
         T=config["schedule"]["num_train_timesteps"],
         n_slices=data.get("n_slices"), n_volumes=data.get("n_volumes"), n_groups=len(data.get("groups", {})),
-        n_skipped=data.get("n_skipped"), skipped=json.dumps(data.get("skipped_reasons")),
+        n_skipped=data.get("n_skipped"),
+        skipped=", ".join(f"{n} {r}" for r, n in (data.get("skipped_reasons") or {}).items()) or "none",
         spacing=data.get("pixel_spacing_range_mm"), groups=groups,
         eval_data=", ".join(ev["data"]), eval_slices=ev["n_slices"], eval_groups=ev["n_groups"],
         eval_table=table(ev["rows"]), eval_seed=ev["seed"], eval_command=ev["command"],

@@ -329,8 +329,19 @@ def _save_checkpoint(out: Path, model, ema, opt, scaler, config: dict, step: int
 def _hardware(d: _Dist) -> str:
     if d.device.type == "cuda":
         return f"{d.world} x {torch.cuda.get_device_name(d.device)}"
-    return f"{d.world} process(es) on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), " \
-           f"{torch.get_num_threads()} threads each"
+    return f"{d.world} process(es) on {os.cpu_count()} CPU cores ({cpu_model()}), " \
+           f"{torch.get_num_threads()} thread(s) each"
+
+
+def cpu_model() -> str:
+    """The CPU model name (Linux /proc/cpuinfo), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _software() -> dict:
