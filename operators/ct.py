@@ -60,7 +60,8 @@ _THREADS = {"n": 1}
 
 
 def set_matrix_threads(n: int) -> int:
-    """Number of CPU threads for the sparse matrix products (default 1; 0 = torch's global setting).
+    """Number of CPU threads for CTProjector (validation + sparse products) and FBP on the CPU
+    (default 1; 0 = torch's global setting).
 
     Why 1: on the project machine (2 cores shared with background jobs) torch's multi-threaded
     CSR product waits for a busy second core: measured 256x256, 180 views, batch 16, forward +

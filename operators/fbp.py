@@ -173,37 +173,47 @@ class FBP(torch.nn.Module):
         return torch.fft.irfft(spec * resp, n=self.n_pad, dim=-1)[..., :n_det] / tau
 
     def backproject(self, q: torch.Tensor) -> torch.Tensor:
-        """Pixel-driven back-projection of a filtered sinogram ``[N, V, D]`` -> ``[N, H * W]``."""
+        """Pixel-driven back-projection of a filtered sinogram ``[N, V, D]`` -> ``[N, H * W]``.
+
+        Each pixel reads the detector at its projected position with linear interpolation
+        (zero outside the detector); fan beam multiplies by ``1 / U^2``. Geometry-only arrays
+        are computed in place per chunk of views; the sinogram-dependent steps (two gathers, a
+        multiply-add, a sum) are ordinary differentiable torch operations.
+        """
         g = self.geometry
         nb, nv, nd = q.shape
         dtype, device = q.dtype, q.device
         xs, ys = _pixel_coordinates(g, dtype, device)
         npix = xs.numel()
         angles = torch.as_tensor(g.angles_array, dtype=dtype, device=device)
-        # a zero bin at each end: out-of-detector samples read zeros
-        qpad = torch.nn.functional.pad(q, (1, 1)).reshape(nb, nv * (nd + 2))
+        # one zero bin before and two after the detector: every sample reads bins i and i + 1 of
+        # a padded row, with positions clamped to [0, nd + 1]
+        qpad = torch.nn.functional.pad(q, (1, 2))
+        slope = (qpad[..., 1:] - qpad[..., :-1]).reshape(nb, nv * (nd + 2))  # q[i + 1] - q[i]
+        qpad = qpad[..., :-1].reshape(nb, nv * (nd + 2))
         out = q.new_zeros(nb, npix)
         chunk = max(1, _CHUNK_ELEMENTS // max(1, nb * npix))
         fan = isinstance(g, FanBeam2D)
+        inv_ds = 1.0 / g.detector_spacing_mm
         for v0 in range(0, nv, chunk):
             th = angles[v0:v0 + chunk, None]
             c, s = torch.cos(th), torch.sin(th)
-            t = xs * c + ys * s  # along the detector, mm
             if fan:
                 so, od = g.source_origin_mm, g.origin_detector_mm
-                dist = so - xs * s + ys * c  # source-to-pixel distance along the central ray
-                t = t * (so + od) / dist
-                weight = (so / dist) ** 2  # 1 / U^2
-            pos = t / g.detector_spacing_mm + (nd - 1) / 2 + 1  # +1 for the zero pad bin
-            pos = pos.clamp(0, nd + 1)
-            i0 = torch.floor(pos).clamp(max=nd).long()
-            frac = pos - i0
-            base = (torch.arange(v0, v0 + th.shape[0], device=device) * (nd + 2))[:, None]
-            idx0 = (i0 + base).reshape(-1)
-            v_lo = qpad.index_select(1, idx0)
-            v_hi = qpad.index_select(1, idx0 + 1)
-            frac = frac.reshape(-1)
-            val = v_lo + frac * (v_hi - v_lo)
+                dist = ys * c  # source-to-pixel distance along the central ray: so - x sin + y cos
+                dist.addcmul_(xs, s, value=-1.0).add_(so)
+                pos = xs * (c * ((so + od) * inv_ds))
+                pos.addcmul_(ys, s * ((so + od) * inv_ds)).div_(dist)
+                weight = dist.reciprocal_().mul_(so).square_()  # 1 / U^2 (reuses dist's memory)
+            else:
+                pos = xs * (c * inv_ds)
+                pos.addcmul_(ys, s * inv_ds)
+            pos.add_((nd - 1) / 2 + 1).clamp_(0, nd + 1)  # +1: the leading zero bin
+            i0 = pos.to(torch.int64)  # truncation == floor for pos >= 0
+            frac = pos.sub_(i0)
+            i0.add_(torch.arange(v0, v0 + th.shape[0], device=device)[:, None] * (nd + 2))
+            idx = i0.reshape(-1)
+            val = torch.addcmul(qpad.index_select(1, idx), frac.reshape(-1), slope.index_select(1, idx))
             if fan:
                 val = val * weight.reshape(-1)
             out = out + val.reshape(nb, th.shape[0], npix).sum(1)
@@ -211,6 +221,14 @@ class FBP(torch.nn.Module):
 
     def forward(self, sinogram: torch.Tensor) -> torch.Tensor:
         check_tensor(sinogram, "sinogram")
+        if sinogram.device.type == "cpu":
+            # same CPU thread policy as CTProjector (operators.set_matrix_threads, default 1)
+            from .ct import _THREADS, _torch_threads
+            with _torch_threads(_THREADS["n"]):
+                return self._reconstruct(sinogram)
+        return self._reconstruct(sinogram)
+
+    def _reconstruct(self, sinogram: torch.Tensor) -> torch.Tensor:
         g = self.geometry
         if sinogram.dim() < 2 or tuple(sinogram.shape[-2:]) != g.sinogram_shape:
             raise ValueError(f"FBP: sinogram must end in (views, detectors) = {g.sinogram_shape}, "
