@@ -1,0 +1,183 @@
+#!/usr/bin/env python
+"""Tune the defaults of the classical methods on train/ slices ONLY (never dev/).
+
+For each standard configuration of evaluation.md (parallel-30, parallel-8, fanbeam-60) and a
+fixed set of train/dicom slices, the protocol simulation (:mod:`tomo.simulate`) is run and
+
+* TV: a grid of weights (batched: one solver run per slice scans all weights), with and
+  without Poisson data weighting, scored at several iteration counts;
+* SIRT and CGLS: scored along one long run at checkpoints (the iteration count is their
+  regulariser);
+* FBP: every filter.
+
+Scores are the project's (PSNR/SSIM on the [-1000, 1000] HU window, mean over slices). The
+table and the best settings are printed and written as JSON; docs/reconstruction.md records the
+run and tomo/recon/methods.py holds the chosen defaults.
+
+Reproduce (about 30-60 min on the shared 2-core machine):
+
+    python scripts/tune_tv.py --json docs/tune_tv.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from operators import CTProjector, FILTERS  # noqa: E402
+from tomo.io.dicom import read_volume  # noqa: E402
+from tomo.metrics import mu_to_hu, psnr, ssim  # noqa: E402
+from tomo.recon import cgls, fbp_reconstruct, poisson_weights, sirt, tv_pdhg  # noqa: E402
+from tomo.recon.methods import TV_START_FILTER  # noqa: E402
+from tomo.simulate import CONFIGS, simulate_volume  # noqa: E402
+
+#: train/dicom slices used for tuning: (path under train/dicom, slice index in that series).
+#: One per patient (8 of the 9; A072894 left out), mixing axial, coronal and sagittal reformats
+#: and the two non-COVID series, chosen before looking at any result.
+TRAIN_SLICES = (
+    ("covid-ny-sbu-A002304/axial/19001231-076.dcm", 0),
+    ("covid-ny-sbu-A027284/coronal/19000925-058.dcm", 0),
+    ("covid-ny-sbu-A048383/sagittal/19001231-065.dcm", 0),
+    ("covid-ny-sbu-A058062/axial", None),
+    ("covid-ny-sbu-A062055/coronal", None),
+    ("covid-ny-sbu-A098752/sagittal", None),
+    ("thorax-philips-01", 70),
+    ("lung-pet-ct-dx-a0002", 15),
+)
+
+
+def load_train_slices(root: Path, count: int):
+    """``[(name, hu [H, W] float32, pixel spacing (row, col) mm)]`` for the first ``count`` entries."""
+    out = []
+    for rel, index in TRAIN_SLICES[:count]:
+        path = root / rel
+        if path.is_dir() and index is None:  # a folder with one file per study: take the first file
+            path = sorted(path.glob("*.dcm"))[0]
+        vol = read_volume(path)
+        k = 0 if index is None else index
+        out.append((f"{rel}[{k}]", vol.hu[k], vol.pixel_spacing_mm))
+    return out
+
+
+def _scores(mu: torch.Tensor, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    hu = mu_to_hu(mu.detach().cpu().reshape((-1,) + ref.shape).numpy())
+    refs = np.broadcast_to(ref, hu.shape)
+    return np.atleast_1d(psnr(hu, refs)), np.atleast_1d(ssim(hu, refs))
+
+
+def tune_config(name: str, slices, args) -> list[dict]:
+    """All score records for one configuration: dicts with method, params, iteration, slice, psnr, ssim."""
+    records = []
+    weights = [float(w) for w in args.weights.split(",")]
+    checkpoints = set(int(c) for c in args.checkpoints.split(","))
+    sirt_cp = set(int(c) for c in args.sirt_checkpoints.split(","))
+    cgls_cp = set(int(c) for c in args.cgls_checkpoints.split(","))
+
+    def add(method, params, iteration, slice_name, p, s):
+        records.append(dict(config=name, method=method, params=params, iteration=iteration,
+                            slice=slice_name, psnr=float(p), ssim=float(s)))
+
+    for k, (slice_name, hu, spacing) in enumerate(slices):
+        t0 = time.time()
+        sf = simulate_volume(hu, spacing, name, seed=args.seed + k, progress=False)
+        y = torch.from_numpy(sf.sinogram)
+        ref = sf.hu_reference
+        op = CTProjector(sf.geometry)
+        for filt in FILTERS:
+            p, s = _scores(fbp_reconstruct(y, sf.geometry, filter=filt), ref)
+            add("fbp", {"filter": filt}, 0, slice_name, p[0], s[0])
+
+        def recorder(method, params, cps, per_item_params=None):
+            def callback(it, x):
+                if it in cps:
+                    p, s = _scores(x, ref)
+                    for j in range(len(p)):
+                        add(method, per_item_params[j] if per_item_params else params, it, slice_name, p[j], s[j])
+            return callback
+
+        sirt(op, y, iterations=max(sirt_cp), progress=False, callback=recorder("sirt", {}, sirt_cp))
+        for weighting in ("none", "poisson"):
+            w = poisson_weights(y) if weighting == "poisson" else None
+            cgls(op, y, iterations=max(cgls_cp), weights=w, progress=False,
+                 callback=recorder("cgls", {"weighting": weighting}, cgls_cp))
+        x0 = fbp_reconstruct(y, sf.geometry, filter=TV_START_FILTER).clamp_min(0.0)
+        yb = y.expand((len(weights),) + tuple(y.shape)).contiguous()
+        for weighting in args.weighting.split(","):
+            wts = poisson_weights(yb) if weighting == "poisson" else None
+            items = [{"weight": w, "weighting": weighting} for w in weights]
+            tv_pdhg(op, yb, weight=weights, weights=wts, x0=x0, iterations=max(checkpoints), progress=False,
+                    callback=recorder("tv", None, checkpoints, items))
+        print(f"  {name} slice {k + 1}/{len(slices)} {slice_name}: {time.time() - t0:.0f} s", flush=True)
+    return records
+
+
+def summarise(records: list[dict]) -> dict:
+    """Mean PSNR/SSIM over slices per (config, method, params, iteration), and the best per method."""
+    groups: dict[tuple, list] = {}
+    for r in records:
+        key = (r["config"], r["method"], json.dumps(r["params"], sort_keys=True), r["iteration"])
+        groups.setdefault(key, []).append(r)
+    table = [dict(config=c, method=m, params=json.loads(p), iteration=i, slices=len(v),
+                  psnr=float(np.mean([x["psnr"] for x in v])), ssim=float(np.mean([x["ssim"] for x in v])))
+             for (c, m, p, i), v in sorted(groups.items())]
+    best = {}
+    for row in table:
+        key = f"{row['config']}/{row['method']}"
+        if key not in best or row["psnr"] > best[key]["psnr"]:
+            best[key] = row
+    return {"table": table, "best": best}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
+                    help="shared data folder (train/dicom is read; dev/ never)")
+    ap.add_argument("--slices", type=int, default=len(TRAIN_SLICES), help="number of train slices (max %d)"
+                    % len(TRAIN_SLICES))
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configurations")
+    ap.add_argument("--weights", default="1e-5,3e-5,1e-4,3e-4,1e-3,3e-3", help="TV weights to scan")
+    ap.add_argument("--weighting", default="none,poisson", help="TV data weightings to scan")
+    ap.add_argument("--checkpoints", default="100,200,300,400", help="TV iterations scored")
+    ap.add_argument("--sirt-checkpoints", default="25,50,100,150,200,300,400")
+    ap.add_argument("--cgls-checkpoints", default="5,10,15,20,30,40,60")
+    ap.add_argument("--seed", type=int, default=1000, help="noise seed of the first slice (then +1 per slice)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy 2-core machine)")
+    ap.add_argument("--json", type=Path, help="write all records and the summary here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    root = args.data / "train" / "dicom"
+    if not root.is_dir():
+        ap.error(f"{root} not found")
+    slices = load_train_slices(root, args.slices)
+    print(f"{len(slices)} train slices: " + ", ".join(s[0] for s in slices), flush=True)
+    records = []
+    t0 = time.time()
+    for name in args.configs.split(","):
+        print(f"configuration {name} ({CONFIGS[name].describe()})", flush=True)
+        records += tune_config(name, slices, args)
+    summary = summarise(records)
+    for row in summary["table"]:
+        print(f"{row['config']:12s} {row['method']:5s} {json.dumps(row['params'], sort_keys=True):45s} "
+              f"it {row['iteration']:4d}  PSNR {row['psnr']:6.2f}  SSIM {row['ssim']:.4f}")
+    print("best by mean PSNR:")
+    for key, row in summary["best"].items():
+        print(f"  {key:20s} {json.dumps(row['params'], sort_keys=True)} it {row['iteration']}: "
+              f"PSNR {row['psnr']:.2f} SSIM {row['ssim']:.4f}")
+    print(f"total {time.time() - t0:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"slices": [s[0] for s in slices], "args": {k: str(v) for k, v in vars(args).items()},
+                                         "records": records, **summary}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
