@@ -11,7 +11,7 @@ import importlib
 import sys
 
 #: sub-command modules, in the order ``tomo --help`` lists them
-COMMANDS: tuple[str, ...] = ("info", "train", "restore")
+COMMANDS: tuple[str, ...] = ("info", "simulate", "reconstruct", "train", "restore", "demo")
 
 
 from tomo.cli import CommandError  # noqa: F401  (re-exported: sub-commands raise it)
