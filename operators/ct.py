@@ -272,6 +272,25 @@ def system_matrix(geometry: _Beam2D, dtype: torch.dtype = torch.float32,
     return entry
 
 
+#: bytes of the dense right-hand side per sparse product (see _blocked_product)
+_BLOCK_BYTES = 4 * 2 ** 20
+
+
+def _blocked_product(m: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``m @ rows.T`` for a CSR ``m`` and a batch ``rows`` ``[N, K]``; returns ``[M, N]``.
+
+    The batch goes through in blocks of columns whose dense operand fits ~4 MB: the product
+    reads that operand at scattered rows, and once it falls out of cache the cost jumps
+    (measured 512 x 512, 30 views, batch 16, forward: 0.43 s in one product, 0.22 s in blocks
+    of 4; 256 x 256: blocks of 16 were best).
+    """
+    n, k = rows.shape
+    block = max(1, _BLOCK_BYTES // (k * rows.element_size()))
+    if block >= n:
+        return m @ rows.T.contiguous()
+    return torch.cat([m @ rows[i:i + block].T.contiguous() for i in range(0, n, block)], dim=1)
+
+
 # ----- operator -------------------------------------------------------------------------------------
 _BACKENDS = ("auto", "matrix", "astra", "cuda")
 
@@ -415,7 +434,7 @@ class CTProjector(LinearOperator):
         if self.backend == "matrix":
             w, _ = self._matrices(x.dtype)
             with _torch_threads(self._threads()):
-                y = w @ x.reshape(n, -1).T.contiguous()
+                y = _blocked_product(w, x.reshape(n, -1))
             return y.T.reshape((n,) + self.out_shape).contiguous()
         if self.backend == "astra":
             return self._astra_loop(x, forward=True)
@@ -426,7 +445,7 @@ class CTProjector(LinearOperator):
         if self.backend == "matrix":
             _, wt = self._matrices(y.dtype)
             with _torch_threads(self._threads()):
-                x = wt @ y.reshape(n, -1).T.contiguous()
+                x = _blocked_product(wt, y.reshape(n, -1))
             return x.T.reshape((n,) + self.in_shape).contiguous()
         if self.backend == "astra":
             return self._astra_loop(y, forward=False)

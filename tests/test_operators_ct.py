@@ -213,3 +213,14 @@ def test_matrix_threads_setting_is_restored():
             set_matrix_threads(-1)
     finally:
         set_matrix_threads(old)
+
+
+def test_blocked_products_equal_one_product(monkeypatch):
+    """Batches go through the sparse product in cache-sized blocks; the result must not change."""
+    import operators.ct as ct
+    A = CTProjector(par())
+    x = torch.rand(5, 32, 32, generator=torch.Generator().manual_seed(4))
+    y = torch.rand(5, *A.out_shape, generator=torch.Generator().manual_seed(5))
+    whole_f, whole_b = A(x), A.T(y)
+    monkeypatch.setattr(ct, "_BLOCK_BYTES", 2 * 32 * 32 * 4)  # blocks of 2 images
+    assert torch.equal(A(x), whole_f) and torch.equal(A.T(y), whole_b)
