@@ -243,3 +243,17 @@ def test_solvers_reject_bad_arguments(problem):
         dds(prior, op, y[:5])
     with pytest.raises(TypeError, match="seed"):
         dds(prior, op, y, seed="zero")
+
+
+def test_warm_start_runs_the_last_part_of_the_schedule(problem):
+    prior, op, matrix, y, exact = problem
+    start_image = torch.full((1, 1, *SHAPE), PRIOR_MEAN)
+    err, result = _sample_mean_error(dds, prior, op, y, exact, steps=5, x_init=start_image, start=0.2)
+    assert result.timesteps[0] == 199 and result.network_evaluations == 5
+    assert err < 0.3 * float((torch.full_like(exact, PRIOR_MEAN) - exact).norm())
+    with pytest.raises(ValueError, match="x_init"):
+        dds(prior, op, y, steps=5, start=0.5)
+    with pytest.raises(ValueError, match="broadcast"):
+        dps(prior, op, y, steps=5, start=0.5, x_init=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="start"):
+        dds(prior, op, y, steps=5, start=1.5, x_init=start_image)

@@ -83,3 +83,25 @@ def check_same_device(prior, operator) -> None:
     pd, od = torch.device(dev), operator.device
     if pd.type != od.type or (pd.index is not None and od.index is not None and pd.index != od.index):
         raise ValueError(f"prior is on {pd} but the operator is on {od}; build both on the same device")
+
+
+def initial_state(shape, abar_first: float, generator: torch.Generator, like: torch.Tensor,
+                  x_init: torch.Tensor | None, start: float) -> torch.Tensor:
+    """``x_T``: pure noise, or ``x_init`` noised to the first timestep when ``start < 1``.
+
+    ``x_init`` (model range) must broadcast to ``shape`` = [B, 1, H, W].
+    """
+    z = standard_normal(shape, generator, like)
+    if x_init is None:
+        if start < 1.0:
+            raise ValueError("start < 1 (a warm start) needs x_init, the image to start from")
+        return z
+    if not isinstance(x_init, torch.Tensor) or not x_init.is_floating_point():
+        raise TypeError("x_init must be a floating-point torch.Tensor in the prior's model range")
+    if not bool(torch.isfinite(x_init).all()):
+        raise ValueError("x_init contains NaN or Inf values")
+    try:
+        x0 = torch.broadcast_to(x_init.to(device=like.device, dtype=like.dtype), shape)
+    except RuntimeError:
+        raise ValueError(f"x_init of shape {tuple(x_init.shape)} does not broadcast to the images {tuple(shape)}") from None
+    return abar_first ** 0.5 * x0 + (1.0 - abar_first) ** 0.5 * z

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from operators.base import LinearOperator
 
-from ._common import SolverResult, check_prior, check_same_device, make_generator, standard_normal
+from ._common import (SolverResult, check_prior, check_same_device, initial_state, make_generator,
+                      standard_normal)
 from .data import DataFidelity
 from .schedule import ddim_step, make_schedule, tweedie_x0
 
@@ -27,7 +28,8 @@ __all__ = ["dds"]
 def dds(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tensor | None = None,
         steps: int = 50, eta: float = 0.85, cg_iterations: int = 5, lam: float = 0.0,
         seed: int | torch.Generator | None = None, clip_x0: bool = True, normalize: bool = True,
-        spacing: str = "trailing", progress: bool = True) -> SolverResult:
+        spacing: str = "trailing", x_init: torch.Tensor | None = None, start: float = 1.0,
+        progress: bool = True) -> SolverResult:
     """Reconstruct ``x`` from ``y = A x + n`` with DDS.
 
     Parameters
@@ -57,6 +59,11 @@ def dds(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
         Normalise the data term so that ``||s W^{1/2} A|| = 1``.
     spacing : str
         diffusers timestep spacing.
+    x_init : torch.Tensor, optional
+        Warm start in model range (broadcastable to [B, 1, H, W]), e.g. an FBP or TV image.
+    start : float in (0, 1]
+        Run only the last ``start`` fraction of the schedule, starting from ``x_init`` noised to
+        that level (Chung et al., "come closer, diffuse faster", CVPR 2022); 1 = from noise.
     progress : bool
         Show a tqdm progress bar.
 
@@ -73,11 +80,11 @@ def dds(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
         raise ValueError(f"cg_iterations must be an int >= 0, got {cg_iterations!r}")
     if not (isinstance(lam, (int, float)) and 0.0 <= lam < float("inf")):
         raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-    schedule = make_schedule(prior.alphas_cumprod, steps, spacing)
+    schedule = make_schedule(prior.alphas_cumprod, steps, spacing, start)
     data = DataFidelity(operator, y, weights, normalize=normalize)
     check_same_device(prior, operator)
     generator = make_generator(seed)
-    x = standard_normal(data.image_shape, generator, data.y)
+    x = initial_state(data.image_shape, schedule.abar[0], generator, data.y, x_init, start)
     history = []
     with torch.no_grad():
         for t, abar, abar_prev in tqdm(schedule, desc="DDS", disable=not progress, leave=False):

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from operators.base import LinearOperator
 
-from ._common import SolverResult, check_prior, check_same_device, make_generator, standard_normal
+from ._common import (SolverResult, check_prior, check_same_device, initial_state, make_generator,
+                      standard_normal)
 from .data import DataFidelity
 from .schedule import ddpm_posterior_step, make_schedule, tweedie_x0
 
@@ -31,7 +32,7 @@ __all__ = ["dps"]
 def dps(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tensor | None = None,
         steps: int = 1000, zeta: float = 1.0, seed: int | torch.Generator | None = None,
         clip_x0: bool = True, normalize: bool = True, spacing: str = "trailing",
-        progress: bool = True) -> SolverResult:
+        x_init: torch.Tensor | None = None, start: float = 1.0, progress: bool = True) -> SolverResult:
     """Sample ``p(x | y)`` for ``y = A x + n`` with DPS.
 
     Parameters
@@ -61,6 +62,11 @@ def dps(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
         Normalise the data term so that ``||s W^{1/2} A|| = 1`` (recommended).
     spacing : str
         diffusers timestep spacing of the respaced schedule.
+    x_init : torch.Tensor, optional
+        Warm start in model range (broadcastable to [B, 1, H, W]), e.g. an FBP or TV image.
+    start : float in (0, 1]
+        Run only the last ``start`` fraction of the schedule, starting from ``x_init`` noised to
+        that level (Chung et al., "come closer, diffuse faster", CVPR 2022); 1 = from noise.
     progress : bool
         Show a tqdm progress bar.
 
@@ -72,11 +78,11 @@ def dps(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
     check_prior(prior)
     if not (isinstance(zeta, (int, float)) and zeta >= 0 and zeta == zeta and zeta != float("inf")):
         raise ValueError(f"zeta must be a finite number >= 0, got {zeta!r}")
-    schedule = make_schedule(prior.alphas_cumprod, steps, spacing)
+    schedule = make_schedule(prior.alphas_cumprod, steps, spacing, start)
     data = DataFidelity(operator, y, weights, normalize=normalize)
     check_same_device(prior, operator)
     generator = make_generator(seed)
-    x = standard_normal(data.image_shape, generator, data.y)
+    x = initial_state(data.image_shape, schedule.abar[0], generator, data.y, x_init, start)
     history = []
     for t, abar, abar_prev in tqdm(schedule, desc="DPS", disable=not progress, leave=False):
         x = x.detach().requires_grad_(True)
