@@ -222,5 +222,5 @@ def test_blocked_products_equal_one_product(monkeypatch):
     x = torch.rand(5, 32, 32, generator=torch.Generator().manual_seed(4))
     y = torch.rand(5, *A.out_shape, generator=torch.Generator().manual_seed(5))
     whole_f, whole_b = A(x), A.T(y)
-    monkeypatch.setattr(ct, "_BLOCK_BYTES", 2 * 32 * 32 * 4)  # blocks of 2 images
+    monkeypatch.setattr(ct, "_BLOCK_BYTES", {"forward": 2 * 32 * 32 * 4, "adjoint": 3 * 12 * 48 * 4})
     assert torch.equal(A(x), whole_f) and torch.equal(A.T(y), whole_b)
