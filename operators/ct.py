@@ -5,7 +5,7 @@ Backends
 ``"matrix"`` (CPU default for 2D)
     ASTRA's CPU system matrix ``W`` (``astra.projector.matrix``) converted once per geometry to a
     torch sparse CSR matrix and cached (LRU). Forward is ``W @ X`` and back-projection
-    ``W^T @ Y`` for a whole batch at once (``X`` = batch stacked as columns); a CSR copy of ``W^T``
+    ``W^T @ Y`` for the batch stacked as columns (in cache-sized blocks); a CSR copy of ``W^T``
     is kept because a CSR product is much faster than a CSC one. The matrix *is* ASTRA's CPU
     projector, so results equal ``astra.create_sino``/``create_backprojection`` to float32
     rounding, and forward/back-projection are exactly adjoint. Works for float32 and float64
