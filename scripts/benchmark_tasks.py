@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from benchmark_diffusion import (SHARED, TUNE_SLICES, Outcome, Run, dicom_slices, folder_slices,  # noqa: E402
-                                 parse_grid)
+                                 parse_grid, write_section)
 from tomo.metrics import MU_WATER_PER_MM  # noqa: E402
 
 TASKS = ("deblur", "superres", "inpaint")
@@ -187,8 +187,8 @@ def benchmark(args) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
     if args.report:
-        Path(args.report).write_text(report_markdown(meta, runs))
-        print(f"wrote {args.report}")
+        write_section(args.report, "tasks", report_markdown(meta, runs))
+        print(f"wrote the tasks section of {args.report}")
 
 
 def report_markdown(meta: dict, runs: list) -> str:
@@ -218,7 +218,8 @@ def main(argv=None) -> None:
     parser.add_argument("--dds-steps", type=int, default=None)
     parser.add_argument("--dps-steps", type=int, default=None)
     parser.add_argument("--dps-slices", type=int, default=None)
-    parser.add_argument("--report", type=Path, default=None)
+    parser.add_argument("--report", type=Path, default=REPO / "docs" / "benchmarks_diffusion.md",
+                        help="markdown file whose 'tasks' section is (re)written")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
