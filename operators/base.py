@@ -91,6 +91,8 @@ class LinearOperator:
 
     #: dtypes the kernels accept; subclasses backed by float32-only libraries narrow this.
     supported_dtypes: tuple = (torch.float32, torch.float64)
+    #: what the input and output items are called in error messages
+    space_names: tuple = ("image", "measurement")
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int],
                  device: str | torch.device = "cpu"):
@@ -157,7 +159,7 @@ class LinearOperator:
         check_tensor(t, name)
         nd = len(shape_in)
         if t.dim() < nd or tuple(t.shape[t.dim() - nd:]) != shape_in:
-            what = "measurement" if adjoint else "image"
+            what = self.space_names[1] if adjoint else self.space_names[0]
             raise ValueError(f"{type(self).__name__}: {name} must end in the {what} shape {shape_in}, "
                              f"got shape {tuple(t.shape)} (expected [*batch, {', '.join(map(str, shape_in))}])")
         if t.dtype not in self.supported_dtypes:
@@ -181,6 +183,7 @@ class AdjointOperator(LinearOperator):
         super().__init__(op.out_shape, op.in_shape, op.device)
         self.op = op
         self.supported_dtypes = op.supported_dtypes
+        self.space_names = op.space_names[::-1]
 
     def _forward(self, x):
         return self.op._adjoint(x)
