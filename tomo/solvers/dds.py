@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from operators.base import LinearOperator
 
 from ._common import (SolverResult, check_prior, check_same_device, initial_state, make_generator,
-                      standard_normal)
+                      network_precision, standard_normal)
 from .data import DataFidelity
 from .schedule import ddim_step, make_schedule, tweedie_x0
 
@@ -29,6 +29,7 @@ def dds(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
         steps: int = 50, eta: float = 0.85, cg_iterations: int = 5, lam: float = 0.0,
         seed: int | torch.Generator | None = None, clip_x0: bool = True, normalize: bool = True,
         spacing: str = "trailing", x_init: torch.Tensor | None = None, start: float = 1.0,
+        autocast_dtype: torch.dtype | None = None,
         progress: bool = True) -> SolverResult:
     """Reconstruct ``x`` from ``y = A x + n`` with DDS.
 
@@ -64,6 +65,9 @@ def dds(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
     start : float in (0, 1]
         Run only the last ``start`` fraction of the schedule, starting from ``x_init`` noised to
         that level (Chung et al., "come closer, diffuse faster", CVPR 2022); 1 = from noise.
+    autocast_dtype : torch.dtype, optional
+        Evaluate the network under ``torch.autocast`` (``torch.bfloat16``: about 1.8x faster on
+        CPU, ~0.4 % error in ``eps``); None = the network's own precision.
     progress : bool
         Show a tqdm progress bar.
 
@@ -85,10 +89,12 @@ def dds(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
     check_same_device(prior, operator)
     generator = make_generator(seed)
     x = initial_state(data.image_shape, schedule.abar[0], generator, data.y, x_init, start)
+    precision = network_precision(data.y.device, autocast_dtype)
     history = []
     with torch.no_grad():
         for t, abar, abar_prev in tqdm(schedule, desc="DDS", disable=not progress, leave=False):
-            eps = prior.eps(x, t, generator=generator)
+            with precision:
+                eps = prior.eps(x, t, generator=generator).to(x.dtype)
             x0 = tweedie_x0(x, eps, abar)
             if clip_x0:
                 x0 = x0.clamp(-1.0, 1.0)
