@@ -128,6 +128,8 @@ def run_diffusion(method: str, sf, prior, seed: int = 0, progress: bool = False,
     problem = ct_problem(prior, CTProjector(sf.geometry), torch.from_numpy(sf.sinogram), i0=sf.i0)
     weighted = settings.pop("weighted", True)
     init = settings.pop("init", None)
+    if settings.pop("bf16", False):
+        settings["autocast_dtype"] = torch.bfloat16
     if init is not None:
         from tomo.recon import reconstruct
         mu = reconstruct(sf.sinogram, sf.geometry, init, i0=sf.i0, progress=False)
@@ -210,11 +212,13 @@ def benchmark(args) -> None:
                     out = run_classical(m, sf)
                 elif m == "dds":
                     by_method[m].settings = dict(steps=args.dds_steps, cg_iterations=args.cg_iterations,
-                                                 eta=args.eta)
-                    out = run_diffusion("dds", sf, prior, seed=k, progress=args.progress, **by_method[m].settings)
+                                                 eta=args.eta, bf16=args.bf16)
+                    out = run_diffusion("dds", sf, prior, seed=k, progress=args.progress,
+                                        **dict(by_method[m].settings))
                 else:
-                    by_method[m].settings = dict(steps=args.dps_steps, zeta=args.zeta)
-                    out = run_diffusion("dps", sf, prior, seed=k, progress=args.progress, **by_method[m].settings)
+                    by_method[m].settings = dict(steps=args.dps_steps, zeta=args.zeta, bf16=args.bf16)
+                    out = run_diffusion("dps", sf, prior, seed=k, progress=args.progress,
+                                        **dict(by_method[m].settings))
                 by_method[m].add(s.name, out, sf.hu_reference)
                 print(f"{config:12s} {s.name:60s} {m:4s} PSNR {by_method[m].psnr[-1]:6.2f} "
                       f"SSIM {by_method[m].ssim[-1]:.4f} {out.seconds:7.1f} s", flush=True)
@@ -287,6 +291,7 @@ def main(argv=None) -> None:
         p.add_argument("--report", type=Path, default=REPO / "docs" / "benchmarks_diffusion.md")
         p.add_argument("--json", type=Path, default=None)
         p.add_argument("--progress", action="store_true")
+        p.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the prior network")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t = sub.add_parser("tune", help="hyper-parameter grid on train/ slices")
     t.add_argument("--method", choices=["dds", "dps"], default="dds")

@@ -104,6 +104,9 @@ def run_baseline(task: str, name: str, op, y: torch.Tensor, shape, **settings) -
 
 def run_solver(method: str, prior, op, y: torch.Tensor, seed: int, progress: bool = False, **settings) -> Outcome:
     from tomo.solvers.tasks import restore
+    settings = dict(settings)
+    if settings.pop("bf16", False):
+        settings["autocast_dtype"] = torch.bfloat16
     t = time.perf_counter()
     out = restore(prior, op, y, method, seed=seed, progress=progress, **settings)
     return Outcome(out.hu[0, 0].numpy(), time.perf_counter() - t, out.network_evaluations,
@@ -170,6 +173,8 @@ def benchmark(args) -> None:
                         settings["steps"] = args.dds_steps
                     if args.dps_steps and m == "dps":
                         settings["steps"] = args.dps_steps
+                    if args.bf16:
+                        settings["bf16"] = True
                     out = run_solver(m, prior, op, y, seed=k, progress=args.progress, **settings)
                 else:
                     settings = BASELINE_DEFAULTS[(task, m)]
@@ -222,6 +227,7 @@ def main(argv=None) -> None:
                         help="markdown file whose 'tasks' section is (re)written")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the prior network")
     parser.add_argument("--threads", type=int, default=None)
     t = sub.add_parser("tune", help="grid over one method's settings on train/ slices")
     t.add_argument("--task", choices=TASKS, required=True)
