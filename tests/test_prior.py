@@ -319,3 +319,43 @@ def test_shipped_prior_denoises_real_ct_better_than_zero(shared_data, monkeypatc
         with torch.no_grad():
             mse = float((prior.eps(x_t, t, generator=g) - noise).square().mean())
         assert mse < 0.5, f"t={t}: eps MSE {mse:.3f} (zero predictor: 1.0)"
+
+
+# ----------------------------------------------------------------------------- Gaussian skip
+
+def test_gaussian_skip_is_the_gaussian_mmse_and_c_out_its_residual_std():
+    """With a zero network output, eps equals the MMSE estimate for N(mu, s2) pixels, whose
+    error variance is c_out^2 (checked by Monte Carlo on 200k pixels)."""
+    from tomo.priors.prior import skip_coefficients
+    torch.manual_seed(0)
+    mu, s2 = -0.7, 0.1
+    config = make_config(architecture=tiny_architecture(), patch_size=16, gaussian_skip=(mu, s2))
+    prior = DiffusionPrior(build_unet(config), config).eval()
+    with torch.no_grad():                      # network output F = 0
+        prior.unet.conv_out.weight.zero_()
+        prior.unet.conv_out.bias.zero_()
+    c_skip, c_out, mean = skip_coefficients(config, prior.alphas_cumprod)
+    g = torch.Generator().manual_seed(1)
+    x0 = mu + s2 ** 0.5 * torch.randn(1, 1, 400, 500, generator=g, dtype=torch.float64)
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    for t in (5, 300, 900):
+        abar = prior.alphas_cumprod[t]
+        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+        eps = prior.eps(x_t, t, shift=(0, 0))
+        torch.testing.assert_close(eps, c_skip[t] * (x_t - abar.sqrt() * mu))
+        mse = float((eps - noise).square().mean())
+        assert abs(mse - float(c_out[t]) ** 2) < 0.02 * float(c_out[t]) ** 2 + 1e-6, (t, mse, float(c_out[t]) ** 2)
+        # and no other linear estimate a * (x_t - sqrt(abar) mu) does better
+        for scale in (0.9, 1.1):
+            assert float((scale * eps - noise).square().mean()) > mse
+
+
+def test_no_gaussian_skip_means_plain_epsilon():
+    from tomo.priors.prior import skip_coefficients
+    prior = tiny_prior()
+    assert prior.config["gaussian_skip"] is None
+    c_skip, c_out, mean = skip_coefficients(prior.config, prior.alphas_cumprod)
+    assert torch.all(c_skip == 0) and torch.all(c_out == 1) and mean == 0.0
+    x = torch.randn(1, 1, 16, 16)
+    ref = prior.unet(torch.cat([x, position_grid(0, 0, 16, 16, 16)], 1), torch.tensor([7])).sample
+    torch.testing.assert_close(prior.eps(x, 7, shift=(0, 0)), ref)

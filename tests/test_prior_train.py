@@ -127,6 +127,8 @@ def test_training_outputs_and_record(npz_data, tmp_path):
     assert record["data"]["n_slices"] == 5 and record["data"]["groups"] == {"a": 3, "b": 2}
     assert record["training"]["steps"] == 8 and record["training"]["wall_time_s"] > 0
     assert record["hu_window"] == [-1000.0, 2000.0] and record["pixel_size_mm"] == 1.5
+    skip = record["gaussian_skip"]              # training-pixel statistics in model range
+    assert -1 < skip["mean"] < 0 and 0 < skip["variance"] < 1
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))   # atomic writes left nothing
 
 
@@ -171,6 +173,9 @@ def test_checkpoint_misuse_is_a_clear_error(npz_data, tmp_path, capsys):
     rc, err = _run_cli([str(npz_data), "--out", str(out), *TINY[2:], "--patch-size", "32", "--resume",
                         "--steps", "4"], capsys)
     assert rc == 2 and "incompatible config" in err and "patch_size=32" in err
+    rc, err = _run_cli([str(npz_data), "--out", str(out), *TINY, "--no-gaussian-skip", "--resume",
+                        "--steps", "4"], capsys)
+    assert rc == 2 and "incompatible config" in err and "gaussian_skip=False" in err
     rc, err = _run_cli([str(npz_data), "--out", str(out), *TINY[:2], "--arch", "small", *TINY[4:],
                         "--resume", "--steps", "4"], capsys)
     assert rc == 2 and "incompatible config" in err

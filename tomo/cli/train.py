@@ -55,6 +55,9 @@ def register(subparsers) -> None:
                    help="HU mapped linearly to [-1, 1], as LO,HI (default -1000,2000)")
     m.add_argument("--beta-schedule", choices=("linear", "squaredcos_cap_v2"), default=None,
                    help="DDPM beta schedule, T=1000 (default linear; squaredcos_cap_v2 = cosine)")
+    m.add_argument("--no-gaussian-skip", dest="gaussian_skip", action="store_false", default=None,
+                   help="network predicts eps directly instead of the residual of the Gaussian-pixel "
+                        "MMSE estimate (see docs/prior.md)")
     a = p.add_argument_group("data")
     a.add_argument("--no-hflip", dest="hflip", action="store_false", help="no random left-right flips")
     a.add_argument("--vflip", action="store_true", help="also random up-down flips (off: patients lie one way up)")

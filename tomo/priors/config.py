@@ -78,7 +78,8 @@ def default_schedule(beta_schedule: str = "linear", num_train_timesteps: int = 1
 def make_config(*, architecture: dict | None = None, schedule: dict | None = None,
                 hu_window=DEFAULT_HU_WINDOW, pixel_size_mm: float = DEFAULT_PIXEL_SIZE_MM,
                 patch_size: int | None = 64, image_size: int = 256,
-                position_channels: bool | None = None) -> dict[str, Any]:
+                position_channels: bool | None = None,
+                gaussian_skip: tuple[float, float] | None = None) -> dict[str, Any]:
     """Assemble and validate a prior configuration.
 
     Parameters
@@ -99,6 +100,10 @@ def make_config(*, architecture: dict | None = None, schedule: dict | None = Non
         size of the sample grid in both modes.
     position_channels : bool, optional
         Append normalised x/y coordinate channels (default: on in patch mode, off otherwise).
+    gaussian_skip : (float, float), optional
+        (mean, variance) of the training pixels in model range: the network then predicts
+        only the residual of the Gaussian-pixel MMSE noise estimate (see
+        :func:`tomo.priors.prior.skip_coefficients`). None: the network predicts eps directly.
 
     Returns
     -------
@@ -121,6 +126,8 @@ def make_config(*, architecture: dict | None = None, schedule: dict | None = Non
         "patch_size": None if patch_size is None else int(patch_size),
         "image_size": int(image_size),
         "position_channels": bool(position_channels),
+        "gaussian_skip": None if gaussian_skip is None else
+        {"mean": float(gaussian_skip[0]), "variance": float(gaussian_skip[1])},
     }
     validate_config(config)
     return config
@@ -165,6 +172,10 @@ def validate_config(config: dict) -> None:
         raise ValueError(f"patch_size {p} must be a positive multiple of the UNet down-sampling {factor}")
     if config["image_size"] <= 0:
         raise ValueError(f"image_size must be > 0, got {config['image_size']}")
+    skip = config.get("gaussian_skip")
+    if skip is not None and not (isinstance(skip, dict) and float(skip.get("variance", 0)) > 0
+                                 and "mean" in skip):
+        raise ValueError(f"gaussian_skip must be null or {{'mean': m, 'variance': v > 0}}, got {skip!r}")
 
 
 def unet_kwargs(config: dict) -> dict[str, Any]:

@@ -291,3 +291,18 @@ class SliceSampler:
             tops.append(top), lefts.append(left), hs.append(h), ws.append(w)
         pos = position_grid(tops, lefts, c, hs, ws) if self.position_channels else None
         return x0, mask, pos
+
+
+def pixel_statistics(sampler: "SliceSampler", max_slices: int = 500) -> tuple[float, float]:
+    """Mean and variance (model range) of training pixels, slices weighted as they are sampled.
+
+    Uses at most ``max_slices`` slices (evenly spaced, deterministic) to bound the cost.
+    """
+    n = len(sampler.records)
+    idx = np.unique(np.linspace(0, n - 1, min(n, max_slices)).round().astype(int))
+    w = sampler.weights.numpy()[idx]
+    w = w / w.sum()
+    m1 = np.array([float(sampler.image(i).astype(np.float64).mean()) for i in idx])
+    m2 = np.array([float(np.square(sampler.image(i).astype(np.float64)).mean()) for i in idx])
+    mean = float(w @ m1)
+    return mean, float(w @ m2 - mean ** 2)

@@ -35,6 +35,43 @@ def build_scheduler(config: dict):
     return DDPMScheduler(**scheduler_kwargs(config))
 
 
+def skip_coefficients(config: dict, alphas_cumprod: torch.Tensor):
+    """Coefficients of the network output: ``eps_hat = c_skip (x_t - sqrt(abar) mu) + c_out F``.
+
+    With ``config["gaussian_skip"] = {"mean": mu, "variance": s2}`` (training-pixel statistics
+    in model range), ``c_skip (x_t - sqrt(abar) mu)`` is the exact MMSE noise estimate for
+    independent Gaussian pixels, ``c_skip = sqrt(1 - abar) / (abar s2 + 1 - abar)``, and
+    ``c_out = sqrt(abar s2 / (abar s2 + 1 - abar))`` is the standard deviation of what it
+    leaves unexplained, so the network ``F`` learns a unit-scale residual at every t
+    (the preconditioning idea of Karras et al. 2022, EDM, written for epsilon prediction).
+    At large t the estimate is right without any learning, which is where a plain epsilon
+    network trained briefly is least accurate and where sampling starts.
+    Without it: ``c_skip = 0, c_out = 1, mu = 0`` (the network predicts eps).
+
+    Returns
+    -------
+    c_skip, c_out : Tensor float64 [T]
+    mean : float
+    """
+    abar = alphas_cumprod.to(torch.float64)
+    skip = config.get("gaussian_skip")
+    if skip is None:
+        return torch.zeros_like(abar), torch.ones_like(abar), 0.0
+    s2 = float(skip["variance"])
+    denom = abar * s2 + 1 - abar
+    return (1 - abar).sqrt() / denom, (abar * s2 / denom).sqrt(), float(skip["mean"])
+
+
+def combine_output(net_out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, c_skip: torch.Tensor,
+                   c_out: torch.Tensor, sqrt_abar: torch.Tensor, mean: float) -> torch.Tensor:
+    """``c_skip[t] (x_t - sqrt(abar_t) mean) + c_out[t] net_out`` (per-image coefficients)."""
+    shape = (-1,) + (1,) * (x_t.ndim - 1)
+    cs = c_skip[t].to(x_t.dtype).reshape(shape)
+    co = c_out[t].to(x_t.dtype).reshape(shape)
+    sa = sqrt_abar[t].to(x_t.dtype).reshape(shape)
+    return cs * (x_t - sa * mean) + co * net_out
+
+
 class DiffusionPrior(torch.nn.Module):
     """A trained denoiser ``eps(x_t, t)`` with its DDPM schedule and HU mapping.
 
@@ -69,6 +106,10 @@ class DiffusionPrior(torch.nn.Module):
                              self.scheduler.alphas_cumprod.detach().clone().to(torch.float64),
                              persistent=False)
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
+        c_skip, c_out, self._skip_mean = skip_coefficients(config, self.alphas_cumprod)
+        self.register_buffer("_c_skip", c_skip, persistent=False)
+        self.register_buffer("_c_out", c_out, persistent=False)
+        self.register_buffer("_sqrt_abar", self.alphas_cumprod.sqrt(), persistent=False)
         self.pixel_size_mm = float(config["pixel_size_mm"])
         self.hu_window = (float(config["hu_window"][0]), float(config["hu_window"][1]))
         self.patch_size = config["patch_size"]
@@ -159,9 +200,13 @@ class DiffusionPrior(torch.nn.Module):
                 shift = random_shift(p, generator)
             if not all(0 <= int(s) < p for s in shift):
                 raise ValueError(f"shift {shift} must lie in [0, {p})")
-            return assemble_patches(self._net, x_t, t, p, (int(shift[0]), int(shift[1])),
-                                    self.position_channels, max_patches)
-        return self._whole_image_eps(x_t, t)
+            out = assemble_patches(self._net, x_t, t, p, (int(shift[0]), int(shift[1])),
+                                   self.position_channels, max_patches)
+        else:
+            out = self._whole_image_eps(x_t, t)
+        if self.config.get("gaussian_skip") is None:
+            return out
+        return combine_output(out, x_t, t, self._c_skip, self._c_out, self._sqrt_abar, self._skip_mean)
 
     def _whole_image_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x_t.shape

@@ -37,8 +37,8 @@ from .checkpoint import (CONFIG_NAME, TRAIN_STATE_NAME, WEIGHTS_NAME, PriorCheck
                          atomic_write_text, check_state_dict, load_config, load_tensors, save_config,
                          save_tensors)
 from .config import ARCHITECTURES, DEFAULT_HU_WINDOW, DEFAULT_PIXEL_SIZE_MM, default_schedule, make_config
-from .data import SliceSampler, collect_slices
-from .prior import DiffusionPrior, build_scheduler, build_unet
+from .data import SliceSampler, collect_slices, pixel_statistics
+from .prior import DiffusionPrior, build_scheduler, build_unet, combine_output, skip_coefficients
 from .sampling import sample_grid   # imported up front: a long run must not pick up later edits
 
 LOG_NAME = "log.csv"
@@ -71,6 +71,7 @@ class TrainOptions:
     pixel_size_mm: float | None = None
     hu_window: tuple[float, float] | None = None
     beta_schedule: str | None = None
+    gaussian_skip: bool | None = None  # network predicts the residual of the Gaussian-pixel estimate (default on)
     # data augmentation
     hflip: bool = True
     vflip: bool = False
@@ -182,6 +183,8 @@ def _check_resume_options(opts: TrainOptions, config: dict, where: Path) -> None
         given.pop("patch_size")
     conflicts = [f"{k}={v} (checkpoint: {config[k]})" for k, v in given.items()
                  if v is not None and v != config[k]]
+    if opts.gaussian_skip is not None and opts.gaussian_skip != (config.get("gaussian_skip") is not None):
+        conflicts.append(f"gaussian_skip={opts.gaussian_skip} (checkpoint: {config.get('gaussian_skip')})")
     if opts.beta_schedule and opts.beta_schedule != config["schedule"].get("beta_schedule"):
         conflicts.append(f"beta_schedule={opts.beta_schedule} (checkpoint: {config['schedule'].get('beta_schedule')})")
     if opts.arch is not None:
@@ -453,6 +456,9 @@ def train(opts: TrainOptions) -> dict:
             warnings.simplefilter("ignore")
         records, report = collect_slices(opts.data, config["hu_window"])
     sampler = SliceSampler(records, config, hflip=opts.hflip, vflip=opts.vflip, balance=opts.balance)
+    if not opts.resume and opts.gaussian_skip is not False:
+        mean, var = pixel_statistics(sampler)
+        config["gaussian_skip"] = {"mean": mean, "variance": var}
     data_record = report.as_dict()
     if d.main:
         print(f"tomo train: {report.summary()}", file=sys.stderr)
@@ -486,6 +492,9 @@ def train(opts: TrainOptions) -> dict:
 
     scheduler = build_scheduler(config)
     T = scheduler.config.num_train_timesteps
+    c_skip, c_out, skip_mean = (v.to(d.device) if isinstance(v, torch.Tensor) else v
+                                for v in skip_coefficients(config, scheduler.alphas_cumprod))
+    sqrt_abar = scheduler.alphas_cumprod.to(torch.float64).sqrt().to(d.device)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / LOG_NAME
     if d.main and not log_path.exists():
@@ -513,7 +522,8 @@ def train(opts: TrainOptions) -> dict:
         with torch.autocast(device_type=d.device.type, dtype=amp_dtype or torch.float32,
                             enabled=amp_dtype is not None):
             pred = net(inp, t).sample
-        loss = ((pred.float() - noise) ** 2 * mask).sum() / mask.sum().clamp_min(1.0)
+        pred = combine_output(pred.float(), x_t, t, c_skip, c_out, sqrt_abar, skip_mean)
+        loss = ((pred - noise) ** 2 * mask).sum() / mask.sum().clamp_min(1.0)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower --lr")
         opt.zero_grad(set_to_none=True)
