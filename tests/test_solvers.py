@@ -138,8 +138,12 @@ def test_data_fidelity_rejects_bad_inputs(problem):
 def test_transmission_poisson_weights_are_inverse_delta_method_variances():
     y = torch.tensor([0.0, 1.0, 5.0])
     torch.testing.assert_close(transmission_poisson_weights(y, 1e4), 1e4 * torch.exp(-y))
+    floored = transmission_poisson_weights(y, 1e4, model_error=0.03)
+    torch.testing.assert_close(floored, 1 / (torch.exp(y) / 1e4 + 0.03 ** 2))
     with pytest.raises(ValueError, match="i0"):
         transmission_poisson_weights(y, 0.0)
+    with pytest.raises(ValueError, match="model_error"):
+        transmission_poisson_weights(y, 1e4, model_error=-1.0)
 
 
 # ----- model-domain change of variable ------------------------------------------------------------

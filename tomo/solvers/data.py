@@ -76,12 +76,14 @@ def conjugate_gradient(apply_matrix, rhs: torch.Tensor, x0: torch.Tensor, iterat
     return x
 
 
-def transmission_poisson_weights(sinogram: torch.Tensor, i0: float) -> torch.Tensor:
-    """Inverse variances of post-log transmission data, ``W = I0 exp(-y)``.
+def transmission_poisson_weights(sinogram: torch.Tensor, i0: float, model_error: float = 0.0) -> torch.Tensor:
+    """Inverse variances of post-log transmission data, ``W = 1 / (exp(y) / I0 + model_error^2)``.
 
     For counts ``N ~ Poisson(I0 exp(-p))`` and ``y = -log(N / I0)``, the delta method gives
-    ``Var y ~ 1 / (I0 exp(-p))``; the measured ``y`` stands in for ``p`` (standard
-    penalised-weighted-least-squares practice).
+    ``Var y ~ exp(p) / I0``; the measured ``y`` stands in for ``p`` (standard
+    penalised-weighted-least-squares practice). ``model_error`` (line-integral units) adds a
+    variance floor for what is not photon noise (e.g. fine-grid data reconstructed on a coarse
+    grid), which dominates at high dose; 0 gives the pure Poisson weights ``I0 exp(-y)``.
 
     Parameters
     ----------
@@ -89,15 +91,20 @@ def transmission_poisson_weights(sinogram: torch.Tensor, i0: float) -> torch.Ten
         Line integrals ``y`` (dimensionless, mu [1/mm] x length [mm]).
     i0 : float
         Incident photons per detector bin (> 0).
+    model_error : float
+        Standard deviation floor, >= 0.
 
     Returns
     -------
-    torch.Tensor, shape of ``sinogram``: weights [1/variance], floored at 1 photon.
+    torch.Tensor, shape of ``sinogram``: weights [1/variance], counts floored at 1 photon.
     """
     check_tensor(sinogram, "sinogram")
     if not (isinstance(i0, (int, float)) and i0 > 0):
         raise ValueError(f"i0 must be a positive number of photons per bin, got {i0!r}")
-    return (i0 * torch.exp(-sinogram)).clamp_min(1.0)
+    if not (isinstance(model_error, (int, float)) and model_error >= 0):
+        raise ValueError(f"model_error must be a number >= 0, got {model_error!r}")
+    variance = 1.0 / (i0 * torch.exp(-sinogram)).clamp_min(1.0) + float(model_error) ** 2
+    return 1.0 / variance
 
 
 def batch_measurements(operator: LinearOperator, y: torch.Tensor, name: str = "y") -> torch.Tensor:

@@ -100,7 +100,7 @@ def affine_problem(operator: LinearOperator, y: torch.Tensor, scale: float, offs
 
 
 def ct_problem(prior, projector: LinearOperator, sinogram: torch.Tensor, *, i0: float | None = None,
-               weights: torch.Tensor | None = None) -> ModelDomainProblem:
+               model_error: float = 0.0, weights: torch.Tensor | None = None) -> ModelDomainProblem:
     """The CT problem ``sinogram = P mu + n`` in the prior's model range.
 
     ``mu = MU_WATER (1 + HU / 1000)`` and ``HU = prior.model_to_hu(x)`` compose into
@@ -116,7 +116,10 @@ def ct_problem(prior, projector: LinearOperator, sinogram: torch.Tensor, *, i0: 
         Line integrals ``[views, detectors]`` or ``[B, views, detectors]``.
     i0 : float, optional
         Incident photons per bin: weight the data by the transmission-Poisson inverse variance
-        ``I0 exp(-y)`` (see :func:`~tomo.solvers.data.transmission_poisson_weights`).
+        ``1 / (exp(y) / I0 + model_error^2)`` (see
+        :func:`~tomo.solvers.data.transmission_poisson_weights`).
+    model_error : float
+        Line-integral standard deviation floor of those weights (0: pure Poisson).
     weights : torch.Tensor, optional
         Explicit inverse variances instead (not together with ``i0``).
 
@@ -131,7 +134,8 @@ def ct_problem(prior, projector: LinearOperator, sinogram: torch.Tensor, *, i0: 
     a = MU_WATER_PER_MM * h1 / 1000.0
     b = MU_WATER_PER_MM * (1.0 + h0 / 1000.0)
     if i0 is not None:
-        weights = transmission_poisson_weights(batch_measurements(projector, sinogram, "sinogram"), i0)
+        weights = transmission_poisson_weights(batch_measurements(projector, sinogram, "sinogram"), i0,
+                                               model_error)
     return affine_problem(projector, sinogram, a, b, weights, unit="1/mm")
 
 
