@@ -4,9 +4,10 @@
 Two modes:
 
 * ``benchmark`` (default): the standard configurations (parallel-30, parallel-8, fanbeam-60) on
-  DICOM slices of ``--data`` (default ``../shared/data/dev/dicom``): FBP, TV (the project's tuned
-  default), DDS and DPS with the shipped prior; PSNR/SSIM on the [-1000, 1000] HU window, wall
-  time per slice, network evaluations; writes a markdown report (``--report``) and JSON.
+  the dev/dicom slices, exactly as ``scripts/benchmark_quality.py`` builds and scores them (its
+  ``build_cases`` / ``evaluate_method`` are reused): FBP, TV (the project's tuned default), DDS
+  and DPS with the shipped prior; PSNR/SSIM on the [-1000, 1000] HU window, wall time per slice,
+  network evaluations; writes the CT section of docs/benchmarks_diffusion.md and JSON.
 * ``tune``: a grid over solver hyper-parameters on *train* slices (never dev/) -- prints and
   saves a table; the chosen values become the defaults in ``tomo/solvers/methods.py``.
 
@@ -23,10 +24,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +34,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
 
-from tomo.metrics import mu_to_hu, psnr, ssim  # noqa: E402
+from tomo.metrics import mu_to_hu  # noqa: E402
 
 CONFIG_NAMES = ("parallel-30", "parallel-8", "fanbeam-60")
 
@@ -50,101 +50,78 @@ TUNE_SLICES = (
 )
 
 
-# ----- data -----------------------------------------------------------------------------------------
-@dataclass
-class Slice:
-    name: str
-    hu: np.ndarray              # fine grid HU [N, N]
-    spacing_mm: tuple
+# ----- data and methods -------------------------------------------------------------------------------
+# The protocol (simulation, cases, scoring) is scripts/benchmark_quality.py's: build_cases,
+# evaluate_method, summarise. This script only adds the diffusion methods and the tuning mode.
+from benchmark_quality import build_cases, evaluate_method, load_dev_slices, machine, registry_method  # noqa: E402,I001
 
 
-def dicom_slices(paths) -> list[Slice]:
-    """One HU slice per DICOM file (the first slice of the file's series)."""
+def train_slices(paths=TUNE_SLICES):
+    """``(name, hu [H, W], pixel spacing)`` of the tuning slices (train/ only)."""
     from tomo.io.dicom import read_volume
     out = []
-    for p in paths:
-        vol = read_volume(p)
-        out.append(Slice(str(Path(p).relative_to(SHARED)) if SHARED in Path(p).parents else str(p),
-                         vol.hu[0], vol.pixel_spacing_mm))
+    for rel in paths:
+        if not rel.startswith("train/"):
+            raise SystemExit(f"tuning must use train/ slices only, got {rel}")
+        vol = read_volume(SHARED / rel)
+        out.append((rel, vol.hu[0], vol.pixel_spacing_mm))
     return out
 
 
-def folder_slices(folder: Path) -> list[Slice]:
-    """Every single-file DICOM slice under ``folder`` (sorted by path)."""
-    files = sorted(p for p in Path(folder).rglob("*.dcm"))
-    if not files:
-        raise SystemExit(f"no DICOM files under {folder}")
-    return dicom_slices(files)
+def diffusion_method(method: str, prior, counts: list, *, progress=False, **settings):
+    """A ``method(sinogram, geometry, i0) -> mu`` callable for ``evaluate_method``.
 
-
-# ----- methods --------------------------------------------------------------------------------------
-@dataclass
-class Outcome:
-    hu: np.ndarray
-    seconds: float
-    network_evaluations: int = 0
-    gradient_evaluations: int = 0
-
-
-@dataclass
-class Run:
-    """Scores of one method on one configuration."""
-
-    method: str
-    config: str
-    settings: dict
-    psnr: list = field(default_factory=list)
-    ssim: list = field(default_factory=list)
-    seconds: list = field(default_factory=list)
-    nfe: list = field(default_factory=list)
-    slices: list = field(default_factory=list)
-
-    def add(self, name: str, out: Outcome, ref: np.ndarray) -> None:
-        self.slices.append(name)
-        self.psnr.append(float(psnr(out.hu, ref)))
-        self.ssim.append(float(ssim(out.hu, ref)))
-        self.seconds.append(out.seconds)
-        self.nfe.append(out.network_evaluations)
-
-    def summary(self) -> dict:
-        return {"method": self.method, "config": self.config, "settings": self.settings, "n": len(self.psnr),
-                "psnr": float(np.mean(self.psnr)), "ssim": float(np.mean(self.ssim)),
-                "seconds_per_slice": float(np.mean(self.seconds)), "nfe": int(np.mean(self.nfe)) if self.nfe else 0,
-                "slices": self.slices, "psnr_each": self.psnr, "ssim_each": self.ssim}
-
-
-def run_classical(method: str, sf, **options) -> Outcome:
-    from tomo.recon import reconstruct
-    t = time.perf_counter()
-    mu = reconstruct(sf.sinogram, sf.geometry, method, i0=sf.i0, progress=False, **options)
-    return Outcome(mu_to_hu(mu).numpy(), time.perf_counter() - t)
-
-
-def run_diffusion(method: str, sf, prior, seed: int = 0, progress: bool = False, **settings) -> Outcome:
-    """DDS or DPS on one simulated slice with the Poisson-weighted data term."""
+    ``settings`` are solver keywords plus ``weighted`` (Poisson weights, default True),
+    ``model_error`` (their floor), ``bf16`` (network autocast) and ``init``/``start`` (warm start
+    from a registered classical method's reconstruction). Network evaluations are appended to
+    ``counts``. The seed is the running index of the call (one per slice).
+    """
     from operators import CTProjector
     from tomo.solvers import ct_problem, dds, dps
-    t = time.perf_counter()
-    problem = ct_problem(prior, CTProjector(sf.geometry), torch.from_numpy(sf.sinogram), i0=sf.i0)
+
+    settings = dict(settings)
     weighted = settings.pop("weighted", True)
+    model_error = settings.pop("model_error", 0.0)
     init = settings.pop("init", None)
     if settings.pop("bf16", False):
         settings["autocast_dtype"] = torch.bfloat16
-    if init is not None:
-        from tomo.recon import reconstruct
-        mu = reconstruct(sf.sinogram, sf.geometry, init, i0=sf.i0, progress=False)
-        settings["x_init"] = prior.hu_to_model(mu_to_hu(mu))[None, None]
-    args = problem.solver_args()
-    if not weighted:
-        args["weights"] = None
-    result = (dds if method == "dds" else dps)(prior, **args, seed=seed, progress=progress, **settings)
-    hu = prior.model_to_hu(result.x)[0, 0].numpy()
-    return Outcome(hu, time.perf_counter() - t, result.network_evaluations, result.gradient_evaluations)
+    solver = dds if method == "dds" else dps
+    projectors = {}
+
+    def run(sino, geometry, i0):
+        key = id(geometry)
+        if key not in projectors:
+            projectors[key] = CTProjector(geometry)
+        problem = ct_problem(prior, projectors[key], sino, i0=i0 if weighted else None, model_error=model_error)
+        extra = {}
+        if init is not None:
+            from tomo.recon import reconstruct
+            mu0 = reconstruct(sino, geometry, init, i0=i0, progress=False)
+            extra["x_init"] = prior.hu_to_model(mu_to_hu(mu0))[None, None]
+        result = solver(prior, **problem.solver_args(), seed=len(counts), progress=progress, **extra, **settings)
+        counts.append(result.network_evaluations)
+        return problem.to_physical(result.x)[0, 0]
+    return run
 
 
-def simulate(slice_: Slice, config: str, seed: int):
-    from tomo.simulate import simulate_slice
-    return simulate_slice(slice_.hu, slice_.spacing_mm, config, seed=seed, progress=False)
+def add_counts(records: list, counts: list) -> list:
+    for r, n in zip(records, counts):
+        r["network_evaluations"] = n
+    return records
+
+
+def summary_rows(records: list, settings: dict) -> list:
+    rows = {}
+    for r in records:
+        rows.setdefault((r["config"], r["method"]), []).append(r)
+    out = []
+    for (config, method), rs in rows.items():
+        out.append({"config": config, "method": method, "settings": settings.get(method, {}), "n": len(rs),
+                    "psnr": float(np.mean([r["psnr"] for r in rs])), "ssim": float(np.mean([r["ssim"] for r in rs])),
+                    "seconds_per_slice": float(np.mean([r["seconds"] for r in rs])),
+                    "nfe": int(np.mean([r.get("network_evaluations", 0) for r in rs])),
+                    "psnr_each": [r["psnr"] for r in rs], "slices": [r["slice"] for r in rs]})
+    return out
 
 
 # ----- modes ---------------------------------------------------------------------------------------
@@ -160,7 +137,7 @@ def parse_grid(items) -> dict:
                 try:
                     parsed.append(float(v))
                 except ValueError:
-                    parsed.append({"true": True, "false": False}.get(v.lower(), v))
+                    parsed.append({"true": True, "false": False, "none": None}.get(v.lower(), v))
         grid[key] = parsed
     return grid
 
@@ -168,69 +145,60 @@ def parse_grid(items) -> dict:
 def tune(args) -> None:
     from tomo.priors import load_prior
     prior = load_prior(args.prior)
-    slices = dicom_slices([SHARED / p for p in TUNE_SLICES[: args.slices or None]])
-    if any("/dev/" in f"/{s.name}" for s in slices):
-        raise SystemExit("tuning must not use dev/ slices")
+    slices = train_slices(TUNE_SLICES[: args.slices or None])
     grid = parse_grid(args.grid)
+    fixed = {k: v[0] for k, v in parse_grid(args.fixed).items()}
     keys = list(grid)
+    cases = {c: build_cases(slices, c, args.seed) for c in args.config}
     results = []
-    sims = {(s.name, c): simulate(s, c, k) for c in args.config for k, s in enumerate(slices)}
     for values in itertools.product(*(grid[k] for k in keys)):
-        settings = {**parse_grid(args.fixed), **dict(zip(keys, values))}
-        settings = {k: v[0] if isinstance(v, list) else v for k, v in settings.items()}
+        settings = {**fixed, **dict(zip(keys, values))}
         for config in args.config:
-            run = Run(args.method, config, settings)
-            for s in slices:
-                sf = sims[(s.name, config)]
-                run.add(s.name, run_diffusion(args.method, sf, prior, seed=args.seed, **dict(settings)),
-                        sf.hu_reference)
-            results.append(run.summary())
-            r = results[-1]
+            counts = []
+            if args.method in ("dds", "dps"):
+                fn = diffusion_method(args.method, prior, counts, **settings)
+            else:
+                fn = registry_method(args.method, cases[config], **settings)
+            records = add_counts(evaluate_method(fn, cases[config], name=args.method, verbose=False), counts)
+            r = summary_rows(records, {args.method: settings})[0]
+            results.append(r)
             print(f"{config:12s} {args.method} {settings}: PSNR {r['psnr']:.2f} SSIM {r['ssim']:.4f} "
-                  f"({r['seconds_per_slice']:.0f} s/slice, n={r['n']})", flush=True)
+                  f"({r['seconds_per_slice']:.0f} s/slice, n={r['n']}; each "
+                  + " ".join(f"{v:.2f}" for v in r["psnr_each"]) + ")", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 def benchmark(args) -> None:
     from tomo.priors import load_prior
-    if "/dev/" not in f"{Path(args.data).resolve()}/":
-        print(f"note: --data {args.data} is not under dev/", file=sys.stderr)
-    slices = folder_slices(Path(args.data))
+    slices = load_dev_slices(args.data)
     if args.slices:
         slices = slices[: args.slices]
     prior = load_prior(args.prior) if {"dds", "dps"} & set(args.methods) else None
-    runs = []
+    settings = {"dds": dict(steps=args.dds_steps, cg_iterations=args.cg_iterations, eta=args.eta,
+                            weighted=args.weighted, model_error=args.model_error, bf16=args.bf16),
+                "dps": dict(steps=args.dps_steps, zeta=args.zeta, weighted=args.weighted,
+                            model_error=args.model_error, bf16=args.bf16)}
+    if args.init:
+        settings["dds"].update(init=args.init, start=args.start)
+    records = []
     for config in args.config:
-        by_method = {m: Run(m, config, {}) for m in args.methods}
-        for k, s in enumerate(slices):
-            sf = simulate(s, config, seed=k)
-            for m in args.methods:
-                if m == "dps" and args.dps_slices is not None and k >= args.dps_slices:
-                    continue
-                if m in ("fbp", "tv"):
-                    out = run_classical(m, sf)
-                elif m == "dds":
-                    by_method[m].settings = dict(steps=args.dds_steps, cg_iterations=args.cg_iterations,
-                                                 eta=args.eta, bf16=args.bf16)
-                    out = run_diffusion("dds", sf, prior, seed=k, progress=args.progress,
-                                        **dict(by_method[m].settings))
-                else:
-                    by_method[m].settings = dict(steps=args.dps_steps, zeta=args.zeta, bf16=args.bf16)
-                    out = run_diffusion("dps", sf, prior, seed=k, progress=args.progress,
-                                        **dict(by_method[m].settings))
-                by_method[m].add(s.name, out, sf.hu_reference)
-                print(f"{config:12s} {s.name:60s} {m:4s} PSNR {by_method[m].psnr[-1]:6.2f} "
-                      f"SSIM {by_method[m].ssim[-1]:.4f} {out.seconds:7.1f} s", flush=True)
-        runs += [r.summary() for r in by_method.values() if r.psnr]
+        cases = build_cases(slices, config, args.seed)
+        for m in args.methods:
+            counts = []
+            if m in ("dds", "dps"):
+                chosen = cases[: args.dps_slices] if m == "dps" and args.dps_slices else cases
+                fn = diffusion_method(m, prior, counts, progress=args.progress, **settings[m])
+            else:
+                chosen, fn = cases, registry_method(m, cases)
+            records += add_counts(evaluate_method(fn, chosen, name=m), counts)
+    runs = summary_rows(records, settings)
     meta = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "data": str(args.data),
-            "slices": [s.name for s in slices], "prior": str(args.prior or "data/prior (shipped)"),
+            "slices": [s[0] for s in slices], "prior": str(args.prior or "data/prior (shipped)"),
             "prior_training": getattr(prior, "config", {}).get("training") if prior is not None else None,
-            "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-                       f"{torch.get_num_threads()} threads",
-            "date": time.strftime("%Y-%m-%d %H:%M")}
+            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
     if args.json:
-        Path(args.json).write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
+        Path(args.json).write_text(json.dumps({"meta": meta, "runs": runs, "records": records}, indent=1))
     if args.report:
         write_section(args.report, "ct", report_markdown(meta, runs))
         print(f"wrote the CT section of {args.report}")
@@ -276,7 +244,13 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="mode")
     parser.set_defaults(mode="benchmark")
     for p in (parser, ):
-        p.add_argument("--data", type=Path, default=SHARED / "dev" / "dicom")
+        p.add_argument("--data", type=Path, default=SHARED, help="shared data folder (its dev/dicom is used)")
+        p.add_argument("--seed", type=int, default=0, help="noise seed of slice 0 (slice k: seed + k)")
+        p.add_argument("--weighted", type=lambda v: v.lower() == "true", default=True,
+                       help="transmission-Poisson data weights (true/false, default true)")
+        p.add_argument("--model-error", type=float, default=0.0, help="std floor of the Poisson weights")
+        p.add_argument("--init", default=None, help="dds warm start from this registered method (e.g. tv)")
+        p.add_argument("--start", type=float, default=1.0, help="dds warm start: fraction of the schedule")
         p.add_argument("--config", nargs="+", default=list(CONFIG_NAMES), choices=CONFIG_NAMES)
         p.add_argument("--methods", nargs="+", default=["fbp", "tv", "dds", "dps"],
                        choices=["fbp", "tv", "dds", "dps"])

@@ -22,9 +22,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from benchmark_diffusion import (SHARED, TUNE_SLICES, Outcome, Run, dicom_slices, folder_slices,  # noqa: E402
-                                 parse_grid, write_section)
-from tomo.metrics import MU_WATER_PER_MM  # noqa: E402
+from benchmark_diffusion import SHARED, parse_grid, train_slices, write_section  # noqa: E402
+from benchmark_quality import load_dev_slices, machine  # noqa: E402
+from tomo.metrics import MU_WATER_PER_MM, psnr, ssim  # noqa: E402
 
 TASKS = ("deblur", "superres", "inpaint")
 BASELINES = {"deblur": ("wiener", "tv"), "superres": ("bicubic",), "inpaint": ("tv",)}
@@ -52,6 +52,41 @@ DDS_TASK_DEFAULTS = {"deblur": {"steps": 50, "cg_iterations": 5, "eta": 0.85},
                      "superres": {"steps": 50, "cg_iterations": 5, "eta": 0.85},
                      "inpaint": {"steps": 50, "cg_iterations": 5, "eta": 0.85}}
 DPS_TASK_DEFAULTS = {t: {"steps": 1000, "zeta": 1.0} for t in TASKS}
+
+
+@dataclass
+class Outcome:
+    hu: np.ndarray
+    seconds: float
+    network_evaluations: int = 0
+    gradient_evaluations: int = 0
+
+
+@dataclass
+class Run:
+    """Scores of one method on one task."""
+
+    method: str
+    config: str
+    settings: dict
+    psnr: list = field(default_factory=list)
+    ssim: list = field(default_factory=list)
+    seconds: list = field(default_factory=list)
+    nfe: list = field(default_factory=list)
+    slices: list = field(default_factory=list)
+
+    def add(self, name: str, out: Outcome, ref: np.ndarray) -> None:
+        self.slices.append(name)
+        self.psnr.append(float(psnr(out.hu, ref)))
+        self.ssim.append(float(ssim(out.hu, ref)))
+        self.seconds.append(out.seconds)
+        self.nfe.append(out.network_evaluations)
+
+    def summary(self) -> dict:
+        return {"method": self.method, "config": self.config, "settings": self.settings, "n": len(self.psnr),
+                "psnr": float(np.mean(self.psnr)), "ssim": float(np.mean(self.ssim)),
+                "seconds_per_slice": float(np.mean(self.seconds)), "nfe": int(np.mean(self.nfe)),
+                "slices": self.slices, "psnr_each": self.psnr, "ssim_each": self.ssim}
 
 
 def reference_256(hu: np.ndarray, size: int = 256) -> np.ndarray:
@@ -121,7 +156,7 @@ def degrade_slice(task: str, ref: np.ndarray, noise_hu: float, seed: int):
 
 # ----- modes -----------------------------------------------------------------------------------------
 def tune(args) -> None:
-    slices = dicom_slices([SHARED / p for p in TUNE_SLICES[: args.slices or None]])
+    slices = train_slices()[: args.slices or None]
     prior = None
     if args.method in ("dds", "dps"):
         from tomo.priors import load_prior
@@ -129,10 +164,10 @@ def tune(args) -> None:
     grid = parse_grid(args.grid)
     keys = list(grid)
     data = []
-    for k, s in enumerate(slices):
-        ref = reference_256(s.hu)
+    for k, (name, hu, _) in enumerate(slices):
+        ref = reference_256(hu)
         op, y = degrade_slice(args.task, ref, args.noise_hu, seed=k)
-        data.append((s.name, ref, op, y))
+        data.append((name, ref, op, y))
     results = []
     for values in itertools.product(*(grid[k] for k in keys)):
         settings = dict(zip(keys, values))
@@ -152,7 +187,7 @@ def tune(args) -> None:
 
 
 def benchmark(args) -> None:
-    slices = folder_slices(Path(args.data))
+    slices = load_dev_slices(args.data)
     if args.slices:
         slices = slices[: args.slices]
     from tomo.priors import load_prior
@@ -161,8 +196,8 @@ def benchmark(args) -> None:
     for task in args.tasks:
         methods = list(BASELINES[task]) + [m for m in args.methods if m in ("dds", "dps")]
         by_method = {m: Run(m, task, {}) for m in methods}
-        for k, s in enumerate(slices):
-            ref = reference_256(s.hu)
+        for k, (name, hu, _) in enumerate(slices):
+            ref = reference_256(hu)
             op, y = degrade_slice(task, ref, args.noise_hu, seed=k)
             for m in methods:
                 if m == "dps" and args.dps_slices is not None and k >= args.dps_slices:
@@ -180,15 +215,14 @@ def benchmark(args) -> None:
                     settings = BASELINE_DEFAULTS[(task, m)]
                     out = run_baseline(task, m, op, y, ref.shape, **settings)
                 by_method[m].settings = settings
-                by_method[m].add(s.name, out, ref)
-                print(f"{task:9s} {s.name:60s} {m:8s} PSNR {by_method[m].psnr[-1]:6.2f} "
+                by_method[m].add(name, out, ref)
+                print(f"{task:9s} {name:60s} {m:8s} PSNR {by_method[m].psnr[-1]:6.2f} "
                       f"SSIM {by_method[m].ssim[-1]:.4f} {out.seconds:7.1f} s", flush=True)
         runs += [r.summary() for r in by_method.values() if r.psnr]
     meta = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "data": str(args.data),
-            "slices": [s.name for s in slices], "prior": str(args.prior or "data/prior (shipped)"),
+            "slices": [s[0] for s in slices], "prior": str(args.prior or "data/prior (shipped)"),
             "noise_hu": args.noise_hu,
-            "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-                       f"{torch.get_num_threads()} threads", "date": time.strftime("%Y-%m-%d %H:%M")}
+            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
     if args.report:
@@ -214,7 +248,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode")
     parser.set_defaults(mode="benchmark")
-    parser.add_argument("--data", type=Path, default=SHARED / "dev" / "dicom")
+    parser.add_argument("--data", type=Path, default=SHARED, help="shared data folder (its dev/dicom is used)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--methods", nargs="+", default=["dds", "dps"], choices=["dds", "dps"])
     parser.add_argument("--slices", type=int, default=None)
