@@ -27,6 +27,9 @@ class SolverResult:
         Normalised data residual ``||s W^{1/2}(y - A x0_hat)||`` per step (rows) and item.
     timesteps : list of int
         Training timesteps visited.
+    std : torch.Tensor or None
+        [B, 1, H, W] pixel-wise standard deviation of several samples
+        (:func:`~tomo.solvers.posterior_mean`), else None.
     """
 
     x: torch.Tensor
@@ -35,6 +38,7 @@ class SolverResult:
     operator_calls: int
     residual_norms: list = field(default_factory=list)
     timesteps: list = field(default_factory=list)
+    std: torch.Tensor | None = None
 
 
 def check_prior(prior) -> None:
