@@ -4,8 +4,9 @@
 For each standard configuration of evaluation.md (parallel-30, parallel-8, fanbeam-60) and a
 fixed set of train/dicom slices, the protocol simulation (:mod:`tomo.simulate`) is run and
 
-* TV: a grid of weights (batched: one solver run per slice scans all weights), with and
-  without Poisson data weighting, scored at several iteration counts;
+* TV: a grid of weights (batched: one solver run per slice scans all weights), unweighted
+  and with Poisson data weights for several model-error floors, scored at several iteration
+  counts;
 * SIRT and CGLS: scored along one long run at checkpoints (the iteration count is their
   regulariser);
 * FBP: every filter.
@@ -36,7 +37,7 @@ from operators import CTProjector, FILTERS  # noqa: E402
 from tomo.io.dicom import read_volume  # noqa: E402
 from tomo.metrics import mu_to_hu, psnr, ssim  # noqa: E402
 from tomo.recon import cgls, fbp_reconstruct, poisson_weights, sirt, tv_pdhg  # noqa: E402
-from tomo.recon.methods import TV_START_FILTER  # noqa: E402
+from tomo.recon.methods import DEFAULT_MODEL_ERROR, TV_START_FILTER  # noqa: E402
 from tomo.simulate import CONFIGS, simulate_volume  # noqa: E402
 
 #: train/dicom slices used for tuning: (path under train/dicom, slice index in that series).
@@ -105,14 +106,18 @@ def tune_config(name: str, slices, args) -> list[dict]:
 
         sirt(op, y, iterations=max(sirt_cp), progress=False, callback=recorder("sirt", {}, sirt_cp))
         for weighting in ("none", "poisson"):
-            w = poisson_weights(y) if weighting == "poisson" else None
+            w = poisson_weights(y, sf.i0, DEFAULT_MODEL_ERROR) if weighting == "poisson" else None
             cgls(op, y, iterations=max(cgls_cp), weights=w, progress=False,
                  callback=recorder("cgls", {"weighting": weighting}, cgls_cp))
         x0 = fbp_reconstruct(y, sf.geometry, filter=TV_START_FILTER).clamp_min(0.0)
         yb = y.expand((len(weights),) + tuple(y.shape)).contiguous()
-        for weighting in args.weighting.split(","):
-            wts = poisson_weights(yb) if weighting == "poisson" else None
-            items = [{"weight": w, "weighting": weighting} for w in weights]
+        weightings = [("none", None)] if "none" in args.weighting.split(",") else []
+        if "poisson" in args.weighting.split(","):
+            weightings += [("poisson", float(e)) for e in args.model_errors.split(",")]
+        for weighting, model_error in weightings:
+            wts = None if weighting == "none" else poisson_weights(yb, sf.i0, model_error)
+            items = [{"weight": w, "weighting": weighting} | ({} if model_error is None else
+                                                              {"model_error": model_error}) for w in weights]
             tv_pdhg(op, yb, weight=weights, weights=wts, x0=x0, iterations=max(checkpoints), progress=False,
                     callback=recorder("tv", None, checkpoints, items))
         print(f"  {name} slice {k + 1}/{len(slices)} {slice_name}: {time.time() - t0:.0f} s", flush=True)
@@ -144,8 +149,10 @@ def main(argv=None) -> int:
     ap.add_argument("--slices", type=int, default=len(TRAIN_SLICES), help="number of train slices (max %d)"
                     % len(TRAIN_SLICES))
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configurations")
-    ap.add_argument("--weights", default="1e-5,3e-5,1e-4,3e-4,1e-3,3e-3", help="TV weights to scan")
+    ap.add_argument("--weights", default="1e-4,2e-4,3e-4,5e-4,1e-3,2e-3,3e-3", help="TV weights to scan")
     ap.add_argument("--weighting", default="none,poisson", help="TV data weightings to scan")
+    ap.add_argument("--model-errors", default="0.02,0.03,0.05",
+                    help="model-error floors of the Poisson weights to scan (TV; CGLS uses the default)")
     ap.add_argument("--checkpoints", default="100,200,300,400", help="TV iterations scored")
     ap.add_argument("--sirt-checkpoints", default="25,50,100,150,200,300,400")
     ap.add_argument("--cgls-checkpoints", default="5,10,15,20,30,40,60")

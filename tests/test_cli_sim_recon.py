@@ -37,9 +37,10 @@ def test_simulate_config_shortcut_and_npz_volume(tmp_path):
 
 @pytest.mark.parametrize("method, extra", [("fbp", ["--filter", "hann"]), ("sirt", ["--iterations", "30"]),
                                            ("cgls", ["--iterations", "10"]),
-                                           ("tv", ["--iterations", "150", "--tv-weight", "1e-3"])])
+                                           ("tv", ["--iterations", "150", "--tv-weight", "1e-3"]),
+                                           ("tv", [])])  # tuned defaults, Poisson weights from the file's I0
 def test_reconstruct_writes_hu_and_preview(phantom_file, tmp_path, capsys, method, extra):
-    out = tmp_path / f"{method}.npz"
+    out = tmp_path / f"{method}{len(extra)}.npz"
     assert main(["reconstruct", str(phantom_file), "--method", method, "--out", str(out), "--quiet", *extra]) == 0
     with np.load(out) as d:
         hu = d["hu"]

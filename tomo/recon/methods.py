@@ -53,7 +53,7 @@ from .tv import tv_pdhg
 
 __all__ = ["ReconProblem", "ReconMethod", "MethodOption", "METHODS", "PLUGIN_MODULES",
            "register_method", "get_method", "reconstruct", "poisson_weights", "tv_default_weight",
-           "TV_DEFAULTS", "SIRT_DEFAULT_ITERATIONS", "CGLS_DEFAULT_ITERATIONS"]
+           "describe_defaults", "available_methods", "TV_DEFAULT_WEIGHT", "SIRT_DEFAULT_ITERATIONS", "CGLS_DEFAULT_ITERATIONS"]
 
 #: modules imported (if they exist) the first time the registry is used; they register methods
 PLUGIN_MODULES: tuple[str, ...] = ("tomo.solvers.methods",)
@@ -172,30 +172,67 @@ def available_methods() -> dict[str, ReconMethod]:
 
 
 # ----- defaults (tuned on train/ slices only: scripts/tune_tv.py, docs/reconstruction.md) ----------
-#: TV weight by (geometry, views bucket): see :func:`tv_default_weight`. Filled from
-#: scripts/tune_tv.py on train/dicom slices.
-TV_DEFAULTS: dict[str, float] = {}
+#: TV weight (dimensionless, see tomo.recon.tv) with the default "auto" weighting; chosen by
+#: scripts/tune_tv.py on 8 train/dicom slices x the 3 standard configurations (docs/reconstruction.md).
+TV_DEFAULT_WEIGHT = 3e-4
 #: iterations of the TV solver (Chambolle-Pock) by default, and its relative-change tolerance
 TV_DEFAULT_ITERATIONS = 300
 TV_DEFAULT_TOL = 1e-4
+TV_DEFAULT_WEIGHTING = "auto"
 SIRT_DEFAULT_ITERATIONS = 100
 CGLS_DEFAULT_ITERATIONS = 20
 FBP_DEFAULT_FILTER = "ram-lak"
+#: model-error floor of the data weights (line-integral std), see :func:`poisson_weights`
+DEFAULT_MODEL_ERROR = 0.03
 #: FBP filter of the TV start image (smooth start; does not change the TV solution)
 TV_START_FILTER = "hann"
 
 
 def tv_default_weight(geometry, i0: float | None) -> float:
-    """Default TV weight for a geometry and dose (tuned on train/ slices; see docs/reconstruction.md)."""
-    raise NotImplementedError("TV defaults not tuned yet")
+    """Default TV weight for a geometry and dose (tuned on train/ slices; see docs/reconstruction.md).
 
-
-def poisson_weights(sinogram: torch.Tensor) -> torch.Tensor:
-    """Relative inverse variances ``exp(-y)`` of transmission data (``var(y) ~ exp(y) / I0``).
-
-    Only relative weights matter to the solvers (their solutions are invariant to scaling ``W``).
+    One value for every geometry, view count and dose: the normalisation of the data term in
+    :func:`tomo.recon.tv.tv_pdhg` makes the optimum nearly the same across the standard
+    configurations (measured in docs/reconstruction.md).
     """
-    return torch.exp(-sinogram)
+    return TV_DEFAULT_WEIGHT
+
+
+def describe_defaults() -> str:
+    """One line naming every classical default (for reports)."""
+    return (f"FBP filter {FBP_DEFAULT_FILTER}; SIRT {SIRT_DEFAULT_ITERATIONS} iterations, non-negative; "
+            f"CGLS {CGLS_DEFAULT_ITERATIONS} iterations, unweighted; TV weight {TV_DEFAULT_WEIGHT:g}, "
+            f"{TV_DEFAULT_WEIGHTING} weighting (Poisson with model-error floor {DEFAULT_MODEL_ERROR:g} when I0 "
+            f"is known), FBP ({TV_START_FILTER}) start, at most {TV_DEFAULT_ITERATIONS} iterations, "
+            f"relative-change tolerance {TV_DEFAULT_TOL:g}")
+
+
+def poisson_weights(sinogram: torch.Tensor, i0: float | None = None,
+                    model_error: float = DEFAULT_MODEL_ERROR) -> torch.Tensor:
+    """Data weights = inverse variances of transmission line integrals, with a model-error floor.
+
+    ``w = 1 / (exp(y) / I0 + model_error^2)``: the first term is the (delta-method) Poisson
+    variance of ``y = -log(counts / I0)``, the second a floor for what is not photon noise
+    (discretisation mismatch, e.g. fine-grid data reconstructed on a coarse grid), which
+    dominates at high dose; so the weighting is uniform at high dose and Poisson at low dose.
+    Without ``i0`` only the relative Poisson weights ``exp(-y)`` can be formed (no floor).
+    The solvers are invariant to a common scale of the weights.
+
+    Parameters
+    ----------
+    sinogram : torch.Tensor
+        Noisy line integrals ``y`` (dimensionless), any shape.
+    i0 : float, optional
+        Photons per detector bin.
+    model_error : float
+        Standard deviation floor in line-integral units (default tuned on train/, see
+        docs/reconstruction.md).
+    """
+    if i0 is None:
+        return torch.exp(-sinogram)
+    if not (model_error >= 0):
+        raise ValueError(f"model_error must be >= 0, got {model_error!r}")
+    return 1.0 / (torch.exp(sinogram) / float(i0) + float(model_error) ** 2)
 
 
 # ----- built-in methods ---------------------------------------------------------------------------
@@ -203,10 +240,16 @@ def _run_fbp(sinogram, problem: ReconProblem, *, filter: str = FBP_DEFAULT_FILTE
     return fbp_reconstruct(sinogram, problem.geometry, filter=filter, cutoff=cutoff)
 
 
-def _weights(weighting: str, sinogram):
-    if weighting not in ("none", "poisson"):
-        raise ValueError(f"weighting must be 'none' or 'poisson', got {weighting!r}")
-    return poisson_weights(sinogram) if weighting == "poisson" else None
+WEIGHTINGS = ("auto", "none", "poisson")
+
+
+def _weights(weighting: str, sinogram, i0, model_error):
+    """``auto``: Poisson with the model-error floor when the dose is known, else none."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if weighting == "none" or (weighting == "auto" and i0 is None):
+        return None
+    return poisson_weights(sinogram, i0, DEFAULT_MODEL_ERROR if model_error is None else model_error)
 
 
 def _run_sirt(sinogram, problem: ReconProblem, *, iterations: int = SIRT_DEFAULT_ITERATIONS,
@@ -216,19 +259,20 @@ def _run_sirt(sinogram, problem: ReconProblem, *, iterations: int = SIRT_DEFAULT
 
 
 def _run_cgls(sinogram, problem: ReconProblem, *, iterations: int = CGLS_DEFAULT_ITERATIONS,
-              tol: float = 0.0, weighting: str = "none"):
+              tol: float = 0.0, weighting: str = "none", model_error: float | None = None):
     return cgls(problem.operator, sinogram, iterations=iterations, tol=tol,
-                weights=_weights(weighting, sinogram), progress=problem.progress)
+                weights=_weights(weighting, sinogram, problem.i0, model_error), progress=problem.progress)
 
 
 def _run_tv(sinogram, problem: ReconProblem, *, tv_weight: float | None = None,
             iterations: int = TV_DEFAULT_ITERATIONS, tol: float = TV_DEFAULT_TOL,
-            weighting: str = "none"):
+            weighting: str = TV_DEFAULT_WEIGHTING, model_error: float | None = None):
     weight = tv_default_weight(problem.geometry, problem.i0) if tv_weight is None else tv_weight
     # Start from FBP: the solution is the same (convex problem) but reached in fewer iterations.
     x0 = fbp_reconstruct(sinogram, problem.geometry, filter=TV_START_FILTER).clamp_min(0.0)
     return tv_pdhg(problem.operator, sinogram, weight=weight, iterations=iterations, tol=tol,
-                   weights=_weights(weighting, sinogram), x0=x0, progress=problem.progress)
+                   weights=_weights(weighting, sinogram, problem.i0, model_error), x0=x0,
+                   progress=problem.progress)
 
 
 _ITER = MethodOption("--iterations", "iterations", int,
@@ -238,8 +282,12 @@ _TOL = MethodOption("--tol", "tol", float,
                     "stop when the relative change (CGLS: relative normal-equation residual) falls "
                     "below this (default: SIRT/CGLS 0 = off, TV %g)" % TV_DEFAULT_TOL)
 _WEIGHTING = MethodOption("--weighting", "weighting", str,
-                          "data weighting: 'none' or 'poisson' (inverse variance exp(-y)); default none",
-                          choices=("none", "poisson"))
+                          "data weighting: 'poisson' = inverse variance exp(y)/I0 + model-error^2 (exp(-y) "
+                          "when I0 is unknown), 'none', or 'auto' = poisson if the file has I0 (default: "
+                          "CGLS none, TV auto)", choices=WEIGHTINGS)
+_MODEL_ERROR = MethodOption("--model-error", "model_error", float,
+                            "std floor of the line integrals in the Poisson weights (default %g)"
+                            % DEFAULT_MODEL_ERROR)
 
 register_method("fbp", _run_fbp, help="filtered back-projection", batch_size=64, options=(
     MethodOption("--filter", "filter", str, f"FBP filter (default {FBP_DEFAULT_FILTER})", choices=FILTERS),
@@ -247,12 +295,12 @@ register_method("fbp", _run_fbp, help="filtered back-projection", batch_size=64,
 ))
 register_method("sirt", _run_sirt, help="SIRT, non-negative", options=(_ITER, _TOL))
 register_method("cgls", _run_cgls, help="CGLS (least squares; iterations regularise)",
-                options=(_ITER, _TOL, _WEIGHTING))
+                options=(_ITER, _TOL, _WEIGHTING, _MODEL_ERROR))
 register_method("tv", _run_tv, help="isotropic TV, non-negative (Chambolle-Pock); tuned defaults",
                 options=(MethodOption("--tv-weight", "tv_weight", float,
                                       "TV weight relative to the normalised data term (default: tuned "
                                       "per geometry, see docs/reconstruction.md)"),
-                         _ITER, _TOL, _WEIGHTING))
+                         _ITER, _TOL, _WEIGHTING, _MODEL_ERROR))
 
 
 # ----- entry point --------------------------------------------------------------------------------
