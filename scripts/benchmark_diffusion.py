@@ -72,14 +72,16 @@ def diffusion_method(method: str, prior, counts: list, *, progress=False, **sett
     """A ``method(sinogram, geometry, i0) -> mu`` callable for ``evaluate_method``.
 
     ``settings`` are solver keywords plus ``weighted`` (Poisson weights, default True),
-    ``model_error`` (their floor), ``bf16`` (network autocast) and ``init``/``start`` (warm start
-    from a registered classical method's reconstruction). Network evaluations are appended to
+    ``model_error`` (their floor), ``bf16`` (network autocast), ``init``/``start`` (warm start
+    from a registered classical method's reconstruction) and ``samples`` (posterior mean of that
+    many samples). Network evaluations are appended to
     ``counts``. The seed is the running index of the call (one per slice).
     """
     from operators import CTProjector
-    from tomo.solvers import ct_problem, dds, dps
+    from tomo.solvers import ct_problem, dds, dps, posterior_mean
 
     settings = dict(settings)
+    samples = settings.pop("samples", 1)
     weighted = settings.pop("weighted", True)
     model_error = settings.pop("model_error", 0.0)
     init = settings.pop("init", None)
@@ -98,8 +100,13 @@ def diffusion_method(method: str, prior, counts: list, *, progress=False, **sett
             from tomo.recon import reconstruct
             mu0 = reconstruct(sino, geometry, init, i0=i0, progress=False)
             extra["x_init"] = prior.hu_to_model(mu_to_hu(mu0))[None, None]
-        result = solver(prior, **problem.solver_args(), seed=len(counts), progress=progress, **extra, **settings)
-        counts.append(result.network_evaluations)
+        if samples > 1:
+            result = posterior_mean(solver, prior, **problem.solver_args(), samples=samples, seed=len(counts),
+                                    progress=progress, **extra, **settings)
+        else:
+            result = solver(prior, **problem.solver_args(), seed=len(counts), progress=progress, **extra, **settings)
+        # network evaluations per slice: every sample is a separate image through the network
+        counts.append(result.network_evaluations * samples)
         return problem.to_physical(result.x)[0, 0]
     return run
 
@@ -176,7 +183,8 @@ def benchmark(args) -> None:
         slices = slices[: args.slices]
     prior = load_prior(args.prior) if {"dds", "dps"} & set(args.methods) else None
     settings = {"dds": dict(steps=args.dds_steps, cg_iterations=args.cg_iterations, eta=args.eta,
-                            weighted=args.weighted, model_error=args.model_error, bf16=args.bf16),
+                            weighted=args.weighted, model_error=args.model_error, bf16=args.bf16,
+                            samples=args.samples, spacing=args.spacing),
                 "dps": dict(steps=args.dps_steps, zeta=args.zeta, weighted=args.weighted,
                             model_error=args.model_error, bf16=args.bf16)}
     if args.init:
@@ -251,6 +259,9 @@ def main(argv=None) -> None:
         p.add_argument("--model-error", type=float, default=0.0, help="std floor of the Poisson weights")
         p.add_argument("--init", default=None, help="dds warm start from this registered method (e.g. tv)")
         p.add_argument("--start", type=float, default=1.0, help="dds warm start: fraction of the schedule")
+        p.add_argument("--samples", type=int, default=1, help="dds: posterior mean of this many samples")
+        p.add_argument("--spacing", default="trailing", choices=["trailing", "leading", "linspace"],
+                       help="dds timestep spacing")
         p.add_argument("--config", nargs="+", default=list(CONFIG_NAMES), choices=CONFIG_NAMES)
         p.add_argument("--methods", nargs="+", default=["fbp", "tv", "dds", "dps"],
                        choices=["fbp", "tv", "dds", "dps"])
