@@ -56,7 +56,8 @@ padding at the borders).
 |---|---|
 | network | diffusers `UNet2DModel`, block channels {blocks}, {layers} ResNet layer(s) per block, self-attention at the lowest resolution only; {n_params:.2f} M parameters |
 | weights | `prior.safetensors`, EMA weights only, float32, {size_mb:.1f} MB |
-| schedule | diffusers `DDPMScheduler`, {beta} betas 1e-4 .. 0.02, T = {T} |
+| schedule | diffusers `DDPMScheduler`, {beta} betas 1e-4 .. 0.02, T = {T}, epsilon prediction |
+| output | {skip_text} |
 | image scale | pixels of {pixel} mm; HU window {window} mapped linearly to [-1, 1] (clipped in training) |
 | intended use | chest CT slices (axial, coronal, sagittal) on grids of about {pixel} mm, e.g. a 512 x 512 scan of 0.6-0.8 mm reconstructed on a 256 x 256 grid |
 
@@ -208,6 +209,11 @@ def write_card(path: Path, prior_dir: Path, results: dict) -> None:
     if "CPU" in hardware and "x86_64)" in hardware:      # records written before cpu_model() existed
         from tomo.priors.train import cpu_model
         hardware = hardware.replace("x86_64)", f"{cpu_model()})")
+    skip = config.get("gaussian_skip")
+    skip_text = ("network predicts eps directly" if skip is None else
+                 "Gaussian skip: eps_hat = c_skip(t) (x_t - sqrt(abar_t) mu) + c_out(t) F(x_t, t), the Gaussian-pixel "
+                 f"MMSE estimate plus the learned residual, mu = {skip['mean']:.4f}, s2 = {skip['variance']:.4f} "
+                 "(training pixels, model range); see docs/prior.md")
     precision = tr.get("mixed_precision", "off")
     bf16_flag = " --cpu-bf16" if precision == "bfloat16" and "CPU" in hardware else ""
     precision = {"off": "none (float32)", "bfloat16": "bf16 autocast (weights and optimiser in float32)"}.get(
@@ -220,7 +226,7 @@ def write_card(path: Path, prior_dir: Path, results: dict) -> None:
         lr=tr.get("optimizer", {}).get("lr"), lr_schedule=tr.get("optimizer", {}).get("lr_schedule"),
         warmup=tr.get("optimizer", {}).get("warmup_steps"), wd=tr.get("optimizer", {}).get("weight_decay"),
         clip=tr.get("optimizer", {}).get("grad_clip"), ema=tr.get("ema", {}).get("max_decay"),
-        seed=tr.get("seed"), bf16_flag=bf16_flag, precision=precision, n_params=n_params / 1e6, size_mb=size_mb,
+        seed=tr.get("seed"), skip_text=skip_text, bf16_flag=bf16_flag, precision=precision, n_params=n_params / 1e6, size_mb=size_mb,
         blocks=arch["block_out_channels"], layers=arch["layers_per_block"], patch=config["patch_size"],
         pixel=config["pixel_size_mm"], window=config["hu_window"], beta=config["schedule"]["beta_schedule"],
         T=config["schedule"]["num_train_timesteps"],
