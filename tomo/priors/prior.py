@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -16,11 +17,19 @@ PRIOR_ENV = "TOMO_PRIOR"
 
 
 def default_prior_path() -> Path:
-    """The shipped checkpoint folder, ``<repository>/data/prior`` (``$TOMO_PRIOR`` overrides)."""
+    """The shipped checkpoint folder (``$TOMO_PRIOR`` overrides).
+
+    ``<repository>/data/prior`` for a source checkout or editable install; for a wheel install,
+    the copy setup.cfg's ``data_files`` puts in ``<sys.prefix>/share/tomo/prior``.
+    """
     env = os.environ.get(PRIOR_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "data" / "prior"
+    in_repo = Path(__file__).resolve().parents[2] / "data" / "prior"
+    installed = Path(sys.prefix) / "share" / "tomo" / "prior"
+    if not in_repo.is_dir() and installed.is_dir():
+        return installed
+    return in_repo
 
 
 def build_unet(config: dict):
