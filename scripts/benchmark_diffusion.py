@@ -279,7 +279,7 @@ def main(argv=None) -> None:
         p.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the prior network")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t = sub.add_parser("tune", help="hyper-parameter grid on train/ slices")
-    t.add_argument("--method", choices=["dds", "dps"], default="dds")
+    t.add_argument("--method", default="dds", help="dds, dps or a registered classical method (fbp, tv, ...)")
     t.add_argument("--config", nargs="+", default=["parallel-30"], choices=CONFIG_NAMES)
     t.add_argument("--grid", nargs="*", help="key=v1,v2 ... (solver keyword arguments)")
     t.add_argument("--fixed", nargs="*", help="key=value fixed solver keyword arguments")
