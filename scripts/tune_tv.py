@@ -15,9 +15,15 @@ Scores are the project's (PSNR/SSIM on the [-1000, 1000] HU window, mean over sl
 table and the best settings are printed and written as JSON; docs/reconstruction.md records the
 run and tomo/recon/methods.py holds the chosen defaults.
 
-Reproduce (about 30-60 min on the shared 2-core machine):
+Reproduce the runs recorded in docs/reconstruction.md (each 10-30 min on the shared 2-core
+machine):
 
-    python scripts/tune_tv.py --json docs/tune_tv.json
+    python scripts/tune_tv.py --cgls-model-error 0.03 --json /tmp/tune_a.json
+    python scripts/tune_tv.py --weights 3e-4,5e-4,1e-3,2e-3 --model-errors 0.05,0.08,0.12 \
+        --weighting poisson --checkpoints 300 --sirt-checkpoints 150 --cgls-checkpoints 10 \
+        --cgls-model-error 0.03 --json /tmp/tune_b.json
+    python scripts/tune_tv.py --weights 5e-4,1.875e-3 --model-errors 0.05 --weighting poisson \
+        --checkpoints 300 --sirt-checkpoints 150 --cgls-checkpoints 10,20,30,40 --json /tmp/tune_c.json
 """
 from __future__ import annotations
 
@@ -106,9 +112,10 @@ def tune_config(name: str, slices, args) -> list[dict]:
 
         sirt(op, y, iterations=max(sirt_cp), progress=False, callback=recorder("sirt", {}, sirt_cp))
         for weighting in ("none", "poisson"):
-            w = poisson_weights(y, sf.i0, DEFAULT_MODEL_ERROR) if weighting == "poisson" else None
+            w = poisson_weights(y, sf.i0, args.cgls_model_error) if weighting == "poisson" else None
+            params = {"weighting": weighting} | ({"model_error": args.cgls_model_error} if w is not None else {})
             cgls(op, y, iterations=max(cgls_cp), weights=w, progress=False,
-                 callback=recorder("cgls", {"weighting": weighting}, cgls_cp))
+                 callback=recorder("cgls", params, cgls_cp))
         x0 = fbp_reconstruct(y, sf.geometry, filter=TV_START_FILTER).clamp_min(0.0)
         yb = y.expand((len(weights),) + tuple(y.shape)).contiguous()
         weightings = [("none", None)] if "none" in args.weighting.split(",") else []
@@ -156,6 +163,8 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoints", default="100,200,300,400", help="TV iterations scored")
     ap.add_argument("--sirt-checkpoints", default="25,50,100,150,200,300,400")
     ap.add_argument("--cgls-checkpoints", default="5,10,15,20,30,40,60")
+    ap.add_argument("--cgls-model-error", type=float, default=DEFAULT_MODEL_ERROR,
+                    help="model-error floor of CGLS's Poisson weights (default: the library default)")
     ap.add_argument("--seed", type=int, default=1000, help="noise seed of the first slice (then +1 per slice)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy 2-core machine)")
     ap.add_argument("--json", type=Path, help="write all records and the summary here")
