@@ -242,11 +242,13 @@ def test_register_method_plugin(problem):
         METHODS.pop("dummy-test")
 
 
-def test_tv_default_weight_is_defined_for_standard_geometries():
+def test_tv_default_weight_scales_with_views_per_half_turn():
     from tomo.simulate import CONFIGS, protocol_geometry
-    for cfg in CONFIGS.values():
-        w = methods_module.tv_default_weight(protocol_geometry(cfg.geometry, cfg.views, 300.0), cfg.i0)
-        assert math.isfinite(w) and w > 0
+    w = {name: methods_module.tv_default_weight(protocol_geometry(c.geometry, c.views, 300.0), c.i0)
+         for name, c in CONFIGS.items()}
+    assert all(math.isfinite(v) and v > 0 for v in w.values())
+    assert w["fanbeam-60"] == pytest.approx(w["parallel-30"])  # 60 fan views over 2 pi ~ 30 per half turn
+    assert w["parallel-8"] == pytest.approx(w["parallel-30"] * 30 / 8)
 
 
 @pytest.mark.cuda
