@@ -47,11 +47,6 @@ BASELINES = {"deblur": ("wiener", "tv"), "superres": ("bicubic",), "inpaint": ("
 BASELINE_DEFAULTS = {("deblur", "wiener"): {"balance": 0.005}, ("deblur", "tv"): {"tv_weight": 0.001},
                      ("inpaint", "tv"): {"tv_weight": 0.003, "iterations": 1000, "tol": 0.0},
                      ("superres", "bicubic"): {}}
-#: diffusion settings per task (tuned on train/ slices)
-DDS_TASK_DEFAULTS = {"deblur": {"steps": 50, "cg_iterations": 5, "eta": 0.85},
-                     "superres": {"steps": 50, "cg_iterations": 5, "eta": 0.85},
-                     "inpaint": {"steps": 50, "cg_iterations": 5, "eta": 0.85}}
-DPS_TASK_DEFAULTS = {t: {"steps": 1000, "zeta": 1.0} for t in TASKS}
 
 
 @dataclass
@@ -203,7 +198,8 @@ def benchmark(args) -> None:
                 if m == "dps" and args.dps_slices is not None and k >= args.dps_slices:
                     continue
                 if m in ("dds", "dps"):
-                    settings = dict((DDS_TASK_DEFAULTS if m == "dds" else DPS_TASK_DEFAULTS)[task])
+                    from tomo.solvers.tasks import SOLVER_DEFAULTS
+                    settings = dict(SOLVER_DEFAULTS[(m, task)])
                     if args.dds_steps and m == "dds":
                         settings["steps"] = args.dds_steps
                     if args.dps_steps and m == "dps":

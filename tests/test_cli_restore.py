@@ -75,3 +75,14 @@ def test_restore_refuses_to_overwrite_and_bad_input(tiny_prior_dir, disk_png, tm
     assert "no such file" in capsys.readouterr().err
     assert main(args[:-3] + ["-o", str(tmp_path / "x"), "--noise-hu", "-1"]) == 2
     assert "--noise-hu" in capsys.readouterr().err
+    assert main(args[:-3] + ["-o", str(tmp_path / "y"), "--zeta", "1"]) == 2      # zeta is a DPS option
+    assert "--zeta does not apply" in capsys.readouterr().err
+
+
+def test_restore_with_several_samples_writes_a_spread_map(tiny_prior_dir, disk_png, tmp_path):
+    out = tmp_path / "s"
+    assert main(["restore", str(disk_png), "--task", "inpaint", "--steps", "2", "--size", "32", "--samples", "3",
+                 "--bf16", "--prior", str(tiny_prior_dir), "-o", str(out), "--quiet"]) == 0
+    saved = np.load(out / "disk_inpaint.npz")
+    assert saved["spread_hu"].shape == (32, 32) and (saved["spread_hu"] >= 0).all()
+    assert (out / "disk_inpaint_spread.png").exists()

@@ -6,7 +6,9 @@ resized so that its longer side has ``--size`` pixels (default 256, near the pri
 pixels for a 512-pixel CT slice), degraded with the task's operator plus white Gaussian noise of
 ``--noise-hu`` HU, restored with DDS (default) or DPS, and written as three PNGs (degraded input,
 restored result, reference) in the [-1000, 1000] HU window, plus an ``.npz`` of the HU images.
-PSNR/SSIM against the reference are printed.
+With ``--samples N`` the result is the mean of N posterior samples and a fourth PNG shows their
+pixel-wise standard deviation (0-200 HU, black to white). PSNR/SSIM against the reference are
+printed.
 """
 from __future__ import annotations
 
@@ -16,9 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from tomo.cli import CommandError
-
-SOLVER_DEFAULTS = {"dds": {"steps": 50}, "dps": {"steps": 1000}}
-
 
 def register(subparsers) -> None:
     from tomo.solvers.tasks import METHODS, TASKS
@@ -47,9 +46,13 @@ def register(subparsers) -> None:
     sol.add_argument("--prior", type=Path, default=None, help="prior checkpoint folder (default: shipped)")
     sol.add_argument("--steps", type=int, default=None, help="sampling steps (default dds 50, dps 1000)")
     sol.add_argument("--seed", type=int, default=0, help="noise and sampling seed (default 0)")
-    sol.add_argument("--zeta", type=float, default=1.0, help="DPS step size (default 1.0)")
-    sol.add_argument("--cg-iterations", type=int, default=5, help="DDS CG iterations per step (default 5)")
-    sol.add_argument("--eta", type=float, default=0.85, help="DDS re-noising fraction (default 0.85)")
+    sol.add_argument("--zeta", type=float, default=None, help="DPS step size (default 1.0)")
+    sol.add_argument("--cg-iterations", type=int, default=None,
+                     help="DDS CG iterations per step (default: deblur 5, other tasks 1)")
+    sol.add_argument("--eta", type=float, default=None, help="DDS re-noising fraction (default 0.85)")
+    sol.add_argument("--samples", type=int, default=1,
+                     help="average this many posterior samples (default 1; also writes a spread map)")
+    sol.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the network (faster on CPU)")
     sol.add_argument("--device", default="cpu", help="torch device (default cpu)")
     sol.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -110,13 +113,14 @@ def run(args: argparse.Namespace) -> int:
 
     from tomo.metrics import psnr, ssim
     from tomo.priors import load_prior
-    from tomo.solvers.tasks import degrade, restore, task_operator
+    from tomo.solvers.tasks import SOLVER_DEFAULTS, degrade, restore, task_operator
 
     if args.noise_hu < 0:
         raise CommandError(f"--noise-hu must be >= 0, got {args.noise_hu}")
     stem = args.image.stem if args.image.is_file() else args.image.name
     out_dir: Path = args.output_dir
-    names = {k: out_dir / f"{stem}_{args.task}_{k}.png" for k in ("degraded", "restored", "reference")}
+    kinds = ("degraded", "restored", "reference") + (("spread",) if args.samples > 1 else ())
+    names = {k: out_dir / f"{stem}_{args.task}_{k}.png" for k in kinds}
     names["npz"] = out_dir / f"{stem}_{args.task}.npz"
     existing = [str(p) for p in names.values() if p.exists()]
     if existing and not args.overwrite:
@@ -131,16 +135,20 @@ def run(args: argparse.Namespace) -> int:
     y = degrade(op, reference, args.noise_hu, seed=args.seed)
 
     prior = load_prior(args.prior, device=device)
-    kwargs = dict(SOLVER_DEFAULTS[args.method])
-    if args.steps is not None:
-        kwargs["steps"] = args.steps
-    if args.method == "dds":
-        kwargs.update(cg_iterations=args.cg_iterations, eta=args.eta)
-    else:
-        kwargs.update(zeta=args.zeta)
+    kwargs = dict(SOLVER_DEFAULTS[(args.method, args.task)])
+    given = {"steps": args.steps, "cg_iterations": args.cg_iterations, "eta": args.eta, "zeta": args.zeta}
+    not_applicable = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None and k not in kwargs]
+    if not_applicable:
+        raise CommandError(f"{', '.join(not_applicable)} does not apply to --method {args.method}")
+    kwargs.update({k: v for k, v in given.items() if v is not None})
+    if args.bf16:
+        kwargs["autocast_dtype"] = torch.bfloat16
     print(f"{args.image} ({what}) -> {hu.shape[1]}x{hu.shape[0]}; task {args.task}, noise {args.noise_hu:g} HU; "
           f"{args.method} {kwargs}")
-    result = restore(prior, op, y, args.method, seed=args.seed, progress=not args.quiet, **kwargs)
+    if args.samples < 1:
+        raise CommandError(f"--samples must be >= 1, got {args.samples}")
+    result = restore(prior, op, y, args.method, seed=args.seed, progress=not args.quiet, samples=args.samples,
+                     **kwargs)
     restored = result.hu[0, 0].cpu().numpy()
     degraded = displayable_degraded(args.task, op, y.cpu().numpy())
 
@@ -148,12 +156,16 @@ def run(args: argparse.Namespace) -> int:
     save_png(degraded, names["degraded"])
     save_png(restored, names["restored"])
     save_png(hu, names["reference"])
-    np.savez_compressed(names["npz"], reference_hu=hu, degraded=degraded, restored_hu=restored,
-                        task=args.task, method=args.method)
+    arrays = dict(reference_hu=hu, degraded=degraded, restored_hu=restored, task=args.task, method=args.method)
+    if result.std_hu is not None:
+        spread = result.std_hu[0, 0].cpu().numpy()
+        save_png(spread * 10.0 - 1000.0, names["spread"])     # 0-200 HU spread shown black to white
+        arrays["spread_hu"] = spread
+    np.savez_compressed(names["npz"], **arrays)
     print(f"restored: PSNR {psnr(restored, hu):.2f} dB, SSIM {ssim(restored, hu):.4f} "
           f"([-1000, 1000] HU window; {result.network_evaluations} network evaluations)")
     if degraded.shape == hu.shape and args.task == "deblur":
         print(f"degraded: PSNR {psnr(degraded, hu):.2f} dB, SSIM {ssim(degraded, hu):.4f}")
-    for key in ("degraded", "restored", "reference", "npz"):
-        print(f"wrote {names[key]}")
+    for path in names.values():
+        print(f"wrote {path}")
     return 0
