@@ -185,7 +185,8 @@ def benchmark(args) -> None:
     settings = {"dds": dict(steps=args.dds_steps, cg_iterations=args.cg_iterations, eta=args.eta,
                             weighted=args.weighted, model_error=args.model_error, bf16=args.bf16,
                             samples=args.samples, spacing=args.spacing),
-                "dps": dict(steps=args.dps_steps, zeta=args.zeta, weighted=args.weighted,
+                "dps": dict(steps=args.dps_steps, zeta=args.zeta if args.zeta is not None else 1000.0 / args.dps_steps,
+                            weighted=args.weighted,
                             model_error=args.model_error, bf16=args.bf16)}
     if args.init:
         settings["dds"].update(init=args.init, start=args.start)
@@ -272,7 +273,7 @@ def main(argv=None) -> None:
         p.add_argument("--eta", type=float, default=0.85)
         p.add_argument("--dps-steps", type=int, default=1000)
         p.add_argument("--dps-slices", type=int, default=None, help="run DPS on the first N slices only")
-        p.add_argument("--zeta", type=float, default=1.0)
+        p.add_argument("--zeta", type=float, default=None, help="dps step size (default 1000 / --dps-steps)")
         p.add_argument("--report", type=Path, default=REPO / "docs" / "benchmarks_diffusion.md")
         p.add_argument("--json", type=Path, default=None)
         p.add_argument("--progress", action="store_true")

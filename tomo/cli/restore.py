@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     sol.add_argument("--prior", type=Path, default=None, help="prior checkpoint folder (default: shipped)")
     sol.add_argument("--steps", type=int, default=None, help="sampling steps (default dds 50, dps 1000)")
     sol.add_argument("--seed", type=int, default=0, help="noise and sampling seed (default 0)")
-    sol.add_argument("--zeta", type=float, default=None, help="DPS step size (default 1.0)")
+    sol.add_argument("--zeta", type=float, default=None, help="DPS step size (default 1000 / steps)")
     sol.add_argument("--cg-iterations", type=int, default=None,
                      help="DDS CG iterations per step (default: deblur 5, other tasks 1)")
     sol.add_argument("--eta", type=float, default=None, help="DDS re-noising fraction (default 0.85)")

@@ -15,7 +15,7 @@ import torch
 from tomo.recon.methods import DEFAULT_MODEL_ERROR, MethodOption, ReconProblem, register_method
 
 from .dds import dds
-from .dps import dps
+from .dps import default_zeta, dps
 from .problem import ct_problem
 
 __all__ = ["run_dds", "run_dps", "DDS_DEFAULTS", "DPS_DEFAULTS"]
@@ -23,8 +23,8 @@ __all__ = ["run_dds", "run_dps", "DDS_DEFAULTS", "DPS_DEFAULTS"]
 #: defaults of ``tomo reconstruct --method dds``, chosen on train/ slices with the shipped prior
 #: (docs/benchmarks_diffusion.md): 3 CG iterations and "leading" spacing (last step at t = 0)
 DDS_DEFAULTS = {"steps": 50, "cg_iterations": 3, "eta": 0.85, "spacing": "leading", "seed": 0}
-#: defaults of ``tomo reconstruct --method dps``
-DPS_DEFAULTS = {"steps": 1000, "zeta": 1.0, "seed": 0}
+#: defaults of ``tomo reconstruct --method dps``; without --zeta, zeta = default_zeta(steps) = 1000 / steps
+DPS_DEFAULTS = {"steps": 1000, "seed": 0}
 
 
 @lru_cache(maxsize=2)
@@ -48,6 +48,8 @@ def run_dds(sinogram: torch.Tensor, problem: ReconProblem, *, prior=None, **opti
 
 def run_dps(sinogram: torch.Tensor, problem: ReconProblem, *, prior=None, **options) -> torch.Tensor:
     """DPS reconstruction: mu [1/mm] ``[B, H, W]`` (options: steps, zeta, seed)."""
+    if options.get("zeta") is None:
+        options["zeta"] = default_zeta(options.get("steps") or DPS_DEFAULTS["steps"])
     return _solve(dps, DPS_DEFAULTS, sinogram, problem, prior, options)
 
 
@@ -70,5 +72,5 @@ register_method(
     "dps", run_dps, batch_size=2,
     help="Diffusion Posterior Sampling: gradient through the prior network each step (slow: 1000 steps)",
     options=_COMMON + (
-        MethodOption("--zeta", "zeta", float, "dps: data-consistency step size (default 1.0)"),
+        MethodOption("--zeta", "zeta", float, "dps: data-consistency step size (default 1000 / steps)"),
     ))

@@ -13,7 +13,7 @@ import torch
 from operators import Downsample, GaussianBlur, GaussianNoise, Inpaint, LinearOperator, Outpaint, box_mask
 
 from .dds import dds
-from .dps import dps
+from .dps import default_zeta, dps
 from .ensemble import posterior_mean
 from .problem import hu_problem
 
@@ -33,7 +33,7 @@ SOLVER_DEFAULTS = {
     ("dds", "inpaint"): {"steps": 50, "cg_iterations": 1, "eta": 0.85, "spacing": "leading"},
     ("dds", "outpaint"): {"steps": 50, "cg_iterations": 1, "eta": 0.85, "spacing": "leading"},
 }
-SOLVER_DEFAULTS.update({("dps", task): {"steps": 1000, "zeta": 1.0} for task in TASKS})
+SOLVER_DEFAULTS.update({("dps", task): {"steps": 1000, "zeta": None} for task in TASKS})   # None: 1000 / steps
 
 
 def default_box(shape) -> tuple[int, int, int, int]:
@@ -113,6 +113,8 @@ def restore(prior, operator: LinearOperator, y_hu: torch.Tensor, method: str = "
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     problem = hu_problem(prior, operator, y_hu)
     solver = dds if method == "dds" else dps
+    if method == "dps" and solver_kwargs.get("zeta") is None:
+        solver_kwargs["zeta"] = default_zeta(solver_kwargs.get("steps", 1000))
     if samples > 1:
         result = posterior_mean(solver, prior, **problem.solver_args(), samples=samples, seed=seed,
                                 progress=progress, **solver_kwargs)
