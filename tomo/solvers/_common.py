@@ -124,3 +124,21 @@ def network_precision(device: torch.device, autocast_dtype: torch.dtype | None):
     if autocast_dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"autocast_dtype must be torch.bfloat16, torch.float16 or None, got {autocast_dtype}")
     return torch.autocast(device_type=device.type, dtype=autocast_dtype)
+
+
+def start_sampling(prior, operator, y, weights, *, steps: int, spacing: str, start: float, normalize: bool,
+                   seed, x_init):
+    """Set-up shared by the samplers: checks, respaced schedule, data term, generator and ``x_T``.
+
+    Returns ``(schedule, data, generator, x)``.
+    """
+    from .data import DataFidelity
+    from .schedule import make_schedule
+
+    check_prior(prior)
+    schedule = make_schedule(prior.alphas_cumprod, steps, spacing, start)
+    data = DataFidelity(operator, y, weights, normalize=normalize)
+    check_same_device(prior, operator)
+    generator = make_generator(seed)
+    x = initial_state(data.image_shape, schedule.abar[0], generator, data.y, x_init, start)
+    return schedule, data, generator, x

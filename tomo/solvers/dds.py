@@ -17,10 +17,8 @@ from tqdm.auto import tqdm
 
 from operators.base import LinearOperator
 
-from ._common import (SolverResult, check_prior, check_same_device, initial_state, make_generator,
-                      network_precision, standard_normal)
-from .data import DataFidelity
-from .schedule import ddim_step, make_schedule, tweedie_x0
+from ._common import SolverResult, check_prior, network_precision, standard_normal, start_sampling
+from .schedule import ddim_step, tweedie_x0
 
 __all__ = ["dds"]
 
@@ -84,11 +82,8 @@ def dds(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
         raise ValueError(f"cg_iterations must be an int >= 0, got {cg_iterations!r}")
     if not (isinstance(lam, (int, float)) and 0.0 <= lam < float("inf")):
         raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-    schedule = make_schedule(prior.alphas_cumprod, steps, spacing, start)
-    data = DataFidelity(operator, y, weights, normalize=normalize)
-    check_same_device(prior, operator)
-    generator = make_generator(seed)
-    x = initial_state(data.image_shape, schedule.abar[0], generator, data.y, x_init, start)
+    schedule, data, generator, x = start_sampling(prior, operator, y, weights, steps=steps, spacing=spacing,
+                                                  start=start, normalize=normalize, seed=seed, x_init=x_init)
     precision = network_precision(data.y.device, autocast_dtype)
     history = []
     with torch.no_grad():

@@ -21,10 +21,8 @@ from tqdm.auto import tqdm
 
 from operators.base import LinearOperator
 
-from ._common import (SolverResult, check_prior, check_same_device, initial_state, make_generator,
-                      network_precision, standard_normal)
-from .data import DataFidelity
-from .schedule import ddpm_posterior_step, make_schedule, tweedie_x0
+from ._common import SolverResult, check_prior, network_precision, standard_normal, start_sampling
+from .schedule import ddpm_posterior_step, tweedie_x0
 
 __all__ = ["dps", "default_zeta"]
 
@@ -95,11 +93,8 @@ def dps(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
     check_prior(prior)
     if not (isinstance(zeta, (int, float)) and zeta >= 0 and zeta == zeta and zeta != float("inf")):
         raise ValueError(f"zeta must be a finite number >= 0, got {zeta!r}")
-    schedule = make_schedule(prior.alphas_cumprod, steps, spacing, start)
-    data = DataFidelity(operator, y, weights, normalize=normalize)
-    check_same_device(prior, operator)
-    generator = make_generator(seed)
-    x = initial_state(data.image_shape, schedule.abar[0], generator, data.y, x_init, start)
+    schedule, data, generator, x = start_sampling(prior, operator, y, weights, steps=steps, spacing=spacing,
+                                                  start=start, normalize=normalize, seed=seed, x_init=x_init)
     history = []
     for t, abar, abar_prev in tqdm(schedule, desc="DPS", disable=not progress, leave=False):
         x = x.detach().requires_grad_(True)
