@@ -150,8 +150,7 @@ def _write_figure(reference, images, rows, path: Path, title: str) -> None:
 def _write_dicom(hu, scan, volume, method: str, out_dir: Path, overwrite: bool) -> list[Path]:
     from tomo.io.dicom_write import write_series
     grid = scan.geometry.image_shape
-    fov = volume.hu.shape[-1] * volume.pixel_spacing_mm[1]
-    spacing = fov / grid[1]
+    spacing = scan.geometry.pixel_spacing_mm  # the reconstruction grid's pixel (FOV / grid)
     derivation = (f"tomo demo: {method.upper()} reconstruction of a simulated {scan.geometry.num_views}-view "
                   f"{type(scan.geometry).__name__} scan, I0={scan.i0:g} photons/bin, {grid[0]}x{grid[1]} grid")
     reference = volume if volume.header is not None else None
