@@ -10,13 +10,18 @@ Backends
     projector, so results equal ``astra.create_sino``/``create_backprojection`` to float32
     rounding, and forward/back-projection are exactly adjoint. Works for float32 and float64
     (the float64 copy holds the same float32 weights, exactly). A torch sparse matrix can be
-    moved to a CUDA device too (``CTProjector(g, device="cuda", backend="matrix")``, untested).
+    moved to a CUDA device too (``CTProjector(g, device="cuda")``).
 ``"astra"`` (CPU fallback)
     One ASTRA call per slice (``astra.experimental.direct_FP2D``/``direct_BP2D``, the same CPU
     algorithm as ``create_sino``/``create_backprojection`` without the data-object copies), in
     float32. Chosen automatically when the cached matrices would exceed the memory bound.
-``"cuda"`` (default on a CUDA device)
+    On a CUDA device the same matrices live on the GPU: the default there for 2D geometries
+    (exactly adjoint, and on an H200 as fast as or faster than ASTRA's kernels except parallel
+    beam at 512 px / 180 views, docs/benchmarks_operators.md).
+``"cuda"`` (default for 3D on a CUDA device; 2D parallel beam when asked, or too big for a matrix)
     ASTRA's 3D CUDA kernels on torch CUDA tensors without copies (see :mod:`operators.cuda`).
+    Not for 2D fan beam: ASTRA's cone-beam back-projector weights voxels for a 2D detector, so
+    a fan beam run as a one-row cone beam is not adjoint (55 % error measured on an H200).
 
 Projector kernels (2D CPU)
 --------------------------
@@ -295,6 +300,11 @@ def _blocked_product(m: torch.Tensor, rows: torch.Tensor, budget: int) -> torch.
 
 # ----- operator -------------------------------------------------------------------------------------
 _BACKENDS = ("auto", "matrix", "astra", "cuda")
+# Measured on an NVIDIA H200 (2026-11-26): ASTRA's cone-beam back-projector weights each voxel by the
+# squared magnification (right for a 2D detector), so a fan beam run as a one-row cone is not
+# adjoint to its forward projection: <Ax, y> and <x, A^T y> differed by 55 %.
+_FAN_CUDA_MESSAGE = ("ASTRA's CUDA kernels have no matched 2D fan-beam back-projection (the cone-beam "
+                     "back-projector is weighted for a 2D detector: 55 % adjoint error measured)")
 
 
 class CTProjector(LinearOperator):
@@ -307,8 +317,9 @@ class CTProjector(LinearOperator):
     device : str or torch.device
         ``"cpu"`` or a CUDA device.
     backend : {"auto", "matrix", "astra", "cuda"}
-        See the module docstring. ``"auto"``: ``"cuda"`` on a CUDA device; on CPU ``"matrix"``
-        unless the matrices would exceed ``max_matrix_bytes``, then ``"astra"``.
+        See the module docstring. ``"auto"``: ``"matrix"`` unless the matrices would exceed
+        ``max_matrix_bytes``, then ``"astra"`` on CPU or ``"cuda"`` (parallel beam) on a CUDA
+        device; 3D geometries always ``"cuda"``.
     projector_type : str, optional
         ASTRA CPU projector (default ``"linear"`` parallel, ``"line_fanflat"`` fan).
     max_matrix_bytes : int, optional
@@ -370,8 +381,20 @@ class CTProjector(LinearOperator):
         is_cuda = self.device.type == "cuda"
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"CTProjector supports device 'cpu' or 'cuda', got {self.device}")
+        if is_cuda and not torch.cuda.is_available():
+            raise ValueError("device='cuda' requested but torch sees no CUDA device; use device='cpu'")
         if backend == "auto":
+            if is_cuda and isinstance(g, _Beam3D):
+                return "cuda"
             if is_cuda:
+                # 2D on a GPU: the cached matrix is exactly adjoint and was as fast or faster than
+                # ASTRA's kernels on an H200 (docs/benchmarks_operators.md); ASTRA only where the
+                # matrix is too big, and never for fan beam (no matched back-projector).
+                if self.estimated_matrix_bytes() <= self._bound():
+                    return "matrix"
+                if isinstance(g, FanBeam2D):
+                    raise ValueError(_FAN_CUDA_MESSAGE + f"; its matrix ({self.estimated_matrix_bytes() / 2**30:.1f} "
+                                     f"GiB) exceeds max_matrix_bytes: raise it (set_matrix_cache_limits)")
                 return "cuda"
             if isinstance(g, _Beam3D):
                 raise ValueError(f"{type(g).__name__} needs ASTRA's CUDA kernels: use device='cuda' "
@@ -379,6 +402,8 @@ class CTProjector(LinearOperator):
             return "matrix" if self.estimated_matrix_bytes() <= self._bound() else "astra"
         if backend == "cuda" and not is_cuda:
             raise ValueError("backend='cuda' needs device='cuda'")
+        if backend == "cuda" and isinstance(g, FanBeam2D):
+            raise ValueError(_FAN_CUDA_MESSAGE + "; use backend='matrix' (the default on CUDA)")
         if backend in ("matrix", "astra") and isinstance(g, _Beam3D):
             raise ValueError(f"backend={backend!r} supports 2D geometries only; "
                              f"{type(g).__name__} needs device='cuda'")

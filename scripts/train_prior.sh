@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Trains the shipped diffusion prior (data/prior) exactly as it was trained.
+# CPU training recipe (patch mode). It trained the first shipped prior (1800 steps, 47 min on one
+# CPU thread, samples without body outlines); the prior shipped now was trained on a GPU by
+# scripts/train_prior_gpu.sh. Use this one where no GPU is available.
 #
 # Data: ../shared/data/train/dicom only (9 patients, 213 slices incl. coronal/sagittal reformats;
 # never dev/). Patch mode (64 px patches + x/y position channels) at 1.5 mm pixels, HU window

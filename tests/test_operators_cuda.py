@@ -1,8 +1,9 @@
 """CUDA backend (ASTRA 3D kernels on torch CUDA tensors).
 
 Only the geometry conversion and the error on a machine without a GPU run everywhere; the rest
-needs a CUDA GPU and ASTRA's CUDA build and is skipped otherwise. As of 2026-11-26 the CUDA tests
-have NOT been run (no GPU on the development machine).
+needs a CUDA GPU and ASTRA's CUDA build and is skipped otherwise. Run on an NVIDIA H200 on
+2026-11-26 (torch 2.11.0+cu130, astra-toolbox 2.5.0): the fan-beam ASTRA kernels failed the adjoint
+test (55 %), so fan beam on CUDA now uses the matrix backend; the rest passed.
 """
 import astra
 import numpy as np
@@ -71,10 +72,14 @@ def test_no_gpu_gives_clear_error_not_a_crash():
 
 # ----- needs a GPU ----------------------------------------------------------------------------------------
 @needs_cuda
-@pytest.mark.parametrize("make", [par, fan, par3d, cone3d])
+@pytest.mark.parametrize("make", [par, par3d, cone3d])
 def test_cuda_dot_product(make):
-    """ASTRA's CUDA FP (ray-driven) and BP (voxel-driven) are matched only approximately."""
-    A = CTProjector(make(), device="cuda")
+    """ASTRA's CUDA FP (ray-driven) and BP (voxel-driven) are matched only approximately.
+
+    Measured on an H200 (2026-11-26): relative error 1.10e-3 (2D parallel), 1.06e-4 (3D parallel),
+    6.73e-3 (cone beam).
+    """
+    A = CTProjector(make(), device="cuda", backend="cuda")
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.rand(2, *A.in_shape, generator=g, device="cuda")
     y = torch.rand(2, *A.out_shape, generator=g, device="cuda")
@@ -85,19 +90,36 @@ def test_cuda_dot_product(make):
 
 
 @needs_cuda
-@pytest.mark.parametrize("make, tol", [(par, 0.03), (fan, 0.06)])
-def test_cuda_2d_matches_cpu_orientation_and_scale(make, tol):
+def test_fan_beam_on_cuda_uses_the_exact_matrix_and_refuses_astra_kernels():
+    """ASTRA's one-row cone back-projection was 55 % off the adjoint (H200): never used for fan beam.
+
+    The matrix backend on the GPU measured 0.0 relative adjoint error in float64 (H200, 2026-11-26).
+    """
+    with pytest.raises(ValueError, match="fan-beam"):
+        CTProjector(fan(), device="cuda", backend="cuda")
+    A = CTProjector(fan(), device="cuda")
+    assert A.backend == "matrix"
+    x = torch.rand(2, *A.in_shape, device="cuda", dtype=torch.float64)
+    y = torch.rand(2, *A.out_shape, device="cuda", dtype=torch.float64)
+    rel = abs(float((A(x) * y).sum() - (x * A.T(y)).sum())) / float((A(x) * y).sum())
+    print(f"CUDA matrix adjoint FanBeam2D: relative error {rel:.2e}")
+    assert rel < 1e-12, rel
+
+
+@needs_cuda
+@pytest.mark.parametrize("make, backend, tol", [(par, "cuda", 0.03), (par, "matrix", 1e-5), (fan, "matrix", 1e-5)])
+def test_cuda_2d_matches_cpu_orientation_and_scale(make, backend, tol):
     g = make()
     img = shepp_logan(g.image_shape, g.pixel_spacing_mm)
     img[2:6, 20:26] = 0.05  # asymmetric: any flip shows
     batch = torch.stack([img, img.flip(-1), img.T.contiguous()])
     cpu = CTProjector(g)(batch)
-    gpu = CTProjector(g, device="cuda")(batch.cuda()).cpu()
+    gpu = CTProjector(g, device="cuda", backend=backend)(batch.cuda()).cpu()
     rel = float((gpu - cpu).norm() / cpu.norm())
-    print(f"CUDA vs CPU {type(g).__name__}: relative L2 {rel:.3e}")
+    print(f"CUDA ({backend}) vs CPU {type(g).__name__}: relative L2 {rel:.3e}")
     assert rel < tol, rel
     back_cpu = CTProjector(g).T(cpu)
-    back_gpu = CTProjector(g, device="cuda").T(cpu.cuda()).cpu()
+    back_gpu = CTProjector(g, device="cuda", backend=backend).T(cpu.cuda()).cpu()
     assert float((back_gpu - back_cpu).norm() / back_cpu.norm()) < 2 * tol
 
 
@@ -113,9 +135,10 @@ def test_cuda_units_3d_parallel():
 
 
 @needs_cuda
-def test_cuda_batch_equals_single_and_float64_and_fbp():
-    g = fan()
-    A = CTProjector(g, device="cuda")
+@pytest.mark.parametrize("make, backend", [(par, "cuda"), (fan, "matrix")])
+def test_cuda_batch_equals_single_and_float64_and_fbp(make, backend):
+    g = make()
+    A = CTProjector(g, device="cuda", backend=backend)
     x = torch.rand(3, *g.image_shape, device="cuda")
     yb = A(x)
     for i in range(3):
