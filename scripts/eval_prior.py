@@ -47,10 +47,7 @@ written by `tomo train`) and the evaluation below. `tomo` loads it with
 
 ## What it is
 An unconditional denoiser `eps_theta(x_t, t)` for 2-D CT slices (DDPM, epsilon prediction),
-used as the prior of the diffusion posterior solvers (DPS, DDS). **Patch prior** (PaDIS): trained
-on {patch} x {patch} px patches with two extra x/y position channels; the prediction for a
-whole image of any size is assembled from a randomly shifted partition into patches (zero
-padding at the borders).
+used as the prior of the diffusion posterior solvers (DPS, DDS). {mode_text}
 
 | | |
 |---|---|
@@ -67,8 +64,8 @@ series in {n_groups} patient folders, all orientations (the COVID-19-NY-SBU fold
 coronal and sagittal reformats), native pixel spacing {spacing} mm, resampled to {pixel} mm
 (anti-aliased linear). Skipped: {n_skipped} file(s) ({skipped}). Slices are sampled with weight
 1/sqrt(slices in their patient folder), so the 141-slice thorax series does not dominate
-the 6-slice patients. Augmentation: random left-right flips and random crops (patches may hang
-over the slice border by half a patch; the padding is masked out of the loss).
+the 6-slice patients. Augmentation: random left-right flips and random crops ({crop_text}; the
+padding is masked out of the loss).
 
 | patient folder | slices |
 |---|---:|
@@ -80,25 +77,22 @@ TCIA Lung-PET-CT-Dx and COVID-19-NY-SBU, CC BY, via MIT / Apache-2.0 repositorie
 mm would teach the prior blur.
 
 ## Training
-- Command (exactly what produced these weights): `scripts/train_prior.sh`, i.e.
-  `tomo train ../shared/data/train/dicom --out runs/prior --arch small --patch-size {patch} --pixel-size {pixel} --hu-window=-1000,2000 --beta-schedule {beta} --batch-size {batch} --lr {lr} --lr-schedule {lr_schedule} --warmup-steps {warmup} --ema-decay {ema} --seed {seed} --steps 100000 --max-minutes 62 --threads 1{bf16_flag} --checkpoint-every 100 --log-every 10 --samples 8 --sample-steps 50`,
-  then `python -m tomo.priors.export runs/prior data/prior --force`.
+- Command (exactly what produced these weights): {train_command},
+  then `python -m tomo.priors.export RUN data/prior --force`.
   The wall-time budget stopped it at **{steps} steps**; with the constant learning rate every
-  step depends only on (seed, step), so `... --steps {steps}` without `--max-minutes` reproduces
-  the same weights (same software and thread count; floating-point results can differ across
-  CPUs and library versions).
-- {steps} steps x batch {batch} x {processes} process = {patches_seen} patches; AdamW (lr {lr}, {warmup}
+  step depends only on (seed, step), so `... --steps {steps}` without `--max-minutes` gives the
+  same schedule (floating-point results differ across devices and library versions).
+- {steps} steps x batch {batch} x {processes} process = {patches_seen} training crops; AdamW (lr {lr}, {warmup}
   warm-up steps, then {lr_schedule}; weight decay {wd}), gradient clipping at {clip}, EMA with
   decay min({ema}, 1 - k^(-2/3)) at update k; mixed precision: {precision}.
-- Wall time {wall_min:.1f} min on {hardware} (a 2-core machine shared with other jobs, run at
-  `nice 10`); software {software}.
+- Wall time {wall_min:.1f} min on {hardware}{hardware_note}; software {software}.
 
 Loss curve (masked epsilon MSE per logging interval, `log.csv`):
 
 ![loss](loss.png)
 
 ## Unconditional samples
-DDIM, 50 steps, 256 x 256 px at {pixel} mm assembled from patches, shown in the [-1000, 1000] HU window:
+DDIM, 50 steps, 256 x 256 px at {pixel} mm{sample_note}, shown in the [-1000, 1000] HU window:
 
 ![samples](samples.png)
 
@@ -117,12 +111,10 @@ clean slice in the [-1000, 1000] HU window (the zero predictor's x0_hat is x_t /
 Command: `{eval_command}` ({eval_minutes:.1f} min).
 
 ## Limitations
-- Tiny training set: {n_groups} patients, {n_slices} slices, {wall_min:.0f} min on 2 shared CPU cores. The prior knows
+- Tiny training set: {n_groups} patients, {n_slices} slices, {wall_min:.0f} min of training. The prior knows
   chest CT at {pixel} mm (body outline, lungs, bone, table) and little else: no head, abdomen-only,
   pediatric or contrast-specific anatomy; it will pull such images towards chest anatomy.
-- Patch prior: long-range structure comes only from the position channels and the
-  randomly shifted partitions; unconditional samples are less coherent globally than those
-  of a whole-image model. In posterior sampling the measurements supply the global structure.
+{mode_limit}
 - Pixel size matters: use reconstruction grids near {pixel} mm.
 - Not a medical device; research use only.
 """
@@ -197,6 +189,46 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def _mode_fields(config: dict, tr: dict, hardware: str) -> dict:
+    """Card text that depends on patch vs whole-image mode and on where it was trained."""
+    opt, patch, pixel = tr.get("optimizer", {}), config["patch_size"], config["pixel_size_mm"]
+    common = (f"--pixel-size {pixel} --hu-window=-1000,2000 --beta-schedule {config['schedule']['beta_schedule']} "
+              f"--batch-size {tr.get('batch_size_per_process')} --lr {opt.get('lr')} --lr-schedule "
+              f"{opt.get('lr_schedule')} --warmup-steps {opt.get('warmup_steps')} --ema-decay "
+              f"{tr.get('ema', {}).get('max_decay')} --seed {tr.get('seed')} --steps 100000")
+    on_cpu = "CPU" in hardware
+    if patch:
+        mode = (f"**Patch prior** (PaDIS): trained on {patch} x {patch} px patches with two extra x/y "
+                "position channels; the prediction for a whole image of any size is assembled from a "
+                "randomly shifted partition into patches (zero padding at the borders).")
+        crop = "patches may hang over the slice border by half a patch"
+        limit = ("- Patch prior: long-range structure comes only from the position channels and the\n"
+                 "  randomly shifted partitions; unconditional samples are less coherent globally than those\n"
+                 "  of a whole-image model. In posterior sampling the measurements supply the global structure.")
+        sample_note = " assembled from patches"
+    else:
+        size = config["image_size"]
+        mode = (f"**Whole-image prior**: trained on {size} x {size} px canvases ({size * pixel:.0f} mm field of "
+                "view) holding a randomly placed slice; it evaluates an image of any size in one pass "
+                "(zero padded to a multiple of the UNet's downsampling factor).")
+        crop = "the canvas is a random window of the slice, zero padded where it extends past the slice"
+        limit = (f"- Whole-image prior trained at {size} px: images much larger than {size} px, or fields of view\n"
+                 f"  far from {size * pixel:.0f} mm at {pixel} mm pixels, are outside what it has seen.")
+        sample_note = ""
+    if on_cpu:
+        command = ("`scripts/train_prior.sh`, i.e. `tomo train ../shared/data/train/dicom --out runs/prior "
+                   f"--arch small --patch-size {patch} {common} --max-minutes 62 --threads 1 --cpu-bf16`")
+        note = " (a 2-core machine shared with other jobs, run at `nice 10`)"
+    else:
+        command = ("`scripts/train_prior_gpu.sh`, i.e. `python scripts/pack_training_slices.py "
+                   "../shared/data/train/dicom --out PACKED` then `tomo train PACKED --out RUN --device cuda "
+                   f"--arch small --patch-size {patch or 0} --image-size {config['image_size']} {common} "
+                   f"--max-minutes {tr.get('wall_time_s', 0) / 60:.0f}`")
+        note = " (the only GPU time the project had: one 15-minute session)"
+    return {"mode_text": mode, "crop_text": crop, "mode_limit": limit, "train_command": command,
+            "hardware_note": note, "sample_note": sample_note}
+
+
 def write_card(path: Path, prior_dir: Path, results: dict) -> None:
     config = json.loads((prior_dir / "prior.json").read_text())
     tr, data, arch = config.get("training", {}), config.get("data", {}), config["architecture"]
@@ -219,7 +251,7 @@ def write_card(path: Path, prior_dir: Path, results: dict) -> None:
     precision = {"off": "none (float32)", "bfloat16": "bf16 autocast (weights and optimiser in float32)"}.get(
         precision, precision)
     ev = results["eval"]
-    card = template.format(
+    card = template.format(**_mode_fields(config, tr, hardware),
         steps=steps, patches_seen=tr.get("patches_seen"), wall_min=tr.get("wall_time_s", 0) / 60,
         hardware=hardware, software=json.dumps(tr.get("software")),
         batch=tr.get("batch_size_per_process"), processes=tr.get("processes"),
