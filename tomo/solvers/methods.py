@@ -21,8 +21,11 @@ from .problem import ct_problem
 __all__ = ["run_dds", "run_dps", "DDS_DEFAULTS", "DPS_DEFAULTS"]
 
 #: defaults of ``tomo reconstruct --method dds``, chosen on train/ slices with the shipped prior
-#: (docs/benchmarks_diffusion.md): 3 CG iterations and "leading" spacing (last step at t = 0)
-DDS_DEFAULTS = {"steps": 50, "cg_iterations": 3, "eta": 0.85, "spacing": "leading", "seed": 0}
+#: (docs/benchmarks_diffusion.md): 3 CG iterations, "leading" spacing (last step at t = 0), and a
+#: warm start: the registry's TV reconstruction noised to 20 % of the schedule (start 0.2), which
+#: beat a cold start by +1.0 dB (30 views) and +1.5 dB (8 views) on the tuning slices.
+DDS_DEFAULTS = {"steps": 50, "cg_iterations": 3, "eta": 0.85, "spacing": "leading", "seed": 0,
+                "init": "tv", "start": 0.2}
 #: defaults of ``tomo reconstruct --method dps``; without --zeta, zeta = default_zeta(steps) = 1000 / steps
 DPS_DEFAULTS = {"steps": 1000, "seed": 0}
 
@@ -37,12 +40,28 @@ def _solve(solver, defaults: dict, sinogram: torch.Tensor, problem: ReconProblem
     settings = {**defaults, **{k: v for k, v in options.items() if v is not None}}
     model = _cached_prior(None if prior is None else str(prior), str(problem.device))
     ct = ct_problem(model, problem.operator, sinogram, i0=problem.i0, model_error=DEFAULT_MODEL_ERROR)
+    init = settings.pop("init", None)
+    if init in (None, "none"):                      # cold start: the whole schedule from noise
+        if options.get("start") is not None and options["start"] < 1.0:
+            raise ValueError("a warm start (--start < 1) needs --init METHOD (e.g. tv)")
+        settings.pop("start", None)
+    elif settings.get("start", 1.0) < 1.0:
+        settings["x_init"] = _warm_start(init, sinogram, problem, ct)
     result = solver(model, **ct.solver_args(), progress=problem.progress, **settings)
     return ct.to_physical(result.x)[:, 0]
 
 
+def _warm_start(method: str, sinogram: torch.Tensor, problem: ReconProblem, ct) -> torch.Tensor:
+    """The registered ``method``'s reconstruction of ``sinogram`` in the prior's model range [B, 1, H, W]."""
+    from tomo.recon.methods import get_method
+    if method in ("dds", "dps"):
+        raise ValueError(f"--init must be a classical method (fbp, sirt, cgls, tv), got {method!r}")
+    mu = get_method(method).run(sinogram, problem)
+    return ((mu - ct.offset) / ct.scale)[:, None]
+
+
 def run_dds(sinogram: torch.Tensor, problem: ReconProblem, *, prior=None, **options) -> torch.Tensor:
-    """DDS reconstruction: mu [1/mm] ``[B, H, W]`` (options: steps, cg_iterations, eta, seed)."""
+    """DDS reconstruction: mu [1/mm] ``[B, H, W]`` (options: steps, cg_iterations, eta, seed, init, start)."""
     return _solve(dds, DDS_DEFAULTS, sinogram, problem, prior, options)
 
 
@@ -66,6 +85,10 @@ register_method(
     options=_COMMON + (
         MethodOption("--cg-iterations", "cg_iterations", int, "dds: CG iterations per step (default 3)"),
         MethodOption("--eta", "eta", float, "dds: fraction of fresh noise when re-noising, 0-1 (default 0.85)"),
+        MethodOption("--init", "init", str, "dds: warm start from this classical method's image, or 'none' for "
+                                            "a cold start from noise (default tv)"),
+        MethodOption("--start", "start", float, "dds: with --init, run the last START fraction of the schedule "
+                                              "from the warm start, 0-1 (default 0.2; 1 = the whole schedule)"),
     ))
 
 register_method(
