@@ -255,7 +255,9 @@ def report_markdown(meta: dict, runs: list) -> str:
                      f"{r['ssim']:.4f} | {r['seconds_per_slice']:.1f} | {r['nfe']} |")
     lines += ["", "Per-slice PSNR:", ""]
     for r in runs:
-        lines.append(f"- {r['config']} {r['method']}: " + ", ".join(f"{v:.2f}" for v in r["psnr_each"]))
+        init = r["settings"].get("init", "")
+        label = r["method"] + (f" (init={init})" if r["method"] == "dds" and init else "")
+        lines.append(f"- {r['config']} {label}: " + ", ".join(f"{v:.2f}" for v in r["psnr_each"]))
     return "\n".join(lines) + "\n"
 
 
