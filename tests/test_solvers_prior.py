@@ -126,6 +126,23 @@ def test_registry_dds_warm_start_from_a_classical_method(tiny_prior_dir, monkeyp
         reconstruct(sino, geometry, "dds", progress=False, prior=str(tiny_prior_dir), steps=2, init="dps")
 
 
+def test_registry_samples_average_posterior_samples(tiny_prior_dir):
+    """``samples=N`` returns the mean of N posterior samples: shape kept, differs from one sample."""
+    from operators import ParallelBeam2D, CTProjector
+    from tomo.recon import reconstruct
+
+    geometry = ParallelBeam2D(image_shape=(16, 16), pixel_spacing_mm=1.5, angles=torch.arange(6) * 3.14159 / 6,
+                              detector_count=24, detector_spacing_mm=1.5)
+    sino = CTProjector(geometry)(torch.full((2, 16, 16), 0.0192))
+    kw = dict(progress=False, prior=str(tiny_prior_dir), steps=2, init="none", seed=3)
+    one = reconstruct(sino, geometry, "dds", **kw)
+    mean = reconstruct(sino, geometry, "dds", samples=3, **kw)
+    assert mean.shape == one.shape == (2, 16, 16) and bool(torch.isfinite(mean).all())
+    assert float((mean - one).abs().max()) > 1e-6
+    with pytest.raises(ValueError, match="samples"):
+        reconstruct(sino, geometry, "dds", samples=0, **kw)
+
+
 def test_bfloat16_autocast_of_the_network_stays_close_to_float32(tiny_prior):
     op = Subsample((16, 16))
     y = torch.rand(1, 8, 8) * 2 - 1

@@ -16,6 +16,7 @@ from tomo.recon.methods import DEFAULT_MODEL_ERROR, MethodOption, ReconProblem, 
 
 from .dds import dds
 from .dps import default_zeta, dps
+from .ensemble import posterior_mean
 from .problem import ct_problem
 
 __all__ = ["run_dds", "run_dps", "DDS_DEFAULTS", "DPS_DEFAULTS"]
@@ -47,7 +48,14 @@ def _solve(solver, defaults: dict, sinogram: torch.Tensor, problem: ReconProblem
         settings.pop("start", None)
     elif settings.get("start", 1.0) < 1.0:
         settings["x_init"] = _warm_start(init, sinogram, problem, ct)
-    result = solver(model, **ct.solver_args(), progress=problem.progress, **settings)
+    samples = int(settings.pop("samples", 1))
+    if samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {samples}")
+    if samples > 1:       # posterior mean: the minimum-mean-squared-error estimate
+        result = posterior_mean(solver, model, **ct.solver_args(), samples=samples, progress=problem.progress,
+                                **settings)
+    else:
+        result = solver(model, **ct.solver_args(), progress=problem.progress, **settings)
     return ct.to_physical(result.x)[:, 0]
 
 
@@ -77,6 +85,8 @@ _COMMON = (
                                           "(default: dds 50, dps 1000)"),
     MethodOption("--prior", "prior", str, "diffusion prior checkpoint folder (default: the shipped data/prior)"),
     MethodOption("--seed", "seed", int, "sampling seed (default 0)"),
+    MethodOption("--samples", "samples", int, "average this many posterior samples per slice (their mean is "
+                                              "the MMSE estimate; costs N times the time; default 1)"),
 )
 
 register_method(
