@@ -257,6 +257,8 @@ def report_markdown(meta: dict, runs: list) -> str:
     for r in runs:
         init = r["settings"].get("init", "")
         label = r["method"] + (f" (init={init})" if r["method"] == "dds" and init else "")
+        if (r["settings"].get("samples") or 1) > 1:
+            label += f" mean of {r['settings']['samples']}"
         lines.append(f"- {r['config']} {label}: " + ", ".join(f"{v:.2f}" for v in r["psnr_each"]))
     return "\n".join(lines) + "\n"
 
