@@ -36,7 +36,6 @@ SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from tomo.metrics import mu_to_hu  # noqa: E402
 from tomo.recon.methods import DEFAULT_MODEL_ERROR  # noqa: E402
 from tomo.solvers.methods import DDS_DEFAULTS  # noqa: E402
 
@@ -84,7 +83,9 @@ def diffusion_method(method: str, prior, counts: list, *, progress=False, **sett
     ``counts``. The seed is the running index of the call (one per slice).
     """
     from operators import CTProjector
-    from tomo.solvers import ct_problem, dds, dps, posterior_mean
+    from tomo.recon import ReconProblem
+    from tomo.solvers import ct_problem, dds, dps, sample_or_mean
+    from tomo.solvers.methods import warm_start_image
 
     settings = dict(settings)
     samples = settings.pop("samples", 1)
@@ -106,14 +107,10 @@ def diffusion_method(method: str, prior, counts: list, *, progress=False, **sett
         problem = ct_problem(prior, projectors[key], sino, i0=i0 if weighted else None, model_error=model_error)
         extra = {}
         if init is not None:
-            from tomo.recon import reconstruct
-            mu0 = reconstruct(sino, geometry, init, i0=i0, progress=False)
-            extra["x_init"] = prior.hu_to_model(mu_to_hu(mu0))[None, None]
-        if samples > 1:
-            result = posterior_mean(solver, prior, **problem.solver_args(), samples=samples, seed=len(counts),
-                                    progress=progress, **extra, **settings)
-        else:
-            result = solver(prior, **problem.solver_args(), seed=len(counts), progress=progress, **extra, **settings)
+            recon = ReconProblem(geometry, sino.device, i0, False, projectors[key])
+            extra["x_init"] = warm_start_image(init, sino[None], recon, problem)
+        result = sample_or_mean(solver, prior, **problem.solver_args(), samples=samples, seed=len(counts),
+                                progress=progress, **extra, **settings)
         # network evaluations per slice: every sample is a separate image through the network
         counts.append(result.network_evaluations * samples)
         return problem.to_physical(result.x)[0, 0]

@@ -110,8 +110,8 @@ def test_registry_dds_warm_start_from_a_classical_method(tiny_prior_dir, monkeyp
     mu[:, 4:12, 4:12] = 0.0192
     sino = CTProjector(geometry)(mu)
     calls = []
-    real = solver_methods._warm_start
-    monkeypatch.setattr(solver_methods, "_warm_start", lambda *a: calls.append(a[0]) or real(*a))
+    real = solver_methods.warm_start_image
+    monkeypatch.setattr(solver_methods, "warm_start_image", lambda *a: calls.append(a[0]) or real(*a))
     fbp = reconstruct(sino, geometry, "fbp", progress=False)
     warm = reconstruct(sino, geometry, "dds", progress=False, prior=str(tiny_prior_dir), steps=2,
                        init="fbp", start=0.005)

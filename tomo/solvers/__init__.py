@@ -13,12 +13,12 @@ from ._common import SolverResult
 from .data import DataFidelity, conjugate_gradient, transmission_poisson_weights
 from .dds import dds
 from .dps import default_zeta, dps
-from .ensemble import posterior_mean
+from .ensemble import posterior_mean, sample_or_mean
 from .gaussian_prior import GaussianPrior, linear_beta_alphas_cumprod
 from .problem import ModelDomainProblem, affine_problem, ct_problem, hu_problem, model_to_hu_affine
 from .schedule import SamplingSchedule, ddim_step, ddpm_posterior_step, make_schedule, tweedie_x0
 
-__all__ = ["dds", "dps", "default_zeta", "posterior_mean", "SolverResult", "DataFidelity", "conjugate_gradient", "transmission_poisson_weights",
+__all__ = ["dds", "dps", "default_zeta", "posterior_mean", "sample_or_mean", "SolverResult", "DataFidelity", "conjugate_gradient", "transmission_poisson_weights",
            "GaussianPrior", "linear_beta_alphas_cumprod", "ModelDomainProblem", "affine_problem",
            "ct_problem", "hu_problem", "model_to_hu_affine", "SamplingSchedule", "make_schedule",
            "tweedie_x0", "ddpm_posterior_step", "ddim_step"]

@@ -13,7 +13,15 @@ from operators.base import LinearOperator
 from ._common import SolverResult
 from .data import batch_measurements
 
-__all__ = ["posterior_mean"]
+__all__ = ["posterior_mean", "sample_or_mean"]
+
+
+def sample_or_mean(solver, prior, operator: LinearOperator, y: torch.Tensor, *, samples: int = 1,
+                   **kwargs) -> SolverResult:
+    """One run of ``solver`` (``samples == 1``, ``std`` None) or :func:`posterior_mean` of ``samples`` runs."""
+    if samples == 1:
+        return solver(prior, operator, y, **kwargs)
+    return posterior_mean(solver, prior, operator, y, samples=samples, **kwargs)
 
 
 def posterior_mean(solver, prior, operator: LinearOperator, y: torch.Tensor, *, samples: int = 4,

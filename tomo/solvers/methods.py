@@ -16,10 +16,10 @@ from tomo.recon.methods import DEFAULT_MODEL_ERROR, MethodOption, ReconProblem, 
 
 from .dds import dds
 from .dps import default_zeta, dps
-from .ensemble import posterior_mean
+from .ensemble import sample_or_mean
 from .problem import ct_problem
 
-__all__ = ["run_dds", "run_dps", "DDS_DEFAULTS", "DPS_DEFAULTS"]
+__all__ = ["run_dds", "run_dps", "warm_start_image", "DDS_DEFAULTS", "DPS_DEFAULTS"]
 
 #: defaults of ``tomo reconstruct --method dds``, chosen on train/ slices with the shipped prior
 #: (docs/benchmarks_diffusion.md): 3 CG iterations, "leading" spacing (last step at t = 0), and a
@@ -47,20 +47,15 @@ def _solve(solver, defaults: dict, sinogram: torch.Tensor, problem: ReconProblem
             raise ValueError("a warm start (--start < 1) needs --init METHOD (e.g. tv)")
         settings.pop("start", None)
     elif settings.get("start", 1.0) < 1.0:
-        settings["x_init"] = _warm_start(init, sinogram, problem, ct)
-    samples = int(settings.pop("samples", 1))
-    if samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {samples}")
-    if samples > 1:       # posterior mean: the minimum-mean-squared-error estimate
-        result = posterior_mean(solver, model, **ct.solver_args(), samples=samples, progress=problem.progress,
-                                **settings)
-    else:
-        result = solver(model, **ct.solver_args(), progress=problem.progress, **settings)
+        settings["x_init"] = warm_start_image(init, sinogram, problem, ct)
+    # samples > 1: the posterior mean, the minimum-mean-squared-error estimate
+    result = sample_or_mean(solver, model, **ct.solver_args(), progress=problem.progress, **settings)
     return ct.to_physical(result.x)[:, 0]
 
 
-def _warm_start(method: str, sinogram: torch.Tensor, problem: ReconProblem, ct) -> torch.Tensor:
-    """The registered ``method``'s reconstruction of ``sinogram`` in the prior's model range [B, 1, H, W]."""
+def warm_start_image(method: str, sinogram: torch.Tensor, problem: ReconProblem, ct) -> torch.Tensor:
+    """The registered ``method``'s reconstruction of ``sinogram`` [B, views, detectors] in the prior's
+    model range [B, 1, H, W] (``ct``: the :func:`ct_problem` that maps model range to 1/mm)."""
     from tomo.recon.methods import get_method
     if method in ("dds", "dps"):
         raise ValueError(f"--init must be a classical method (fbp, sirt, cgls, tv), got {method!r}")

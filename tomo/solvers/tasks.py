@@ -14,7 +14,7 @@ from operators import Downsample, GaussianBlur, GaussianNoise, Inpaint, LinearOp
 
 from .dds import dds
 from .dps import default_zeta, dps
-from .ensemble import posterior_mean
+from .ensemble import sample_or_mean
 from .problem import hu_problem
 
 __all__ = ["TASKS", "METHODS", "task_operator", "default_box", "degrade", "restore", "Restoration",
@@ -115,11 +115,8 @@ def restore(prior, operator: LinearOperator, y_hu: torch.Tensor, method: str = "
     solver = dds if method == "dds" else dps
     if method == "dps" and solver_kwargs.get("zeta") is None:
         solver_kwargs["zeta"] = default_zeta(solver_kwargs.get("steps", 1000))
-    if samples > 1:
-        result = posterior_mean(solver, prior, **problem.solver_args(), samples=samples, seed=seed,
-                                progress=progress, **solver_kwargs)
-    else:
-        result = solver(prior, **problem.solver_args(), seed=seed, progress=progress, **solver_kwargs)
+    result = sample_or_mean(solver, prior, **problem.solver_args(), samples=samples, seed=seed, progress=progress,
+                            **solver_kwargs)
     std = None if result.std is None else result.std * abs(problem.scale)
     return Restoration(hu=prior.model_to_hu(result.x), network_evaluations=result.network_evaluations * samples,
                        gradient_evaluations=result.gradient_evaluations * samples, std_hu=std)
