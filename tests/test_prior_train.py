@@ -194,3 +194,38 @@ def test_whole_image_mode_trains_and_loads(npz_data, tmp_path):
     assert prior.patch_size is None and prior.config["image_size"] == 32
     assert prior.eps(torch.zeros(1, 1, 30, 20), 10).shape == (1, 1, 30, 20)
     assert (out / "samples.png").is_file()
+
+
+def test_init_from_fine_tunes_a_prior_and_groups_by_patient(npz_data, tmp_path):
+    """--init-from starts from a prior's weights and config; patient_id groups several files."""
+    base = tmp_path / "base"
+    assert main(["train", str(npz_data), "--out", str(base), "--steps", "3", *TINY]) == 0
+    # a second file of patient "p1" and a file of patient "p2"
+    data = tmp_path / "more"
+    data.mkdir()
+    from tests.test_prior import phantom_volume
+    for name, pid in (("x.npz", "p1"), ("y.npz", "p1"), ("z.npz", "p2")):
+        np.savez(data / name, hu=phantom_volume(2, size=40), spacing_mm=np.array([1.0, 1.0, 2.0], np.float32),
+                 patient_id=np.array(pid))
+    out = tmp_path / "tuned"
+    summary = train(TrainOptions(data=[str(data)], out=str(out), steps=2, batch_size=2, warmup_steps=1,
+                                 log_every=1, samples=0, progress=False, threads=1, init_from=str(base)))
+    assert summary["data"]["groups"] == {"p1": 4, "p2": 2}
+    base_cfg, tuned_cfg = (json.loads((f / "prior.json").read_text()) for f in (base, out))
+    assert tuned_cfg["architecture"] == base_cfg["architecture"]
+    assert tuned_cfg["gaussian_skip"] == base_cfg["gaussian_skip"]     # kept, not re-estimated
+    assert tuned_cfg["training"]["initialised_from"] == str(base)
+    # two small steps from the base weights stay close to them (a fresh init would not)
+    w0, w1 = load_tensors(base / "prior.safetensors")[0], load_tensors(out / "prior.safetensors")[0]
+    diff = sum(float((w1[k] - w0[k]).square().sum()) for k in w0) ** 0.5
+    norm = sum(float(w0[k].square().sum()) for k in w0) ** 0.5
+    assert diff < 0.05 * norm, (diff, norm)
+
+
+def test_checkpoint_minutes_bounds_lost_work(npz_data, tmp_path):
+    """With --checkpoint-minutes ~0 a checkpoint is written at every step, whatever --checkpoint-every says."""
+    out = tmp_path / "run"
+    train(TrainOptions(data=[str(npz_data)], out=str(out), steps=3, batch_size=2, warmup_steps=1, arch="tiny",
+                       patch_size=16, log_every=1, samples=0, progress=False, threads=1,
+                       checkpoint_every=1000, checkpoint_minutes=1e-9))
+    assert _state_step(out / "train_state.safetensors") == 3

@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("data", nargs="+", help="DICOM folders/files and .npz HU volumes (folders searched recursively)")
     p.add_argument("--out", required=True, help="output folder for checkpoints, log.csv, samples.png")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly where it stopped")
+    p.add_argument("--init-from", metavar="PRIOR_DIR", default=None,
+                   help="start a new run from this prior's weights and model configuration (fine-tuning)")
     g = p.add_argument_group("schedule of the run")
     g.add_argument("--steps", type=int, default=4000, help="total optimiser steps (default 4000)")
     g.add_argument("--batch-size", type=int, default=16, help="patches (or images) per step per process (16)")
@@ -41,6 +43,9 @@ def register(subparsers) -> None:
     g.add_argument("--ema-decay", type=float, default=0.999, help="largest EMA decay (warm-up 1-(1+step)^-2/3)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--checkpoint-every", type=int, default=250, help="steps between checkpoints (250)")
+    g.add_argument("--checkpoint-minutes", type=float, default=10.0,
+                   help="also checkpoint once this many minutes passed since the last one (10), so a "
+                        "kill loses at most that much work")
     g.add_argument("--log-every", type=int, default=10, help="steps per log.csv row (10)")
     m = p.add_argument_group("model (defaults for a new run; on --resume they must match the checkpoint)")
     m.add_argument("--arch", default=None, help="'small' (default, 4.3 M parameters), 'tiny', or a JSON file "

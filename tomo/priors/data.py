@@ -105,7 +105,17 @@ def _read_npz(path: Path, root: Path, records, report, hu_window) -> None:
     except Exception as exc:   # any unreadable file is skipped and counted (e.g. zipfile.BadZipFile)
         report.skipped.append((str(path), _short_reason(str(exc).replace(str(path), "").lstrip(": "))))
         return
-    _add_volume(records, report, vol.hu, vol.pixel_spacing_mm, _group_of(path, root), str(path), hu_window)
+    _add_volume(records, report, vol.hu, vol.pixel_spacing_mm, _npz_patient(path) or _group_of(path, root),
+                str(path), hu_window)
+
+
+def _npz_patient(path: Path) -> str | None:
+    """The ``patient_id`` stored in a volume file, if any: several files can hold one patient."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return str(data["patient_id"]) if "patient_id" in data.files else None
+    except (OSError, ValueError):
+        return None
 
 
 def _read_dicom_tree(root: Path, records, report, hu_window) -> None:

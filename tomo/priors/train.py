@@ -63,6 +63,8 @@ class TrainOptions:
     ema_decay: float = 0.999
     seed: int = 0
     checkpoint_every: int = 250
+    checkpoint_minutes: float | None = 10.0   # also checkpoint when this much wall time passed since the last
+    init_from: str | None = None       # prior folder whose weights (and model config) start a new run
     log_every: int = 10
     # model (None: default for a new run, the checkpoint's value when resuming)
     arch: str | None = None            # "small", "tiny" or a JSON file of UNet2DModel arguments
@@ -172,6 +174,22 @@ def _requested_config(opts: TrainOptions) -> dict:
         hu_window=opts.hu_window or DEFAULT_HU_WINDOW,
         pixel_size_mm=opts.pixel_size_mm or DEFAULT_PIXEL_SIZE_MM,
         patch_size=patch, image_size=opts.image_size or 256)
+
+
+def _init_config(prior_dir: str) -> dict:
+    """Model configuration of a run that starts from the weights of an existing prior."""
+    folder = Path(prior_dir)
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"--init-from {folder}: no {WEIGHTS_NAME} there")
+    return {k: v for k, v in load_config(folder / CONFIG_NAME).items() if k not in ("training", "data")}
+
+
+def _load_initial_weights(model: torch.nn.Module, prior_dir: str) -> None:
+    """Start from a prior's (EMA) weights: fine-tuning rather than training from scratch."""
+    path = Path(prior_dir) / WEIGHTS_NAME
+    tensors, _ = load_tensors(path)
+    check_state_dict(model.state_dict(), tensors, str(path))
+    model.load_state_dict(tensors)
 
 
 def _check_resume_options(opts: TrainOptions, config: dict, where: Path) -> None:
@@ -322,7 +340,7 @@ def _save_checkpoint(out: Path, model, ema, opt, scaler, config: dict, step: int
         "ema": {"max_decay": opts.ema_decay, "decay_at_update_k": "min(max_decay, 1 - k^(-2/3))"},
         "augmentation": {"hflip": opts.hflip, "vflip": opts.vflip, "random_crops": True,
                          "balance": opts.balance},
-        "seed": opts.seed, "mixed_precision": amp,
+        "seed": opts.seed, "mixed_precision": amp, "initialised_from": opts.init_from,
         "hardware": _hardware(d), "software": _software(),
     }
     record["data"] = data_record
@@ -448,7 +466,7 @@ def train(opts: TrainOptions) -> dict:
         if has_ckpt or (out / WEIGHTS_NAME).exists():
             raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or "
                                   f"choose another --out")
-        config = _requested_config(opts)
+        config = _requested_config(opts) if not opts.init_from else _init_config(opts.init_from)
 
     import warnings
     with warnings.catch_warnings():
@@ -456,7 +474,7 @@ def train(opts: TrainOptions) -> dict:
             warnings.simplefilter("ignore")
         records, report = collect_slices(opts.data, config["hu_window"])
     sampler = SliceSampler(records, config, hflip=opts.hflip, vflip=opts.vflip, balance=opts.balance)
-    if not opts.resume and opts.gaussian_skip is not False:
+    if not opts.resume and not opts.init_from and opts.gaussian_skip is not False:
         mean, var = pixel_statistics(sampler)
         config["gaussian_skip"] = {"mean": mean, "variance": var}
     data_record = report.as_dict()
@@ -465,6 +483,8 @@ def train(opts: TrainOptions) -> dict:
 
     torch.manual_seed(opts.seed)
     model = build_unet(config).to(d.device)
+    if opts.init_from and not opts.resume:
+        _load_initial_weights(model, opts.init_from)
     ema = _EMA(model, opts.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     amp_dtype = None
@@ -505,6 +525,7 @@ def train(opts: TrainOptions) -> dict:
     interval_losses: list[float] = []
     interval_t0 = time.time()
     last_row: dict = {}
+    last_ckpt = time.time()
     bar = tqdm(total=opts.steps, initial=step, desc="training", unit="step", disable=not (d.main and opts.progress),
                mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
     model.train()
@@ -560,7 +581,11 @@ def train(opts: TrainOptions) -> dict:
             over = (wall0 + time.time() - t_start) / 60 >= opts.max_minutes
             stop_early = _all_mean(float(over), d) > 0
 
-        if step % opts.checkpoint_every == 0 or step == opts.steps or stop_early:
+        due = opts.checkpoint_minutes is not None and (time.time() - last_ckpt) / 60 >= opts.checkpoint_minutes
+        if d.world > 1:
+            due = _all_mean(float(due), d) > 0
+        if step % opts.checkpoint_every == 0 or step == opts.steps or stop_early or due:
+            last_ckpt = time.time()
             if d.main:
                 _save_checkpoint(out, model, ema, opt, scaler, config, step, wall0 + time.time() - t_start,
                                  opts, data_record, d, amp_name)
