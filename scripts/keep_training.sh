@@ -10,6 +10,9 @@
 # Environment: CHUNK (minutes, 30), BATCH (4), LR (5e-5), INIT (data/prior: fine-tune from it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# this checkout's code, not whatever `tomo` is installed: a long run must not pick up later edits
+# (run it from a `git worktree` of a fixed commit while you keep working in the main one)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 DATA=${TOMO_SHARED_DATA:-$(cd .. && pwd)/shared/data}
 RUN=${1:-$HOME/tomo-runs/prior-cpu}
 CHUNK=${CHUNK:-30}
@@ -47,7 +50,7 @@ while true; do
     fi
     limit=$(python -c "print($done_min + $CHUNK)")
     log "training from minute $done_min to $limit"
-    nice -n 19 tomo train "${TRAIN[@]}" --out "$RUN" "${ARGS[@]}" --device cpu --threads 1 \
+    nice -n 19 python -m tomo.cli.main train "${TRAIN[@]}" --out "$RUN" "${ARGS[@]}" --device cpu --threads 1 \
         --batch-size "$BATCH" --lr "$LR" --lr-schedule constant --warmup-steps 50 --ema-decay 0.995 \
         --steps 10000000 --max-minutes "$limit" --checkpoint-every 1000000 --checkpoint-minutes 10 \
         --log-every 5 --samples 0 --no-progress >> "$LOG" 2>&1 || { log "tomo train failed"; sleep 60; continue; }
