@@ -6,11 +6,12 @@ their conventions (ASTRA's, lengths in mm), ``docs/operators.md`` for a tour.
 """
 from .base import AdjointOperator, ComposedOperator, LinearOperator, ScaledOperator, check_tensor
 from .geometry import (ConeBeam3D, FanBeam2D, Geometry, ParallelBeam2D, ParallelBeam3D, geometry_from_dict,
-                       geometry_from_json, geometry_from_sinogram_fields)
+                       geometry_from_json)
 from .ct import (CTProjector, clear_matrix_cache, estimate_matrix_bytes, matrix_cache_info,
                  set_matrix_cache_limits, set_matrix_threads, system_matrix)
 from .fbp import FBP, FILTERS, fbp
-from .phantom import WATER_MU_PER_MM, shepp_logan
+from .phantom import shepp_logan
+from .units import MU_WATER_PER_MM, hu_to_mu, mu_to_hu
 from .image import (Convolution, Downsample, GaussianBlur, Identity, Inpaint, Mask, MotionBlur, Outpaint, box_mask,
                     random_mask)
 from .noise import GaussianNoise, PoissonTransmissionNoise
@@ -19,11 +20,11 @@ from .cuda import cuda_available
 __all__ = [
     "LinearOperator", "AdjointOperator", "ScaledOperator", "ComposedOperator", "check_tensor",
     "Geometry", "ParallelBeam2D", "FanBeam2D", "ParallelBeam3D", "ConeBeam3D",
-    "geometry_from_dict", "geometry_from_json", "geometry_from_sinogram_fields",
+    "geometry_from_dict", "geometry_from_json",
     "CTProjector", "estimate_matrix_bytes", "system_matrix", "set_matrix_cache_limits", "set_matrix_threads", "matrix_cache_info",
     "clear_matrix_cache",
     "fbp", "FBP", "FILTERS",
-    "shepp_logan", "WATER_MU_PER_MM",
+    "shepp_logan", "MU_WATER_PER_MM", "hu_to_mu", "mu_to_hu",
     "Identity", "Convolution", "GaussianBlur", "MotionBlur", "Downsample", "Mask", "Inpaint", "Outpaint",
     "box_mask", "random_mask",
     "GaussianNoise", "PoissonTransmissionNoise", "cuda_available",

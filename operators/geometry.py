@@ -31,13 +31,8 @@ import numpy as np
 
 __all__ = [
     "Geometry", "ParallelBeam2D", "FanBeam2D", "ParallelBeam3D", "ConeBeam3D",
-    "geometry_from_dict", "geometry_from_json", "geometry_from_sinogram_fields", "SINOGRAM_GEOMETRY_KEYS",
+    "geometry_from_dict", "geometry_from_json",
 ]
-
-#: The geometry keys of the sinogram exchange file (/work/shared/docs/evaluation.md).
-SINOGRAM_GEOMETRY_KEYS = ("geometry", "angles", "detector_spacing_mm", "pixel_spacing_mm", "image_shape",
-                          "source_origin_mm", "origin_detector_mm")
-
 
 # ----- validation helpers ---------------------------------------------------------------------------
 def _positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:
@@ -90,11 +85,6 @@ def _angles(value: Any) -> tuple:
         raise ValueError("angles contains NaN or Inf")
     # float32 precision: what ASTRA uses internally and what the sinogram file stores.
     return tuple(float(a) for a in arr.astype(np.float32))
-
-
-def _as_str(value: Any) -> str:
-    arr = np.asarray(value)
-    return str(arr.item()) if arr.ndim == 0 else str(value)
 
 
 # ----- base --------------------------------------------------------------------------------------
@@ -201,19 +191,6 @@ class _Beam2D(Geometry):
         """``(vol_geom, proj_geom)`` ASTRA dicts in mm (volume window centred on the origin)."""
         return self.astra_vol_geom(), self.astra_proj_geom()
 
-    def to_sinogram_fields(self) -> dict:
-        """The geometry keys of the sinogram exchange file (evaluation.md), with the file's dtypes.
-
-        The detector count is not a key of that file: it is the sinogram's last dimension.
-        """
-        return {
-            "geometry": self.sinogram_name,
-            "angles": np.asarray(self.angles, dtype=np.float32),
-            "detector_spacing_mm": float(self.detector_spacing_mm),
-            "pixel_spacing_mm": float(self.pixel_spacing_mm),
-            "image_shape": np.asarray(self.image_shape, dtype=np.int64),
-        }
-
 
 @dataclass(frozen=True)
 class ParallelBeam2D(_Beam2D):
@@ -235,7 +212,6 @@ class ParallelBeam2D(_Beam2D):
 
     type_name = "ParallelBeam2D"
     astra_type = "parallel"
-    sinogram_name = "parallel"
 
     def astra_proj_geom(self) -> dict:
         """ASTRA ``parallel`` projection geometry (mm)."""
@@ -266,7 +242,6 @@ class FanBeam2D(_Beam2D):
 
     type_name = "FanBeam2D"
     astra_type = "fanflat"
-    sinogram_name = "fanbeam"
 
     def _validate_extra(self):
         if self.source_origin_mm is None or self.origin_detector_mm is None:
@@ -289,12 +264,6 @@ class FanBeam2D(_Beam2D):
         import astra
         return astra.create_proj_geom("fanflat", self.detector_spacing_mm, self.detector_count,
                                       self.angles_array, self.source_origin_mm, self.origin_detector_mm)
-
-    def to_sinogram_fields(self) -> dict:
-        d = super().to_sinogram_fields()
-        d["source_origin_mm"] = float(self.source_origin_mm)
-        d["origin_detector_mm"] = float(self.origin_detector_mm)
-        return d
 
 
 # ----- 3D ----------------------------------------------------------------------------------------
@@ -444,54 +413,3 @@ def geometry_from_dict(d: Mapping) -> Geometry:
 def geometry_from_json(s: str) -> Geometry:
     """Inverse of ``Geometry.to_json`` for any geometry type."""
     return geometry_from_dict(json.loads(s))
-
-
-def geometry_from_sinogram_fields(d: Mapping, detector_count: int | None = None) -> ParallelBeam2D:
-    """Build a 2D geometry from the keys of a sinogram exchange file (evaluation.md).
-
-    Parameters
-    ----------
-    d : mapping
-        ``geometry`` (``"parallel"`` or ``"fanbeam"``), ``angles`` [views] (radians),
-        ``detector_spacing_mm``, ``pixel_spacing_mm``, ``image_shape`` [2], and for fan beam
-        ``source_origin_mm`` and ``origin_detector_mm``; values may be 0-d NumPy arrays as
-        ``np.load`` returns them. If ``d`` has a ``sinogram`` key its last dimension gives the
-        detector count and its view dimension must match ``angles``.
-    detector_count : int, optional
-        Needed when ``d`` has no ``sinogram``.
-
-    Returns
-    -------
-    ParallelBeam2D or FanBeam2D
-    """
-    if not hasattr(d, "__getitem__") or not hasattr(d, "keys"):
-        raise TypeError(f"expected a mapping (e.g. np.load(...) of a .npz), got {type(d).__name__}")
-    keys = set(d.keys())
-    required = ["geometry", "angles", "detector_spacing_mm", "pixel_spacing_mm", "image_shape"]
-    missing = [k for k in required if k not in keys]
-    if missing:
-        raise ValueError(f"sinogram fields are missing {missing}")
-    kind = _as_str(d["geometry"]).strip().lower()
-    angles = np.asarray(d["angles"])
-    if "sinogram" in keys:
-        sino = np.asarray(d["sinogram"])
-        if sino.ndim not in (2, 3):
-            raise ValueError(f"sinogram must be [views, detectors] or [slices, views, detectors], got shape {sino.shape}")
-        if sino.shape[-2] != angles.reshape(-1).size:
-            raise ValueError(f"sinogram has {sino.shape[-2]} views but angles has {angles.reshape(-1).size} entries")
-        if detector_count is not None and int(detector_count) != sino.shape[-1]:
-            raise ValueError(f"detector_count={detector_count} does not match the sinogram's {sino.shape[-1]} bins")
-        detector_count = sino.shape[-1]
-    if detector_count is None:
-        raise ValueError("detector count unknown: pass a 'sinogram' key or detector_count=")
-    common = dict(image_shape=d["image_shape"], pixel_spacing_mm=d["pixel_spacing_mm"], angles=angles,
-                  detector_count=detector_count, detector_spacing_mm=d["detector_spacing_mm"])
-    if kind == "parallel":
-        return ParallelBeam2D(**common)
-    if kind == "fanbeam":
-        for k in ("source_origin_mm", "origin_detector_mm"):
-            if k not in keys:
-                raise ValueError(f"fan-beam sinogram fields need {k!r}")
-        return FanBeam2D(**common, source_origin_mm=d["source_origin_mm"],
-                         origin_detector_mm=d["origin_detector_mm"])
-    raise ValueError(f"unknown geometry {kind!r} in sinogram fields; expected 'parallel' or 'fanbeam'")

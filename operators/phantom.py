@@ -8,11 +8,9 @@ import numpy as np
 import torch
 
 from .geometry import _positive_float, _shape, _positive_int
+from .units import MU_WATER_PER_MM
 
-__all__ = ["shepp_logan", "WATER_MU_PER_MM"]
-
-#: linear attenuation of water used across the project (evaluation.md), 1/mm
-WATER_MU_PER_MM = 0.0192
+__all__ = ["shepp_logan"]
 
 # Modified Shepp-Logan (Toft 1996): intensity, semi-axes a (x) b (y), centre (x0, y0), angle (deg),
 # in units of the phantom half-width, y pointing up.
@@ -30,7 +28,7 @@ _ELLIPSES = (
 )
 
 
-def shepp_logan(shape=(256, 256), pixel_spacing_mm: float = 1.0, *, water_mu: float = WATER_MU_PER_MM,
+def shepp_logan(shape=(256, 256), pixel_spacing_mm: float = 1.0, *, water_mu: float = MU_WATER_PER_MM,
                 supersample: int = 3, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Modified Shepp-Logan head phantom as linear attenuation mu in 1/mm.
 

@@ -9,7 +9,7 @@ Two modes:
   and DPS with the shipped prior; PSNR/SSIM on the [-1000, 1000] HU window, wall time per slice,
   network evaluations; writes the CT section of docs/benchmarks_diffusion.md and JSON.
 * ``tune``: a grid over solver hyper-parameters on *train* slices (never dev/) -- prints and
-  saves a table; the chosen values become the defaults in ``tomo/solvers/methods.py``.
+  saves a table; the chosen values become the defaults in ``tomo/methods/diffusion.py``.
 
 DPS is slow on a CPU (1000 network forward+backward passes per slice): ``--dps-steps`` and
 ``--dps-slices`` restrict it, and the report states exactly what ran.
@@ -36,8 +36,8 @@ SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from tomo.recon.methods import DEFAULT_MODEL_ERROR  # noqa: E402
-from tomo.solvers.methods import DDS_DEFAULTS  # noqa: E402
+from tomo.methods.classical import DEFAULT_MODEL_ERROR  # noqa: E402
+from tomo.methods.diffusion import DDS_DEFAULTS  # noqa: E402
 
 #: the settings `tomo reconstruct --method dds` uses, so that benchmark and tuning rows without
 #: explicit options measure what users get
@@ -63,7 +63,7 @@ from benchmark_quality import build_cases, evaluate_method, load_dev_slices, mac
 
 def train_slices(paths=TUNE_SLICES):
     """``(name, hu [H, W], pixel spacing)`` of the tuning slices (train/ only)."""
-    from tomo.io.dicom import read_volume
+    from tomo.io.volume import read_volume
     out = []
     for rel in paths:
         if not rel.startswith("train/"):
@@ -83,9 +83,10 @@ def diffusion_method(method: str, prior, counts: list, *, progress=False, **sett
     ``counts``. The seed is the running index of the call (one per slice).
     """
     from operators import CTProjector
-    from tomo.recon import ReconProblem
-    from tomo.solvers import ct_problem, dds, dps, sample_or_mean
-    from tomo.solvers.methods import warm_start_image
+    from tomo.methods.registry import ReconProblem
+    from tomo.methods.diffusion import ct_problem
+    from tomo.solvers import dds, dps, sample_or_mean
+    from tomo.methods.diffusion import warm_start_image
 
     settings = dict(settings)
     samples = settings.pop("samples", 1)

@@ -2,14 +2,14 @@
 """Reconstruction quality on dev/ following /work/shared/docs/evaluation.md.
 
 Every dev/dicom slice (18: 3 patients x axial/coronal/sagittal x 2 studies) is simulated with the
-protocol (:mod:`tomo.simulate`: fine-grid projection, Poisson noise, anti-aliased 256 x 256
+protocol (:mod:`tomo.evaluation.simulation`: fine-grid projection, Poisson noise, anti-aliased 256 x 256
 ground truth) for each standard configuration, reconstructed by each method, and scored (PSNR,
 SSIM on the [-1000, 1000] HU window, no per-image normalisation). Per-slice PSNR/SSIM/time is
 printed; the summary table goes to a Markdown file and everything to JSON.
 
 Reusable by other method families (e.g. the diffusion solvers):
 
-* ``--methods fbp,tv,dds`` runs any method of the registry :data:`tomo.recon.METHODS`
+* ``--methods fbp,tv,dds`` runs any method of the registry :func:`tomo.methods.default_registry`
   (registered plugins included), with the registry's defaults;
 * :func:`evaluate_method` scores an arbitrary callable
   ``method(sinogram [views, det] float32 tensor, geometry, i0) -> mu [H, W] tensor (1/mm)``
@@ -39,11 +39,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tomo.io.dicom import read_volume  # noqa: E402
+from tomo.io.volume import read_volume  # noqa: E402
 from tomo.io.sinogram import SinogramFile  # noqa: E402
-from tomo.metrics import mu_to_hu, psnr, ssim  # noqa: E402
-from tomo.recon.methods import ReconProblem, available_methods, reconstruct  # noqa: E402
-from tomo.simulate import CONFIGS, simulate_volume  # noqa: E402
+from operators.units import mu_to_hu  # noqa: E402
+from tomo.evaluation.scores import psnr, ssim  # noqa: E402
+from tomo.methods.registry import ReconProblem, available_methods, reconstruct  # noqa: E402
+from tomo.evaluation.simulation import CONFIGS, simulate_volume  # noqa: E402
 
 #: the date the project reports under (see the task brief)
 REPORT_DATE = "2026-11-26"
@@ -153,7 +154,7 @@ def write_markdown(path: Path, summary: list[dict], records: list[dict], meta: d
         f"noise (seed {meta['seed']} + slice index), scored on the 256 x 256 anti-aliased ground truth: PSNR and "
         "SSIM (data range 1) on the [-1000, 1000] HU window, whole image, no per-image normalisation.",
         "",
-        "Methods use their defaults from `tomo/recon/methods.py` (tuned on train/ slices only, see "
+        "Methods use their defaults from `tomo/methods/registry.py` (tuned on train/ slices only, see "
         "`docs/reconstruction.md`): " + meta["defaults"] + ".",
         "",
         "Time: wall time per slice of the reconstruction call, one slice at a time, CPU; it excludes the "
@@ -225,7 +226,7 @@ def main(argv=None) -> int:
     for r in summary:
         print(f"{r['config']:14s} {r['method']:7s} {r['slices']:4d}  {r['psnr']:6.2f} ({r['psnr_std']:.2f})  "
               f"{r['ssim']:.4f} ({r['ssim_std']:.4f})  {r['seconds']:7.2f}")
-    from tomo.recon import methods as recon_methods
+    from tomo.methods import classical as recon_methods
     meta = dict(machine=machine(), load_start=load_start, load_end=" ".join(f"{v:.1f}" for v in os.getloadavg()),
                 slices=len(slices), seed=args.seed, matrix_seconds=float(np.mean(matrix_seconds)),
                 command="python scripts/benchmark_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -36,7 +36,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from benchmark_diffusion import SHARED, parse_grid, train_slices, write_section  # noqa: E402
 from benchmark_quality import load_dev_slices, machine  # noqa: E402
-from tomo.metrics import MU_WATER_PER_MM, psnr, ssim  # noqa: E402
+from operators.units import MU_WATER_PER_MM  # noqa: E402
+from tomo.evaluation.scores import psnr, ssim  # noqa: E402
 
 TASKS = ("deblur", "superres", "inpaint")
 BASELINES = {"deblur": ("wiener", "tv"), "superres": ("bicubic",), "inpaint": ("tv",)}
@@ -86,7 +87,7 @@ class Run:
 
 def reference_256(hu: np.ndarray, size: int = 256) -> np.ndarray:
     from tomo.cli.restore import resize_for_task
-    from tomo.metrics import HU_MAX, HU_MIN
+    from operators.units import HU_MAX, HU_MIN
     return resize_for_task(np.clip(hu, HU_MIN, HU_MAX).astype(np.float32), size, 4)
 
 
@@ -133,7 +134,7 @@ def run_baseline(task: str, name: str, op, y: torch.Tensor, shape, **settings) -
 
 
 def run_solver(method: str, prior, op, y: torch.Tensor, seed: int, progress: bool = False, **settings) -> Outcome:
-    from tomo.solvers.tasks import restore
+    from tomo.methods.image_tasks import restore
     settings = dict(settings)
     if settings.pop("bf16", False):
         settings["autocast_dtype"] = torch.bfloat16
@@ -144,7 +145,7 @@ def run_solver(method: str, prior, op, y: torch.Tensor, seed: int, progress: boo
 
 
 def degrade_slice(task: str, ref: np.ndarray, noise_hu: float, seed: int):
-    from tomo.solvers.tasks import degrade, task_operator
+    from tomo.methods.image_tasks import degrade, task_operator
     op = task_operator(task, ref.shape)
     return op, degrade(op, torch.from_numpy(ref), noise_hu, seed=seed)
 
@@ -198,7 +199,7 @@ def benchmark(args) -> None:
                 if m == "dps" and args.dps_slices is not None and k >= args.dps_slices:
                     continue
                 if m in ("dds", "dps"):
-                    from tomo.solvers.tasks import SOLVER_DEFAULTS
+                    from tomo.methods.image_tasks import SOLVER_DEFAULTS
                     settings = dict(SOLVER_DEFAULTS[(m, task)])
                     if args.dds_steps and m == "dds":
                         settings["steps"] = args.dds_steps

@@ -8,9 +8,10 @@ This is a functional/timing check, not an evaluation: use a held-out slice for q
 """
 import sys, time, json
 import numpy as np, torch
-from tomo.simulate import simulate_volume
-from tomo.recon import reconstruct
-from tomo.metrics import mu_to_hu, psnr, ssim
+from tomo.evaluation.simulation import simulate_volume
+from tomo.methods.registry import reconstruct
+from operators.units import mu_to_hu
+from tomo.evaluation.scores import psnr, ssim
 dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"
 d = np.load(sys.argv[2] if len(sys.argv) > 2 else "runs/train_packed_1.5mm/thorax-philips-01/0070.npz")
 hu, sp = d["hu"][0].astype(np.float32), (1.5, 1.5)

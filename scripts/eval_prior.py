@@ -122,7 +122,7 @@ Command: `{eval_command}` ({eval_minutes:.1f} min).
 
 def load_slices(data: list[str], prior, max_slices: int | None):
     """Dev slices in model range (float32 [H, W]) with their group names."""
-    from tomo.priors.data import SliceSampler, collect_slices
+    from tomo.priors.training_data import SliceSampler, collect_slices
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         records, report = collect_slices(data, prior.hu_window, warn=False)
@@ -239,7 +239,7 @@ def write_card(path: Path, prior_dir: Path, results: dict) -> None:
     template = CARD_TEMPLATE
     hardware = tr.get("hardware", "?")
     if "CPU" in hardware and "x86_64)" in hardware:      # records written before cpu_model() existed
-        from tomo.priors.train import cpu_model
+        from tomo.priors.training import cpu_model
         hardware = hardware.replace("x86_64)", f"{cpu_model()})")
     skip = config.get("gaussian_skip")
     skip_text = ("network predicts eps directly" if skip is None else

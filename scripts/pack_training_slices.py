@@ -2,7 +2,7 @@
 
 Use this to move training data to another machine (a rented GPU, a cluster node) without the
 original DICOM: every slice that ``tomo train`` would read from DATA is resampled to
-``--pixel-size`` exactly as the trainer does (:func:`tomo.priors.data.resample`), rounded to
+``--pixel-size`` exactly as the trainer does (:func:`tomo.priors.training_data.resample`), rounded to
 int16 HU (clipped to the window) and written as ``OUT/<group>/<n>.npz`` (``hu`` [1, H, W],
 ``spacing_mm`` (x, y, z)). The group folders keep the per-patient sampling balance. Training on
 OUT then sees the same slices (to within 0.5 HU of rounding) at the same pixel size, because the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tomo.priors.data import collect_slices, resample
+from tomo.priors.training_data import collect_slices, resample
 
 
 def main(argv=None) -> int:

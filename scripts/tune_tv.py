@@ -2,7 +2,7 @@
 """Tune the defaults of the classical methods on train/ slices ONLY (never dev/).
 
 For each standard configuration of evaluation.md (parallel-30, parallel-8, fanbeam-60) and a
-fixed set of train/dicom slices, the protocol simulation (:mod:`tomo.simulate`) is run and
+fixed set of train/dicom slices, the protocol simulation (:mod:`tomo.evaluation.simulation`) is run and
 
 * TV: a grid of weights (batched: one solver run per slice scans all weights), unweighted
   and with Poisson data weights for several model-error floors, scored at several iteration
@@ -13,7 +13,7 @@ fixed set of train/dicom slices, the protocol simulation (:mod:`tomo.simulate`) 
 
 Scores are the project's (PSNR/SSIM on the [-1000, 1000] HU window, mean over slices). The
 table and the best settings are printed and written as JSON; docs/reconstruction.md records the
-run and tomo/recon/methods.py holds the chosen defaults.
+run and tomo/methods/registry.py holds the chosen defaults.
 
 Reproduce the runs recorded in docs/reconstruction.md (each 10-30 min on the shared 2-core
 machine):
@@ -40,11 +40,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from operators import CTProjector, FILTERS  # noqa: E402
-from tomo.io.dicom import read_volume  # noqa: E402
-from tomo.metrics import mu_to_hu, psnr, ssim  # noqa: E402
-from tomo.recon import cgls, fbp_reconstruct, poisson_weights, sirt, tv_pdhg  # noqa: E402
-from tomo.recon.methods import DEFAULT_MODEL_ERROR, TV_START_FILTER  # noqa: E402
-from tomo.simulate import CONFIGS, simulate_volume  # noqa: E402
+from tomo.io.volume import read_volume  # noqa: E402
+from operators.units import mu_to_hu  # noqa: E402
+from tomo.evaluation.scores import psnr, ssim  # noqa: E402
+from tomo.recon import cgls, fbp_reconstruct, sirt, tv_pdhg  # noqa: E402
+from tomo.methods.classical import DEFAULT_MODEL_ERROR, TV_START_FILTER, poisson_weights  # noqa: E402
+from tomo.evaluation.simulation import CONFIGS, simulate_volume  # noqa: E402
 
 #: train/dicom slices used for tuning: (path under train/dicom, slice index in that series).
 #: One per patient (8 of the 9; A072894 left out), mixing axial, coronal and sagittal reformats

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from tomo.cli.main import main
-from tomo.io.sinogram import load_sinogram
+from tomo.io.sinogram import geometry_name, load_sinogram
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_simulate_config_shortcut_and_npz_volume(tmp_path):
                  "--quiet"]) == 0
     sf = load_sinogram(out)
     assert sf.sinogram.shape == (2, 60, 40) and sf.i0 == 1e5  # grid 20 (half of 40): 2 x 20 fan bins
-    assert sf.geometry.sinogram_name == "fanbeam" and sf.hu_reference.shape == (2, 20, 20)
+    assert geometry_name(sf.geometry) == "fanbeam" and sf.hu_reference.shape == (2, 20, 20)
 
 
 @pytest.mark.parametrize("method, extra", [("fbp", ["--filter", "hann"]), ("sirt", ["--iterations", "30"]),
@@ -116,7 +116,7 @@ def test_slice_spec_parsing():
 def test_dicom_in_dicom_out(tmp_path):
     """DICOM series -> simulate -> reconstruct --dicom-reference -> a derived series readable as HU."""
     write_series = pytest.importorskip("tomo.io.dicom_write").write_series
-    from tomo.io.dicom import read_series
+    from tomo.io.dicom_read import read_series
 
     hu = np.full((2, 48, 48), -1000.0, np.float32)
     hu[:, 12:36, 12:36] = 40.0

@@ -11,7 +11,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from tomo.io.dicom import CTVolume, DicomReadError, find_series, read_series, read_volume
+from tomo.io.volume import VolumeReadError, CTVolume, read_volume
+from tomo.io.dicom_read import DicomReadError, find_series, read_series
 
 CASES = "dicom-cases"
 
@@ -286,7 +287,7 @@ def test_read_volume_npz_and_dicom(shared_data, tmp_path):
     assert vol.slice_spacing_mm == pytest.approx(spacing[2])
     assert vol.positions.shape == (hu.shape[0], 3)
     np.savez(tmp_path / "bad.npz", hu=hu[:1])
-    with pytest.raises(DicomReadError, match="spacing_mm"):
+    with pytest.raises(VolumeReadError, match="spacing_mm"):
         read_volume(tmp_path / "bad.npz")
     dicom = read_volume(shared_data / CASES / "gantry-tilt-ge-head")
     assert dicom.hu.shape == (28, 512, 512)

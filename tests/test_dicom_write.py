@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 import tomo.io.dicom_write as dicom_write
-from tomo.io.dicom import read_series
+from tomo.io.dicom_read import read_series
 from tomo.io.dicom_write import choose_rescale, write_series
 
 DERIVATION = "DDS reconstruction, parallel beam 30 views, I0=1e6"

@@ -13,7 +13,7 @@ import torch
 from tomo.priors import DiffusionPrior, PriorCheckpointError, build_unet, default_prior_path, load_prior, make_config
 from tomo.priors.checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_config, save_tensors
 from tomo.priors.config import tiny_architecture
-from tomo.priors.data import SliceSampler, collect_slices, resample
+from tomo.priors.training_data import SliceSampler, collect_slices, resample
 from tomo.priors.patches import position_grid
 
 
@@ -265,7 +265,7 @@ def test_resample_to_target_pixel_size():
 
 def test_sampler_crops_masks_and_positions():
     hu = phantom_volume(1, size=40)[0]
-    from tomo.priors.data import SliceRecord
+    from tomo.priors.training_data import SliceRecord
     rec = SliceRecord(np.clip(hu, -1000, 2000).astype(np.int16), (1.5, 1.5), "g", "s")
     config = make_config(architecture=tiny_architecture(), patch_size=16)
     sampler = SliceSampler([rec], config, hflip=False)
@@ -305,7 +305,7 @@ def test_shipped_prior_denoises_real_ct_better_than_zero(shared_data, monkeypatc
     config = _shipped_config()
     if config.get("training", {}).get("placeholder"):
         pytest.skip("data/prior holds the untrained placeholder")
-    from tomo.io.dicom import read_series
+    from tomo.io.dicom_read import read_series
     folder = shared_data / "train" / "dicom" / "lung-pet-ct-dx-a0002"
     vol = read_series(folder)
     prior = load_prior()

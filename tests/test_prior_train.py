@@ -17,7 +17,7 @@ import torch
 from tomo.cli.main import main
 from tomo.priors import load_prior
 from tomo.priors.checkpoint import load_tensors
-from tomo.priors.train import TrainOptions, train
+from tomo.priors.training import TrainOptions, train
 
 TINY = ["--arch", "tiny", "--patch-size", "16", "--batch-size", "4", "--warmup-steps", "3",
         "--log-every", "5", "--samples", "0", "--no-progress", "--threads", "1"]

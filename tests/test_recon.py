@@ -10,9 +10,9 @@ import torch
 
 from operators import CTProjector, ParallelBeam2D, shepp_logan
 from operators.base import LinearOperator
-from tomo.recon import (METHODS, MethodOption, cgls, fbp_reconstruct, get_method, gradient, gradient_adjoint,
-                        reconstruct, register_method, sirt, total_variation, tv_pdhg)
-from tomo.recon import methods as methods_module
+from tomo.methods.registry import MethodOption, MethodRegistry, default_registry, get_method, reconstruct
+from tomo.recon import cgls, fbp_reconstruct, gradient, gradient_adjoint, sirt, total_variation, tv_pdhg
+from tomo.methods import classical as methods_module
 
 N, PX = 32, 2.0
 
@@ -231,19 +231,20 @@ def test_register_method_plugin(problem):
         assert prob.operator.in_shape == (N, N)
         return torch.zeros((sinogram.shape[0], N, N), device=prob.device)
 
-    register_method("dummy-test", run, help="test", options=(MethodOption("--steps", "steps", int, "steps"),))
-    try:
-        with pytest.raises(ValueError, match="already registered"):
-            register_method("dummy-test", run, help="again")
-        out = reconstruct(y, g, "dummy-test", i0=1e5, steps=9, progress=False)
-        assert out.shape == (N, N) and calls == {"steps": 9, "i0": 1e5}
-        assert get_method("dummy-test").option_names == ("steps",)
-    finally:
-        METHODS.pop("dummy-test")
+    registry = MethodRegistry()
+    registry.register("dummy-test", run, help="test", options=(MethodOption("--steps", "steps", int, "steps"),))
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("dummy-test", run, help="again")
+    out = reconstruct(y, g, "dummy-test", i0=1e5, steps=9, progress=False, registry=registry)
+    assert out.shape == (N, N) and calls == {"steps": 9, "i0": 1e5}
+    assert registry.get_method("dummy-test").option_names == ("steps",)
+    assert "dummy-test" not in default_registry()          # an explicit registry stays apart
+    with pytest.raises(ValueError, match="unknown method"):
+        get_method("dummy-test")
 
 
 def test_tv_default_weight_scales_with_views_per_half_turn():
-    from tomo.simulate import CONFIGS, protocol_geometry
+    from tomo.evaluation.simulation import CONFIGS, protocol_geometry
     w = {name: methods_module.tv_default_weight(protocol_geometry(c.geometry, c.views, 300.0), c.i0)
          for name, c in CONFIGS.items()}
     assert all(math.isfinite(v) and v > 0 for v in w.values())

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from operators import FanBeam2D, ParallelBeam2D
-from tomo.metrics import MU_WATER_PER_MM, hu_to_mu, mu_to_hu, psnr, ssim, window
-from tomo.simulate import CONFIGS, SimulationConfig, default_grid, protocol_geometry, simulate_volume
+from operators.units import MU_WATER_PER_MM, hu_to_mu, mu_to_hu
+from tomo.evaluation.scores import psnr, ssim, window
+from tomo.evaluation.simulation import CONFIGS, SimulationConfig, default_grid, protocol_geometry, simulate_volume
 
 
 def _water_disk(n=64, spacing=1.0, radius_mm=20.0):

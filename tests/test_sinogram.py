@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from operators import CTProjector, FanBeam2D, ParallelBeam2D, shepp_logan
-from tomo.io.sinogram import SinogramFile, SinogramFormatError, load_sinogram, save_sinogram
+from tomo.io.sinogram import SinogramFile, SinogramFormatError, geometry_to_fields, load_sinogram, save_sinogram
 
 
 def _parallel(n=16, views=6, det=24, px=1.5):
@@ -22,7 +22,7 @@ def _fan(n=16, views=8, det=32, px=1.5):
 
 def _valid_arrays(geometry, slices=None):
     shape = geometry.sinogram_shape if slices is None else (slices,) + geometry.sinogram_shape
-    d = dict(geometry.to_sinogram_fields())
+    d = dict(geometry_to_fields(geometry))
     d["sinogram"] = np.random.default_rng(0).random(shape).astype(np.float32)
     return d
 

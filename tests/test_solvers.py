@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from operators.base import LinearOperator
-from tomo.metrics import MU_WATER_PER_MM
-from tomo.solvers import (DataFidelity, GaussianPrior, conjugate_gradient, ct_problem, dds, ddim_step,
-                          ddpm_posterior_step, dps, hu_problem, make_schedule, posterior_mean,
-                          transmission_poisson_weights, tweedie_x0)
+from operators.units import MU_WATER_PER_MM
+from tomo.solvers import DataFidelity, GaussianPrior, conjugate_gradient, dds, ddim_step, ddpm_posterior_step, dps, make_schedule, posterior_mean, transmission_poisson_weights, tweedie_x0
+from tomo.methods.diffusion import ct_problem
+from tomo.methods.image_tasks import hu_problem
 
 
 class MatrixOperator(LinearOperator):

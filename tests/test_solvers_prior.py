@@ -6,7 +6,8 @@ import torch
 
 from operators.base import LinearOperator
 from tomo.priors import DiffusionPrior, build_unet, make_config
-from tomo.solvers import ct_problem, dds, dps
+from tomo.methods.diffusion import ct_problem
+from tomo.solvers import dds, dps
 
 
 
@@ -78,7 +79,7 @@ def tiny_prior_dir(tmp_path_factory, tiny_prior):
 def test_registered_in_the_reconstruct_registry(tiny_prior_dir, method, options):
     """``reconstruct(..., method="dds"|"dps")`` returns attenuation in 1/mm of the grid's shape."""
     from operators import ParallelBeam2D, CTProjector
-    from tomo.recon import available_methods, reconstruct
+    from tomo.methods.registry import available_methods, reconstruct
 
     assert {"dds", "dps"} <= set(available_methods())
     geometry = ParallelBeam2D(image_shape=(16, 16), pixel_spacing_mm=1.5, angles=torch.arange(6) * 3.14159 / 6,
@@ -100,8 +101,8 @@ def test_registry_dds_warm_start_from_a_classical_method(tiny_prior_dir, monkeyp
     image; a cold start (init none) from the same random network lands elsewhere.
     """
     from operators import ParallelBeam2D, CTProjector
-    from tomo.recon import reconstruct
-    from tomo.solvers import methods as solver_methods
+    from tomo.methods.registry import reconstruct
+    from tomo.methods import diffusion as solver_methods
 
     assert solver_methods.DDS_DEFAULTS["init"] == "tv" and solver_methods.DDS_DEFAULTS["start"] == 0.2
     geometry = ParallelBeam2D(image_shape=(16, 16), pixel_spacing_mm=1.5, angles=torch.arange(8) * 3.14159 / 8,
@@ -129,7 +130,7 @@ def test_registry_dds_warm_start_from_a_classical_method(tiny_prior_dir, monkeyp
 def test_registry_samples_average_posterior_samples(tiny_prior_dir):
     """``samples=N`` returns the mean of N posterior samples: shape kept, differs from one sample."""
     from operators import ParallelBeam2D, CTProjector
-    from tomo.recon import reconstruct
+    from tomo.methods.registry import reconstruct
 
     geometry = ParallelBeam2D(image_shape=(16, 16), pixel_spacing_mm=1.5, angles=torch.arange(6) * 3.14159 / 6,
                               detector_count=24, detector_spacing_mm=1.5)

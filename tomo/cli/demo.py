@@ -57,7 +57,7 @@ def _formatter():
 
 def _load_source(source: str | None, index: int | None):
     """HU slice [H, W], pixel spacing [mm], the CTVolume (for DICOM output) and a label."""
-    from tomo.io.dicom import read_volume
+    from tomo.io.volume import read_volume
     if source is None:
         from pydicom.data import get_testdata_file
         source = get_testdata_file("CT_small.dcm")
@@ -93,8 +93,9 @@ def _method_options(name: str, args) -> dict:
 
 
 def _reconstruct_all(scan, methods, args):
-    from tomo.metrics import mu_to_hu, psnr, ssim
-    from tomo.recon.methods import reconstruct
+    from operators.units import mu_to_hu
+    from tomo.evaluation.scores import psnr, ssim
+    from tomo.methods.registry import reconstruct
     rows, images = [], {}
     for name in methods:
         t0 = time.perf_counter()
@@ -160,13 +161,13 @@ def _write_dicom(hu, scan, volume, method: str, out_dir: Path, overwrite: bool) 
 
 
 def run(args) -> int:
-    from tomo.simulate import simulate_slice
+    from tomo.evaluation.simulation import simulate_slice
     from tomo.io.sinogram import save_sinogram
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise CommandError("--methods is empty")
-    from tomo.recon.methods import get_method
+    from tomo.methods.registry import get_method
     for name in methods:
         get_method(name)  # unknown names fail here, before any work or output
     if args.dps_steps < 1:

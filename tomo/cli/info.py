@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if path.is_file() and path.suffix.lower() == ".npz":
         print(describe_npz(path))
         return 0
-    from tomo.io.dicom import DicomReadError, find_series
+    from tomo.io.dicom_read import DicomReadError, find_series
     scan = find_series(path, read_pixels=not args.no_pixels)
     for line in describe_scan(scan):
         print(line)
@@ -44,7 +44,7 @@ def _mm(value) -> str:
 
 
 def describe_scan(scan) -> list[str]:
-    """Human-readable lines for a :class:`tomo.io.dicom.SeriesScan`."""
+    """Human-readable lines for a :class:`tomo.io.dicom_read.SeriesScan`."""
     lines = [f"{len(scan)} CT series"]
     for s in scan:
         size = f"{s.rows}x{s.cols}" if s.rows else "mixed sizes"

@@ -1,7 +1,7 @@
 """``tomo reconstruct FILE.npz --method M --out OUT``: reconstruct a sinogram file to HU.
 
-Methods and their options come from the registry :data:`tomo.recon.METHODS` (see
-:mod:`tomo.recon.methods` for how another package adds a method, e.g. ``dps``/``dds`` with
+Methods and their options come from the registry :func:`tomo.methods.default_registry` (see
+:mod:`tomo.methods.registry` for how another package adds a method, e.g. ``dps``/``dds`` with
 ``--steps``, ``--prior``, ``--seed``): every registered option becomes a flag here, and a flag
 that does not belong to the chosen method is refused.
 
@@ -24,7 +24,7 @@ from tomo.cli.main import CommandError
 
 def _method_options():
     """All registered methods, and each distinct option flag with the methods that use it."""
-    from tomo.recon.methods import available_methods
+    from tomo.methods.registry import available_methods
 
     methods = available_methods()
     flags: dict[str, tuple] = {}
@@ -138,7 +138,8 @@ def save_preview(path: Path, hu: np.ndarray, reference: np.ndarray | None = None
 
 def _describe(sf) -> str:
     g = sf.geometry
-    beam = "parallel beam" if g.sinogram_name == "parallel" else "fan beam"
+    from operators.geometry import ParallelBeam2D
+    beam = "parallel beam" if isinstance(g, ParallelBeam2D) else "fan beam"
     dose = "I0 unknown" if sf.i0 is None else f"I0={sf.i0:.0e}"
     return f"{beam} {g.num_views} views, {dose}"
 
@@ -147,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from tomo.io.sinogram import load_sinogram
-    from tomo.metrics import mu_to_hu, psnr, ssim
-    from tomo.recon.methods import reconstruct
+    from operators.units import mu_to_hu
+    from tomo.evaluation.scores import psnr, ssim
+    from tomo.methods.registry import reconstruct
 
     methods, flags = _method_options()
     entry = methods[args.method]
@@ -221,7 +223,7 @@ def _save_npz(path: Path, hu: np.ndarray, meta: dict) -> None:
 
 def _dicom_reference(args, sf):
     """Read the reference series and check it matches the sinogram's slices and field of view."""
-    from tomo.io.dicom import read_series
+    from tomo.io.dicom_read import read_series
 
     vol = read_series(args.dicom_reference, series_uid=args.series)
     if vol.hu.shape[0] != sf.num_slices:

@@ -20,13 +20,13 @@ import numpy as np
 from tomo.cli import CommandError
 
 def register(subparsers) -> None:
-    from tomo.solvers.tasks import METHODS, TASKS
+    from tomo.methods.image_tasks import SOLVERS, TASKS
     p = subparsers.add_parser(
         "restore", help="degrade a CT image (blur, downsample, mask) and restore it with the diffusion prior",
         description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", type=Path, metavar="IMAGE", help="DICOM file/folder, .npz HU volume or PNG")
     p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--method", default="dds", choices=METHODS, help="diffusion solver (default dds)")
+    p.add_argument("--method", default="dds", choices=SOLVERS, help="diffusion solver (default dds)")
     p.add_argument("-o", "--output-dir", type=Path, default=Path("restore-output"),
                    help="folder for the PNGs and .npz (default ./restore-output)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -70,7 +70,7 @@ def read_hu_slice(path: Path, index: int | None) -> tuple[np.ndarray, str]:
         top = 65535.0 if grey.dtype == np.uint16 else 255.0
         hu = -1000.0 + 2000.0 * grey.astype(np.float32) / top
         return hu, f"PNG {grey.shape[1]}x{grey.shape[0]} read as the [-1000, 1000] HU window"
-    from tomo.io.dicom import read_volume
+    from tomo.io.volume import read_volume
     volume = read_volume(path)
     n = volume.hu.shape[0]
     k = n // 2 if index is None else index
@@ -97,7 +97,7 @@ def save_png(hu: np.ndarray, path: Path) -> None:
     """8-bit PNG of a HU image in the [-1000, 1000] HU window."""
     from PIL import Image
 
-    from tomo.metrics import window
+    from tomo.evaluation.scores import window
     Image.fromarray(np.round(window(hu) * 255).astype(np.uint8)).save(path)
 
 
@@ -111,9 +111,9 @@ def displayable_degraded(task: str, op, y_hu: np.ndarray) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from tomo.metrics import psnr, ssim
+    from tomo.evaluation.scores import psnr, ssim
     from tomo.priors import load_prior
-    from tomo.solvers.tasks import SOLVER_DEFAULTS, degrade, restore, task_operator
+    from tomo.methods.image_tasks import SOLVER_DEFAULTS, degrade, restore, task_operator
 
     if args.noise_hu < 0:
         raise CommandError(f"--noise-hu must be >= 0, got {args.noise_hu}")

@@ -1,6 +1,6 @@
 """``tomo simulate SOURCE --out FILE.npz``: a sinogram file from CT slices or a phantom.
 
-Follows the evaluation protocol (``/work/shared/docs/evaluation.md``, :mod:`tomo.simulate`):
+Follows the evaluation protocol (``/work/shared/docs/evaluation.md``, :mod:`tomo.evaluation.simulation`):
 the slice is projected on its own fine grid with the detector of the coarser reconstruction grid,
 transmission Poisson noise is added at ``--i0`` photons per bin, and the anti-aliased ground
 truth on the reconstruction grid is stored as ``hu_reference`` for scoring.
@@ -19,7 +19,7 @@ PHANTOMS = ("shepp-logan",)
 
 
 def register(subparsers) -> None:
-    from tomo.simulate import CONFIGS
+    from tomo.evaluation.simulation import CONFIGS
 
     configs = ", ".join(f"{k} ({c.describe()})" for k, c in CONFIGS.items())
     parser = subparsers.add_parser(
@@ -84,7 +84,7 @@ def parse_slices(spec: str, count: int) -> list[int]:
 
 
 def _config(args):
-    from tomo.simulate import CONFIGS, SimulationConfig
+    from tomo.evaluation.simulation import CONFIGS, SimulationConfig
 
     if args.config is not None:
         if args.geometry is not None or args.views is not None:
@@ -103,7 +103,7 @@ def _config(args):
 
 def _load_source(args) -> tuple[np.ndarray, float, str]:
     """HU ``[slices, H, W]``, pixel spacing (mm) and a provenance string."""
-    from tomo.metrics import mu_to_hu
+    from operators.units import mu_to_hu
 
     if args.source in PHANTOMS:
         from operators import shepp_logan
@@ -116,7 +116,7 @@ def _load_source(args) -> tuple[np.ndarray, float, str]:
     path = Path(args.source)
     if not path.exists():
         raise FileNotFoundError(f"SOURCE {path} is neither a file/folder nor a phantom ({', '.join(PHANTOMS)})")
-    from tomo.io.dicom import read_volume
+    from tomo.io.volume import read_volume
     vol = read_volume(path, series_uid=args.series)
     rows, cols = vol.pixel_spacing_mm
     if abs(rows - cols) > 1e-3 * max(rows, cols):
@@ -128,7 +128,7 @@ def _load_source(args) -> tuple[np.ndarray, float, str]:
 
 def run(args: argparse.Namespace) -> int:
     from tomo.io.sinogram import save_sinogram
-    from tomo.simulate import simulate_volume
+    from tomo.evaluation.simulation import simulate_volume
 
     out: Path = args.out
     if out.suffix != ".npz":

@@ -86,7 +86,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from tomo.priors.train import TrainOptions, train
+    from tomo.priors.training import TrainOptions, train
     fields = TrainOptions.__dataclass_fields__
     opts = TrainOptions(**{k: v for k, v in vars(args).items() if k in fields})
     summary = train(opts)

@@ -18,7 +18,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from tomo.io.dicom import CTVolume
+from tomo.io.volume import CTVolume
 
 __all__ = ["write_series", "choose_rescale"]
 

@@ -17,8 +17,7 @@ Keys (a public contract; outside tools may write these files too):
 ``description``           optional: free text
 ========================  =====================================================================
 
-The geometry keys are converted by :meth:`operators.geometry.Geometry.to_sinogram_fields` and
-:func:`operators.geometry.geometry_from_sinogram_fields`, so any file made with ASTRA's
+The geometry keys are converted by :func:`geometry_to_fields` and :func:`geometry_from_fields`, so any file made with ASTRA's
 ``create_proj_geom``/``create_sino`` on a volume geometry in mm reads correctly.
 
 Public API: :class:`SinogramFile`, :func:`save_sinogram`, :func:`load_sinogram`,
@@ -35,16 +34,103 @@ from pathlib import Path
 
 import numpy as np
 
-from operators.geometry import FanBeam2D, ParallelBeam2D, geometry_from_sinogram_fields
+from operators.geometry import FanBeam2D, ParallelBeam2D
 
-__all__ = ["SinogramFile", "SinogramFormatError", "save_sinogram", "load_sinogram",
-           "REQUIRED_KEYS", "OPTIONAL_KEYS"]
+__all__ = ["SinogramFile", "SinogramFormatError", "save_sinogram", "load_sinogram", "geometry_to_fields",
+           "geometry_from_fields", "geometry_name", "REQUIRED_KEYS", "OPTIONAL_KEYS"]
 
 #: keys every file has (fan beam adds ``source_origin_mm`` and ``origin_detector_mm``)
 REQUIRED_KEYS = ("sinogram", "angles", "geometry", "detector_spacing_mm", "pixel_spacing_mm",
                  "image_shape")
 FANBEAM_KEYS = ("source_origin_mm", "origin_detector_mm")
 OPTIONAL_KEYS = ("i0", "hu_reference", "description")
+
+
+#: the file's ``geometry`` value of each geometry class
+GEOMETRY_NAMES = {ParallelBeam2D: "parallel", FanBeam2D: "fanbeam"}
+
+
+def geometry_name(geometry: ParallelBeam2D | FanBeam2D) -> str:
+    """The file's name of a geometry kind: ``"parallel"`` or ``"fanbeam"``."""
+    try:
+        return GEOMETRY_NAMES[type(geometry)]
+    except KeyError:
+        raise TypeError(f"the sinogram file holds 2D parallel or fan-beam geometries, got "
+                        f"{type(geometry).__name__}") from None
+
+
+def geometry_to_fields(geometry: ParallelBeam2D | FanBeam2D) -> dict:
+    """The geometry keys of the sinogram exchange file (docs/evaluation.md), with the file's dtypes.
+
+    The detector count is not a key of that file: it is the sinogram's last dimension.
+    """
+    fields = {
+        "geometry": geometry_name(geometry),
+        "angles": np.asarray(geometry.angles, dtype=np.float32),
+        "detector_spacing_mm": float(geometry.detector_spacing_mm),
+        "pixel_spacing_mm": float(geometry.pixel_spacing_mm),
+        "image_shape": np.asarray(geometry.image_shape, dtype=np.int64),
+    }
+    if isinstance(geometry, FanBeam2D):
+        fields["source_origin_mm"] = float(geometry.source_origin_mm)
+        fields["origin_detector_mm"] = float(geometry.origin_detector_mm)
+    return fields
+
+
+def _as_str(value) -> str:
+    arr = np.asarray(value)
+    return str(arr.item()) if arr.ndim == 0 else str(value)
+
+
+def geometry_from_fields(d: Mapping, detector_count: int | None = None) -> ParallelBeam2D:
+    """Build a 2D geometry from the keys of a sinogram exchange file (evaluation.md).
+
+    Parameters
+    ----------
+    d : mapping
+        ``geometry`` (``"parallel"`` or ``"fanbeam"``), ``angles`` [views] (radians),
+        ``detector_spacing_mm``, ``pixel_spacing_mm``, ``image_shape`` [2], and for fan beam
+        ``source_origin_mm`` and ``origin_detector_mm``; values may be 0-d NumPy arrays as
+        ``np.load`` returns them. If ``d`` has a ``sinogram`` key its last dimension gives the
+        detector count and its view dimension must match ``angles``.
+    detector_count : int, optional
+        Needed when ``d`` has no ``sinogram``.
+
+    Returns
+    -------
+    ParallelBeam2D or FanBeam2D
+    """
+    if not hasattr(d, "__getitem__") or not hasattr(d, "keys"):
+        raise TypeError(f"expected a mapping (e.g. np.load(...) of a .npz), got {type(d).__name__}")
+    keys = set(d.keys())
+    required = ["geometry", "angles", "detector_spacing_mm", "pixel_spacing_mm", "image_shape"]
+    missing = [k for k in required if k not in keys]
+    if missing:
+        raise ValueError(f"sinogram fields are missing {missing}")
+    kind = _as_str(d["geometry"]).strip().lower()
+    angles = np.asarray(d["angles"])
+    if "sinogram" in keys:
+        sino = np.asarray(d["sinogram"])
+        if sino.ndim not in (2, 3):
+            raise ValueError(f"sinogram must be [views, detectors] or [slices, views, detectors], got shape {sino.shape}")
+        if sino.shape[-2] != angles.reshape(-1).size:
+            raise ValueError(f"sinogram has {sino.shape[-2]} views but angles has {angles.reshape(-1).size} entries")
+        if detector_count is not None and int(detector_count) != sino.shape[-1]:
+            raise ValueError(f"detector_count={detector_count} does not match the sinogram's {sino.shape[-1]} bins")
+        detector_count = sino.shape[-1]
+    if detector_count is None:
+        raise ValueError("detector count unknown: pass a 'sinogram' key or detector_count=")
+    common = dict(image_shape=d["image_shape"], pixel_spacing_mm=d["pixel_spacing_mm"], angles=angles,
+                  detector_count=detector_count, detector_spacing_mm=d["detector_spacing_mm"])
+    if kind == "parallel":
+        return ParallelBeam2D(**common)
+    if kind == "fanbeam":
+        for k in ("source_origin_mm", "origin_detector_mm"):
+            if k not in keys:
+                raise ValueError(f"fan-beam sinogram fields need {k!r}")
+        return FanBeam2D(**common, source_origin_mm=d["source_origin_mm"],
+                         origin_detector_mm=d["origin_detector_mm"])
+    raise ValueError(f"unknown geometry {kind!r} in sinogram fields; expected 'parallel' or 'fanbeam'")
 
 
 class SinogramFormatError(ValueError):
@@ -183,7 +269,7 @@ def save_sinogram(path: str | os.PathLike, data: SinogramFile | np.ndarray, geom
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"folder {path.parent} does not exist")
-    arrays = dict(f.geometry.to_sinogram_fields())
+    arrays = dict(geometry_to_fields(f.geometry))
     arrays["geometry"] = np.str_(arrays["geometry"])
     arrays["sinogram"] = f.sinogram
     if f.i0 is not None:
@@ -245,7 +331,7 @@ def load_sinogram(path: str | os.PathLike) -> SinogramFile:
     if sino.ndim not in (2, 3):
         raise _err(path, f"sinogram must be [views, detectors] or [slices, views, detectors], got shape {sino.shape}")
     try:
-        geometry = geometry_from_sinogram_fields({k: d[k] for k in keys if k != "sinogram"},
+        geometry = geometry_from_fields({k: d[k] for k in keys if k != "sinogram"},
                                                  detector_count=sino.shape[-1]) \
             if sino.shape[-2] == angles.size else None
     except (ValueError, TypeError) as exc:

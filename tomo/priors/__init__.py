@@ -6,7 +6,7 @@
 >>> eps = prior.eps(x_t, t)                   # any H, W; differentiable w.r.t. x_t
 >>> x0 = prior.x0_hat(x_t, t)                 # Tweedie estimate
 
-Training: :mod:`tomo.priors.train` (``tomo train``). See ``docs/prior.md``.
+Training: :mod:`tomo.priors.training` (``tomo train``). See ``docs/prior.md``.
 """
 from .checkpoint import PriorCheckpointError
 from .config import make_config

@@ -13,7 +13,7 @@ import torch
 
 from operators.base import LinearOperator, check_tensor
 
-from ._common import (Callback, Stopper, as_batch, batch_dot, check_iterations, expand_as,
+from .iteration import (Callback, Stopper, as_batch, batch_dot, check_iterations, expand_as,
                       initial_image, safe_divide, where_active)
 
 __all__ = ["sirt", "cgls"]

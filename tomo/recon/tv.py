@@ -27,13 +27,13 @@ import torch
 
 from operators.base import LinearOperator
 
-from ._common import (Callback, Stopper, as_batch, check_iterations, expand_as, initial_image,
+from .iteration import (Callback, Stopper, as_batch, check_iterations, expand_as, initial_image,
                       where_active)
 from .iterative import _check_weights
 
 __all__ = ["tv_pdhg", "gradient", "gradient_adjoint", "total_variation", "MU_WATER_PER_MM"]
 
-from tomo.metrics import MU_WATER_PER_MM
+from operators.units import MU_WATER_PER_MM
 
 #: primal-dual balance ``r`` (``sigma = r / L``, ``tau = 1 / (r L)``). It changes the speed, not the
 #: solution; 0.03 converged fastest of {0.01, 0.03, 0.1, 0.3, 1} on train slices (parallel 8/30

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from operators.base import LinearOperator
 
-from ._common import SolverResult, check_prior, network_precision, standard_normal, start_sampling
+from .sampler_setup import SolverResult, check_prior, network_precision, standard_normal, start_sampling
 from .schedule import ddim_step, tweedie_x0
 
 __all__ = ["dds"]

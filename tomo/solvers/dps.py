@@ -10,7 +10,7 @@ gradient taken through the network with autograd. ``method.md`` writes the resid
 without the square; the DPS paper (Algorithm 1) squares it, which is what is implemented
 here: the update is ``2 zeta grad ||r||`` (the official code's ``scale`` is ``2 zeta``).
 
-The residual is the noise-aware, normalised one of :class:`~tomo.solvers.data.DataFidelity`,
+The residual is the noise-aware, normalised one of :class:`~tomo.solvers.data_terms.DataFidelity`,
 ``r = s W^{1/2} (y - A x)`` with ``||s W^{1/2} A|| = 1``, so ``zeta`` is dimensionless and
 transfers between operators.
 """
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from operators.base import LinearOperator
 
-from ._common import SolverResult, check_prior, network_precision, standard_normal, start_sampling
+from .sampler_setup import SolverResult, check_prior, network_precision, standard_normal, start_sampling
 from .schedule import ddpm_posterior_step, tweedie_x0
 
 __all__ = ["dps", "default_zeta"]

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from operators.base import LinearOperator, ScaledOperator
-from tomo.metrics import MU_WATER_PER_MM
 
-from .data import batch_measurements, transmission_poisson_weights
+from .data_terms import batch_measurements
 
-__all__ = ["ModelDomainProblem", "affine_problem", "ct_problem", "hu_problem", "model_to_hu_affine"]
+__all__ = ["ModelDomainProblem", "affine_problem", "model_to_hu_affine"]
 
 
 @dataclass
@@ -97,50 +96,3 @@ def affine_problem(operator: LinearOperator, y: torch.Tensor, scale: float, offs
         shifted = yb - float(offset) * operator(ones)
     return ModelDomainProblem(ScaledOperator(operator, float(scale)), shifted, weights,
                               float(scale), float(offset), unit)
-
-
-def ct_problem(prior, projector: LinearOperator, sinogram: torch.Tensor, *, i0: float | None = None,
-               model_error: float = 0.0, weights: torch.Tensor | None = None) -> ModelDomainProblem:
-    """The CT problem ``sinogram = P mu + n`` in the prior's model range.
-
-    ``mu = MU_WATER (1 + HU / 1000)`` and ``HU = prior.model_to_hu(x)`` compose into
-    ``mu = a x + b``.
-
-    Parameters
-    ----------
-    prior
-        Object with an affine ``model_to_hu`` (e.g. :class:`tomo.priors.DiffusionPrior`).
-    projector : LinearOperator
-        Maps mu [1/mm] on the reconstruction grid ``(H, W)`` to line integrals (dimensionless).
-    sinogram : torch.Tensor
-        Line integrals ``[views, detectors]`` or ``[B, views, detectors]``.
-    i0 : float, optional
-        Incident photons per bin: weight the data by the transmission-Poisson inverse variance
-        ``1 / (exp(y) / I0 + model_error^2)`` (see
-        :func:`~tomo.solvers.data.transmission_poisson_weights`).
-    model_error : float
-        Line-integral standard deviation floor of those weights (0: pure Poisson).
-    weights : torch.Tensor, optional
-        Explicit inverse variances instead (not together with ``i0``).
-
-    Returns
-    -------
-    ModelDomainProblem with ``unit = "1/mm"`` (``to_physical`` gives mu; use
-    ``prior.model_to_hu`` for HU).
-    """
-    if i0 is not None and weights is not None:
-        raise ValueError("give either i0 (transmission-Poisson weights) or explicit weights, not both")
-    h1, h0 = model_to_hu_affine(prior)
-    a = MU_WATER_PER_MM * h1 / 1000.0
-    b = MU_WATER_PER_MM * (1.0 + h0 / 1000.0)
-    if i0 is not None:
-        weights = transmission_poisson_weights(batch_measurements(projector, sinogram, "sinogram"), i0,
-                                               model_error)
-    return affine_problem(projector, sinogram, a, b, weights, unit="1/mm")
-
-
-def hu_problem(prior, operator: LinearOperator, y_hu: torch.Tensor, *,
-               weights: torch.Tensor | None = None) -> ModelDomainProblem:
-    """An image-restoration problem whose image and measurements are in HU (blur, masks, ...)."""
-    h1, h0 = model_to_hu_affine(prior)
-    return affine_problem(operator, y_hu, h1, h0, weights, unit="HU")

@@ -99,7 +99,7 @@ def _add_volume(records: list, report: DataReport, hu: np.ndarray, spacing, grou
 
 
 def _read_npz(path: Path, root: Path, records, report, hu_window) -> None:
-    from tomo.io.dicom import read_volume
+    from tomo.io.volume import read_volume
     try:
         vol = read_volume(path)
     except Exception as exc:   # any unreadable file is skipped and counted (e.g. zipfile.BadZipFile)
@@ -119,7 +119,7 @@ def _npz_patient(path: Path) -> str | None:
 
 
 def _read_dicom_tree(root: Path, records, report, hu_window) -> None:
-    from tomo.io.dicom import find_series, read_series
+    from tomo.io.dicom_read import find_series, read_series
     scan = find_series(root)
     for s in scan.skipped:
         if s.path.suffix.lower() != ".npz":          # .npz volumes are read separately

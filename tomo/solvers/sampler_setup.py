@@ -132,7 +132,7 @@ def start_sampling(prior, operator, y, weights, *, steps: int, spacing: str, sta
 
     Returns ``(schedule, data, generator, x)``.
     """
-    from .data import DataFidelity
+    from .data_terms import DataFidelity
     from .schedule import make_schedule
 
     check_prior(prior)

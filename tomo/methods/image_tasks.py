@@ -2,7 +2,7 @@
 
 Shared by ``tomo restore`` and ``scripts/benchmark_tasks.py``: the task's forward operator with
 the project's defaults, the simulated degradation (operator + white Gaussian noise in HU), and
-the diffusion restoration in the prior's model range (:func:`~tomo.solvers.problem.hu_problem`).
+the diffusion restoration in the prior's model range (:func:`hu_problem`).
 """
 from __future__ import annotations
 
@@ -12,16 +12,14 @@ import torch
 
 from operators import Downsample, GaussianBlur, GaussianNoise, Inpaint, LinearOperator, Outpaint, box_mask
 
-from .dds import dds
-from .dps import default_zeta, dps
-from .ensemble import sample_or_mean
-from .problem import hu_problem
+from tomo.solvers import dds, default_zeta, dps, sample_or_mean
+from tomo.solvers.problem import ModelDomainProblem, affine_problem, model_to_hu_affine
 
-__all__ = ["TASKS", "METHODS", "task_operator", "default_box", "degrade", "restore", "Restoration",
+__all__ = ["hu_problem", "TASKS", "SOLVERS", "task_operator", "default_box", "degrade", "restore", "Restoration",
            "SOLVER_DEFAULTS"]
 
 TASKS = ("deblur", "superres", "inpaint", "outpaint")
-METHODS = ("dds", "dps")
+SOLVERS = ("dds", "dps")
 
 #: solver settings per task, chosen on train/ slices with the shipped prior
 #: (docs/benchmarks_diffusion.md; noise 10 HU): deblurring wants about 5 CG iterations per step
@@ -34,6 +32,13 @@ SOLVER_DEFAULTS = {
     ("dds", "outpaint"): {"steps": 50, "cg_iterations": 1, "eta": 0.85, "spacing": "leading"},
 }
 SOLVER_DEFAULTS.update({("dps", task): {"steps": 1000, "zeta": None} for task in TASKS})   # None: 1000 / steps
+
+
+def hu_problem(prior, operator: LinearOperator, y_hu: torch.Tensor, *,
+               weights: torch.Tensor | None = None) -> ModelDomainProblem:
+    """An image-restoration problem whose image and measurements are in HU (blur, masks, ...)."""
+    h1, h0 = model_to_hu_affine(prior)
+    return affine_problem(operator, y_hu, h1, h0, weights, unit="HU")
 
 
 def default_box(shape) -> tuple[int, int, int, int]:
@@ -109,8 +114,8 @@ def restore(prior, operator: LinearOperator, y_hu: torch.Tensor, method: str = "
     ``samples > 1`` returns the mean of that many posterior samples
     (:func:`~tomo.solvers.posterior_mean`) and their spread.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method not in SOLVERS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(SOLVERS)}")
     problem = hu_problem(prior, operator, y_hu)
     solver = dds if method == "dds" else dps
     if method == "dps" and solver_kwargs.get("zeta") is None:

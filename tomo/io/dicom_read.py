@@ -1,11 +1,10 @@
-"""Read CT series from DICOM (and OpenKBP ``.npz`` volumes) into Hounsfield units.
+"""Read CT series from DICOM into Hounsfield units.
 
 Public API
 ----------
 - :func:`find_series` -- scan a folder (recursively) or a file, group CT images by
   SeriesInstanceUID, report geometry and skipped files.
 - :func:`read_series` -- read one CT series as a :class:`CTVolume` (HU, float32).
-- :func:`read_volume` -- the same from a DICOM path or an OpenKBP ``.npz`` file.
 - :class:`DicomReadError` -- every refusal (a :class:`ValueError`).
 
 Conventions
@@ -32,8 +31,10 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-__all__ = ["CTVolume", "SeriesInfo", "SeriesScan", "SkippedFile", "DicomReadError",
-           "find_series", "read_series", "read_volume", "CT_SOP_CLASSES"]
+from .volume import CTVolume, VolumeReadError
+
+__all__ = ["SeriesInfo", "SeriesScan", "SkippedFile", "DicomReadError",
+           "find_series", "read_series", "CT_SOP_CLASSES"]
 
 #: CT Image Storage, Enhanced CT Image Storage, Legacy Converted Enhanced CT Image Storage
 CT_SOP_CLASSES = {
@@ -54,7 +55,7 @@ _TILT_TOL_DEG = 0.05
 _ORIENTATION_TOL = 1e-4
 
 
-class DicomReadError(ValueError):
+class DicomReadError(VolumeReadError):
     """A DICOM file or series that cannot be read as CT in HU; the message says why."""
 
 
@@ -159,61 +160,6 @@ class SeriesScan(list):
     def skipped_reasons(self) -> Counter:
         """Counter of skip reasons (reason text -> number of files)."""
         return Counter(s.reason for s in self.skipped)
-
-
-@dataclass
-class CTVolume:
-    """A CT volume in Hounsfield units with its patient geometry.
-
-    Attributes
-    ----------
-    hu : numpy.ndarray
-        float32 [slices, rows, cols], HU.
-    pixel_spacing_mm : tuple of float
-        (row spacing, column spacing), mm.
-    slice_spacing_mm : float or None
-        Median plane distance along the slice normal, mm; None for a single slice.
-    positions : numpy.ndarray
-        float64 [slices, 3], ImagePositionPatient (centre of the first pixel) of each slice, mm.
-    orientation : tuple of float
-        ImageOrientationPatient: row direction cosines then column direction cosines.
-    gantry_tilt_deg : float
-        Gantry tilt, degrees (0 when none).
-    irregular_spacing : bool
-        True when the slice planes are unevenly spaced (see ``positions`` for the truth).
-    warnings : list of str
-    header : pydicom.Dataset or None
-        Header (no pixel data) of the first slice; a writer copies patient/study modules
-        from it. None for volumes not read from DICOM.
-    series_uid, study_uid : str or None
-    transfer_syntaxes : list of str
-    files : list of Path
-        Source file of each slice (repeats for multi-frame files).
-    """
-    hu: np.ndarray
-    pixel_spacing_mm: tuple[float, float]
-    slice_spacing_mm: float | None
-    positions: np.ndarray
-    orientation: tuple[float, ...]
-    gantry_tilt_deg: float = 0.0
-    irregular_spacing: bool = False
-    warnings: list[str] = field(default_factory=list)
-    header: Dataset | None = None
-    series_uid: str | None = None
-    study_uid: str | None = None
-    transfer_syntaxes: list[str] = field(default_factory=list)
-    files: list[Path] = field(default_factory=list)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(self.hu.shape)
-
-    @property
-    def normal(self) -> np.ndarray:
-        """Unit slice normal (row cosines x column cosines)."""
-        o = np.asarray(self.orientation, dtype=float)
-        n = np.cross(o[:3], o[3:])
-        return n / np.linalg.norm(n)
 
 
 # ----------------------------------------------------------------------------- header parsing
@@ -685,51 +631,3 @@ def read_series(path: str | os.PathLike, series_uid: str | None = None) -> CTVol
 
 
 # ----------------------------------------------------------------------------- npz volumes
-
-def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> CTVolume:
-    """Read a CT volume from DICOM (folder or file) or an OpenKBP-style ``.npz``.
-
-    Parameters
-    ----------
-    path : str or Path
-        DICOM folder/file, or ``.npz`` holding ``hu`` [slices, H, W] (HU) and ``spacing_mm``
-        [3] voxel size (x, y, z) in mm.
-    series_uid : str, optional
-        For DICOM input, as in :func:`read_series`.
-
-    Returns
-    -------
-    CTVolume
-        For ``.npz``: pixel spacing (y, x), slice spacing z, positions (0, 0, k z), axial
-        orientation, no header.
-    """
-    path = Path(path)
-    if path.suffix.lower() != ".npz":
-        return read_series(path, series_uid)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = {"hu", "spacing_mm"} - set(data.files)
-            if missing:
-                raise DicomReadError(f"{path}: missing arrays {sorted(missing)} (has {data.files})")
-            hu = np.asarray(data["hu"])
-            spacing = np.asarray(data["spacing_mm"], dtype=float).ravel()
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, DicomReadError):
-            raise
-        raise DicomReadError(f"{path}: not a readable .npz ({exc})") from exc
-    if hu.ndim == 2:
-        hu = hu[None]
-    if hu.ndim != 3 or spacing.shape != (3,) or not np.all(spacing > 0):
-        raise DicomReadError(f"{path}: expected hu [slices, H, W] and spacing_mm (x, y, z) > 0, got "
-                             f"hu {hu.shape}, spacing_mm {spacing.tolist()}")
-    if not np.issubdtype(hu.dtype, np.number) or not np.all(np.isfinite(hu)):
-        raise DicomReadError(f"{path}: hu must be finite numbers (dtype {hu.dtype})")
-    n = hu.shape[0]
-    positions = np.zeros((n, 3))
-    positions[:, 2] = np.arange(n) * spacing[2]
-    return CTVolume(
-        hu=hu.astype(np.float32), pixel_spacing_mm=(float(spacing[1]), float(spacing[0])),
-        slice_spacing_mm=float(spacing[2]) if n > 1 else None, positions=positions,
-        orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), files=[path] * n)

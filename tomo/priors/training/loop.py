@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import (CONFIG_NAME, TRAIN_STATE_NAME, WEIGHTS_NAME, PriorCheckpointError,
+from ..checkpoint import (CONFIG_NAME, TRAIN_STATE_NAME, WEIGHTS_NAME, PriorCheckpointError,
                          atomic_write_text, check_state_dict, load_config, load_tensors, save_config,
                          save_tensors)
-from .config import ARCHITECTURES, DEFAULT_HU_WINDOW, DEFAULT_PIXEL_SIZE_MM, default_schedule, make_config
-from .data import SliceSampler, collect_slices, pixel_statistics
-from .prior import DiffusionPrior, build_scheduler, build_unet, combine_output, skip_coefficients
-from .sampling import sample_grid   # imported up front: a long run must not pick up later edits
+from ..config import ARCHITECTURES, DEFAULT_HU_WINDOW, DEFAULT_PIXEL_SIZE_MM, default_schedule, make_config
+from ..training_data import SliceSampler, collect_slices, pixel_statistics
+from ..prior import DiffusionPrior, build_scheduler, build_unet, combine_output, skip_coefficients
+from ..sampling import sample_grid   # imported up front: a long run must not pick up later edits
 
 LOG_NAME = "log.csv"
 LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "patches_per_s", "elapsed_s"]
@@ -631,5 +631,5 @@ def _check_replicas_agree(model: torch.nn.Module, d: _Dist) -> None:
 
 def load_ema_prior(folder, device="cpu") -> DiffusionPrior:
     """The EMA prior of a training folder (same as :func:`tomo.priors.load_prior`)."""
-    from .prior import load_prior
+    from ..prior import load_prior
     return load_prior(folder, device=device)

@@ -3,7 +3,7 @@
 Protocol, for a HU slice on its own fine grid (e.g. 512 x 512 DICOM at its pixel spacing ``s``):
 
 1. HU are clipped to ``[-1024, 3071]`` and converted to attenuation
-   ``mu = 0.0192 / mm * (1 + HU / 1000)`` (:func:`tomo.metrics.hu_to_mu`).
+   ``mu = 0.0192 / mm * (1 + HU / 1000)`` (:func:`tomo.evaluation.scores.hu_to_mu`).
 2. The field of view is ``FOV = N s`` and the reconstruction grid ``grid x grid``
    (default 256) with pixel ``FOV / grid``. The geometry is defined on that coarse grid
    (:func:`protocol_geometry`):
@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from operators.geometry import FanBeam2D, ParallelBeam2D
 from tomo.io.sinogram import SinogramFile
-from tomo.metrics import HU_MAX, HU_MIN, hu_to_mu
+from operators.units import HU_MAX, HU_MIN, hu_to_mu
 
 __all__ = ["SimulationConfig", "CONFIGS", "protocol_geometry", "default_grid", "simulate_slice",
            "simulate_volume", "AIR_HU"]

@@ -1,0 +1,1 @@
+"""The evaluation protocol as library code (docs/evaluation.md): simulation and scores."""

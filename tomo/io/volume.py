@@ -1,0 +1,99 @@
+"""The CT volume read from any source, and :func:`read_volume`, which picks the reader by path.
+
+Readers live in one module per format (:mod:`tomo.io.dicom_read`, :mod:`tomo.io.npz_volume`);
+each returns a :class:`CTVolume` and refuses bad input with a :class:`VolumeReadError`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+__all__ = ["CTVolume", "VolumeReadError", "read_volume"]
+
+
+class VolumeReadError(ValueError):
+    """A file or folder that cannot be read as a CT volume; the message says why."""
+
+
+@dataclass
+class CTVolume:
+    """A CT volume in Hounsfield units with its patient geometry.
+
+    Attributes
+    ----------
+    hu : numpy.ndarray
+        float32 [slices, rows, cols], HU.
+    pixel_spacing_mm : tuple of float
+        (row spacing, column spacing), mm.
+    slice_spacing_mm : float or None
+        Median plane distance along the slice normal, mm; None for a single slice.
+    positions : numpy.ndarray
+        float64 [slices, 3], ImagePositionPatient (centre of the first pixel) of each slice, mm.
+    orientation : tuple of float
+        ImageOrientationPatient: row direction cosines then column direction cosines.
+    gantry_tilt_deg : float
+        Gantry tilt, degrees (0 when none).
+    irregular_spacing : bool
+        True when the slice planes are unevenly spaced (see ``positions`` for the truth).
+    warnings : list of str
+    header : pydicom.Dataset or None
+        Header (no pixel data) of the first slice; a writer copies patient/study modules
+        from it. None for volumes not read from DICOM.
+    series_uid, study_uid : str or None
+    transfer_syntaxes : list of str
+    files : list of Path
+        Source file of each slice (repeats for multi-frame files).
+    """
+    hu: np.ndarray
+    pixel_spacing_mm: tuple[float, float]
+    slice_spacing_mm: float | None
+    positions: np.ndarray
+    orientation: tuple[float, ...]
+    gantry_tilt_deg: float = 0.0
+    irregular_spacing: bool = False
+    warnings: list[str] = field(default_factory=list)
+    header: "Dataset | None" = None
+    series_uid: str | None = None
+    study_uid: str | None = None
+    transfer_syntaxes: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.hu.shape)
+
+    @property
+    def normal(self) -> np.ndarray:
+        """Unit slice normal (row cosines x column cosines)."""
+        o = np.asarray(self.orientation, dtype=float)
+        n = np.cross(o[:3], o[3:])
+        return n / np.linalg.norm(n)
+
+
+def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> CTVolume:
+    """Read a CT volume from DICOM (folder or file) or an OpenKBP-style ``.npz``.
+
+    Parameters
+    ----------
+    path : str or Path
+        DICOM folder/file, or ``.npz`` (see :func:`tomo.io.npz_volume.read_npz_volume`).
+    series_uid : str, optional
+        For DICOM input, as in :func:`tomo.io.dicom_read.read_series`.
+
+    Returns
+    -------
+    CTVolume
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".npz":
+        from .npz_volume import read_npz_volume
+        return read_npz_volume(path)
+    from .dicom_read import read_series
+    return read_series(path, series_uid)

@@ -1,0 +1,13 @@
+"""Reconstruction and restoration methods by name: the application layer above recon and solvers.
+
+- :mod:`tomo.methods.registry` -- :class:`MethodRegistry`, :func:`default_registry`,
+  :func:`reconstruct` (``reconstruct(sinogram, geometry, method="tv") -> mu`` [1/mm]).
+- :mod:`tomo.methods.classical` -- FBP, SIRT, CGLS, TV with the defaults tuned on train/.
+- :mod:`tomo.methods.diffusion` -- DDS and DPS on CT sinograms (the CT adapter of the solvers).
+- :mod:`tomo.methods.image_tasks` -- deblurring, super-resolution, in/outpainting on HU images.
+"""
+from .registry import (MethodOption, MethodRegistry, ReconMethod, ReconProblem, available_methods,
+                       default_registry, get_method, reconstruct)
+
+__all__ = ["reconstruct", "default_registry", "get_method", "available_methods", "MethodRegistry",
+           "MethodOption", "ReconMethod", "ReconProblem"]
