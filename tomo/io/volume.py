@@ -83,7 +83,8 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> CTVol
     Parameters
     ----------
     path : str or Path
-        DICOM folder/file, or ``.npz`` (see :func:`tomo.io.npz_volume.read_npz_volume`).
+        DICOM folder/file, ``.npz`` (see :func:`tomo.io.npz_volume.read_npz_volume`) or
+        ``.nii``/``.nii.gz`` (see :func:`tomo.io.nifti.read_nifti_volume`; needs nibabel).
     series_uid : str, optional
         For DICOM input, as in :func:`tomo.io.dicom_read.read_series`.
 
@@ -92,6 +93,9 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> CTVol
     CTVolume
     """
     path = Path(path)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        from .nifti import read_nifti_volume  # nibabel is optional: import only for NIfTI
+        return read_nifti_volume(path)
     if path.suffix.lower() == ".npz":
         from .npz_volume import read_npz_volume
         return read_npz_volume(path)
