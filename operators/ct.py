@@ -36,14 +36,19 @@ Memory
 A cached matrix pair takes about ``2 * nnz * (4 + 4)`` bytes in float32 (values + int32 column
 indices, for ``W`` and ``W^T``) plus the row pointers; e.g. 256 x 256 image, 180 views, 384 bins:
 21.2 M non-zeros, ~0.34 GB. :func:`estimate_matrix_bytes` predicts it from the geometry before
-building; above ``max_matrix_bytes`` (default 2 GiB, :func:`set_matrix_cache_limits`) the
-projector falls back to the ``"astra"`` backend. The cache holds at most ``max_total_bytes``
-(default 4 GiB) and evicts the least recently used geometry.
+building; above ``operators.settings.max_matrix_bytes`` (default 2 GiB,
+:func:`set_matrix_cache_limits`) the projector falls back to the ``"astra"`` backend. The
+process-wide cache holds at most ``settings.max_total_bytes`` (default 4 GiB) and evicts the
+least recently used geometry (:func:`matrix_cache_info`, :func:`clear_matrix_cache`).
+
+Threads
+-------
+CPU calls run under ``operators.settings.threads`` (default 1, see :mod:`operators.settings`)
+or the operator's own ``num_threads``.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import warnings
 from collections import OrderedDict
@@ -53,45 +58,22 @@ import numpy as np
 import torch
 
 from .base import AdjointOperator, LinearOperator
-from .geometry import FanBeam2D, Geometry, ParallelBeam2D, ParallelBeam3D, ConeBeam3D, _Beam2D, _Beam3D
+from .geometry import FanBeam2D, Geometry, ParallelBeam2D, _Beam2D, _Beam3D
+from .settings import set_threads, settings, torch_threads
 
 __all__ = ["CTProjector", "estimate_matrix_bytes", "system_matrix", "set_matrix_cache_limits", "set_matrix_threads",
            "matrix_cache_info", "clear_matrix_cache", "default_projector_type"]
 
-_GiB = 1024 ** 3
-_LIMITS = {"max_matrix_bytes": 2 * _GiB, "max_total_bytes": 4 * _GiB}
-#: threads for the sparse products (0 = leave torch's setting alone), see :func:`set_matrix_threads`
-_THREADS = {"n": 1}
 
 
 def set_matrix_threads(n: int) -> int:
-    """Number of CPU threads for CTProjector (validation + sparse products) and FBP on the CPU
-    (default 1; 0 = torch's global setting).
-
-    Why 1: on the project machine (2 cores shared with background jobs) torch's multi-threaded
-    CSR product waits for a busy second core: measured 256x256, 180 views, batch 16, forward +
-    back 0.155 s with 1 thread vs 0.35 s with 2 (load average 4.7); at batch 1 and 30 views
-    0.010 s vs 0.106 s. On an idle many-core machine more threads can pay off. Returns the old value.
-    """
+    """Older spelling of :func:`operators.set_threads` (``0`` meaning ``None``: torch's own
+    setting); returns the previous value the same way (``None`` as 0)."""
     n = int(n)
     if n < 0:
         raise ValueError(f"threads must be >= 0, got {n}")
-    old, _THREADS["n"] = _THREADS["n"], n
-    return old
-
-
-@contextmanager
-def _torch_threads(n: int):
-    """Run the block with ``torch.set_num_threads(n)`` (process-wide; restored afterwards)."""
-    old = torch.get_num_threads()
-    if n <= 0 or n == old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+    old = set_threads(n or None)
+    return old or 0
 
 
 def default_projector_type(geometry: Geometry) -> str:
@@ -186,6 +168,9 @@ def estimate_matrix_bytes(geometry: _Beam2D, dtype: torch.dtype = torch.float32,
 
 # ----- cache ----------------------------------------------------------------------------------------
 class _MatrixCache:
+    """LRU cache of system matrices, keyed by geometry, projector type and dtype; its bound is
+    ``settings.max_total_bytes`` at the time of each insertion."""
+
     def __init__(self):
         self.entries: "OrderedDict[tuple, tuple]" = OrderedDict()
         self.lock = threading.Lock()
@@ -205,20 +190,26 @@ class _MatrixCache:
         with self.lock:
             self.entries[key] = entry
             self.entries.move_to_end(key)
-            while len(self.entries) > 1 and self.total_bytes > _LIMITS["max_total_bytes"]:
+            while len(self.entries) > 1 and self.total_bytes > settings.max_total_bytes:
                 self.entries.popitem(last=False)
 
 
+#: the process-wide matrix cache (matrices are shared by every projector of the same geometry)
 _CACHE = _MatrixCache()
 
 
 def set_matrix_cache_limits(max_matrix_bytes: int | None = None, max_total_bytes: int | None = None) -> dict:
-    """Set the memory bounds (bytes) of one cached matrix pair and of the whole cache; returns them."""
+    """Set ``settings.max_matrix_bytes`` (one cached matrix pair) and ``settings.max_total_bytes``
+    (the whole cache), in bytes; ``None`` keeps a bound. Returns both bounds."""
     if max_matrix_bytes is not None:
-        _LIMITS["max_matrix_bytes"] = int(max_matrix_bytes)
+        settings.max_matrix_bytes = max_matrix_bytes
     if max_total_bytes is not None:
-        _LIMITS["max_total_bytes"] = int(max_total_bytes)
-    return dict(_LIMITS)
+        settings.max_total_bytes = max_total_bytes
+    return _limits()
+
+
+def _limits() -> dict:
+    return {"max_matrix_bytes": settings.max_matrix_bytes, "max_total_bytes": settings.max_total_bytes}
 
 
 def matrix_cache_info() -> dict:
@@ -226,7 +217,7 @@ def matrix_cache_info() -> dict:
     with _CACHE.lock:
         entries = [(k[3], k[4], str(k[2]), v[2]) for k, v in _CACHE.entries.items()]
         total = _CACHE.total_bytes
-    return {"entries": entries, "total_bytes": total, **_LIMITS}
+    return {"entries": entries, "total_bytes": total, **_limits()}
 
 
 def clear_matrix_cache() -> None:
@@ -323,11 +314,12 @@ class CTProjector(LinearOperator):
     projector_type : str, optional
         ASTRA CPU projector (default ``"linear"`` parallel, ``"line_fanflat"`` fan).
     max_matrix_bytes : int, optional
-        Memory bound for this operator's cached matrix pair (default: the module-wide bound,
-        2 GiB, see :func:`set_matrix_cache_limits`).
+        Memory bound for this operator's cached matrix pair (default:
+        ``operators.settings.max_matrix_bytes``, 2 GiB, see :func:`set_matrix_cache_limits`).
     num_threads : int, optional
-        CPU threads for the sparse products (default: :func:`set_matrix_threads`, 1; 0 = torch's
-        global setting).
+        CPU threads of this operator's calls (input checks and sparse products); default
+        ``operators.settings.threads`` read at each call (1 unless changed with
+        :func:`operators.set_threads`); 0 = leave torch's setting alone.
 
     Shapes
     ------
@@ -361,6 +353,8 @@ class CTProjector(LinearOperator):
         super().__init__(geometry.image_shape, out_shape, device)
         self.projector_type = projector_type
         self.max_matrix_bytes = int(max_matrix_bytes) if max_matrix_bytes is not None else None
+        if num_threads is not None and int(num_threads) < 0:
+            raise ValueError(f"num_threads must be >= 0 (0 = torch's setting), got {num_threads}")
         self.num_threads = None if num_threads is None else int(num_threads)
         self.backend = self._choose_backend(backend)
         self._impl = None
@@ -412,7 +406,7 @@ class CTProjector(LinearOperator):
         return backend
 
     def _bound(self) -> int:
-        return self.max_matrix_bytes if self.max_matrix_bytes is not None else _LIMITS["max_matrix_bytes"]
+        return self.max_matrix_bytes if self.max_matrix_bytes is not None else settings.max_matrix_bytes
 
     def estimated_matrix_bytes(self, dtype: torch.dtype = torch.float32) -> int:
         """Predicted bytes of this geometry's cached ``W``/``W^T`` pair (2D only)."""
@@ -427,10 +421,13 @@ class CTProjector(LinearOperator):
         return None if hit is None else hit[2]
 
     # ----- kernels --------------------------------------------------------------------------------------
-    def _threads(self) -> int:
+    def _threads(self) -> int | None:
+        """Threads for this call: ``None`` = leave torch's setting alone (always on a GPU)."""
         if self.device.type != "cpu":
-            return 0
-        return self.num_threads if self.num_threads is not None else _THREADS["n"]
+            return None
+        if self.num_threads is None:
+            return settings.threads
+        return self.num_threads or None
 
     def _matrices(self, dtype):
         if self.device.type != "cpu":  # GPU copy kept by this operator (not in the CPU cache's budget)
@@ -444,11 +441,11 @@ class CTProjector(LinearOperator):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # validation and reshapes run under the same thread setting as the products: a
         # 2-thread isfinite() over a batch stalled ~90 ms on the loaded 2-core machine
-        with _torch_threads(self._threads()):
+        with torch_threads(self._threads()):
             return super().forward(x)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        with _torch_threads(self._threads()):
+        with torch_threads(self._threads()):
             return super().adjoint(y)
 
     @property
@@ -460,7 +457,7 @@ class CTProjector(LinearOperator):
         n = x.shape[0]
         if self.backend == "matrix":
             w, _ = self._matrices(x.dtype)
-            with _torch_threads(self._threads()):
+            with torch_threads(self._threads()):
                 y = _blocked_product(w, x.reshape(n, -1), _BLOCK_BYTES["forward"])
             return y.T.reshape((n,) + self.out_shape).contiguous()
         if self.backend == "astra":
@@ -471,7 +468,7 @@ class CTProjector(LinearOperator):
         n = y.shape[0]
         if self.backend == "matrix":
             _, wt = self._matrices(y.dtype)
-            with _torch_threads(self._threads()):
+            with torch_threads(self._threads()):
                 x = _blocked_product(wt, y.reshape(n, -1), _BLOCK_BYTES["adjoint"])
             return x.T.reshape((n,) + self.in_shape).contiguous()
         if self.backend == "astra":
@@ -501,9 +498,9 @@ class _CTAdjoint(AdjointOperator):
     """``CTProjector.T``: an :class:`AdjointOperator` that keeps the projector's thread setting."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with _torch_threads(self.op._threads()):
+        with torch_threads(self.op._threads()):
             return super().forward(x)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        with _torch_threads(self.op._threads()):
+        with torch_threads(self.op._threads()):
             return super().adjoint(y)

@@ -31,6 +31,7 @@ import torch
 
 from .base import check_tensor
 from .geometry import FanBeam2D, ParallelBeam2D, _Beam2D
+from .settings import settings, torch_threads
 
 __all__ = ["fbp", "FBP", "FILTERS", "filter_response"]
 
@@ -133,13 +134,20 @@ class FBP(torch.nn.Module):
         ``"ram-lak"``, ``"shepp-logan"``, ``"cosine"``, ``"hamming"`` or ``"hann"``.
     cutoff : float
         Frequency cut-off as a fraction of the Nyquist frequency, in (0, 1].
+    num_threads : int, optional
+        CPU threads of each call; default ``operators.settings.threads`` read at each call (1
+        unless changed with :func:`operators.set_threads`); 0 = leave torch's setting alone.
 
     Call with a sinogram tensor ``[..., views, detectors]`` of line integrals (dimensionless);
     returns mu in 1/mm, ``[..., H, W]``, differentiable, on the sinogram's device and dtype.
     """
 
-    def __init__(self, geometry: _Beam2D, filter: str = "ram-lak", cutoff: float = 1.0):
+    def __init__(self, geometry: _Beam2D, filter: str = "ram-lak", cutoff: float = 1.0,
+                 num_threads: int | None = None):
         super().__init__()
+        if num_threads is not None and int(num_threads) < 0:
+            raise ValueError(f"num_threads must be >= 0 (0 = torch's setting), got {num_threads}")
+        self.num_threads = None if num_threads is None else int(num_threads)
         if not isinstance(geometry, (ParallelBeam2D, FanBeam2D)):
             raise TypeError(f"FBP needs a ParallelBeam2D or FanBeam2D geometry, got {type(geometry).__name__}")
         self.geometry = geometry
@@ -222,9 +230,9 @@ class FBP(torch.nn.Module):
     def forward(self, sinogram: torch.Tensor) -> torch.Tensor:
         check_tensor(sinogram, "sinogram")
         if sinogram.device.type == "cpu":
-            # same CPU thread policy as CTProjector (operators.set_matrix_threads, default 1)
-            from .ct import _THREADS, _torch_threads
-            with _torch_threads(_THREADS["n"]):
+            # the same CPU thread policy as CTProjector (operators.settings.threads)
+            threads = settings.threads if self.num_threads is None else (self.num_threads or None)
+            with torch_threads(threads):
                 return self._reconstruct(sinogram)
         return self._reconstruct(sinogram)
 
@@ -243,9 +251,10 @@ class FBP(torch.nn.Module):
         return image.reshape(tuple(lead) + tuple(g.image_shape))
 
 
-def fbp(sinogram: torch.Tensor, geometry: _Beam2D, filter: str = "ram-lak", cutoff: float = 1.0) -> torch.Tensor:
+def fbp(sinogram: torch.Tensor, geometry: _Beam2D, filter: str = "ram-lak", cutoff: float = 1.0,
+        num_threads: int | None = None) -> torch.Tensor:
     """Filtered back-projection: line integrals ``[..., views, detectors]`` -> mu [1/mm] ``[..., H, W]``.
 
     See :class:`FBP` (this builds one and applies it).
     """
-    return FBP(geometry, filter=filter, cutoff=cutoff)(sinogram)
+    return FBP(geometry, filter=filter, cutoff=cutoff, num_threads=num_threads)(sinogram)

@@ -25,9 +25,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import MISSING, dataclass, fields
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
+
+from .validation import positive_float, positive_int, positive_shape
 
 __all__ = [
     "Geometry", "ParallelBeam2D", "FanBeam2D", "ParallelBeam3D", "ConeBeam3D",
@@ -35,41 +37,6 @@ __all__ = [
 ]
 
 # ----- validation helpers ---------------------------------------------------------------------------
-def _positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-        v = float(arr.reshape(-1)[0]) if arr.size == 1 else None  # 0-d or 1-element arrays from .npz files
-    except (TypeError, ValueError):
-        v = None
-    if v is None:
-        raise ValueError(f"{name} must be a single number, got {value!r}")
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {v}")
-    return v
-
-
-def _positive_int(value: Any, name: str) -> int:
-    arr = np.asarray(value)
-    if arr.ndim != 0 or not (np.issubdtype(arr.dtype, np.integer)
-                             or (np.issubdtype(arr.dtype, np.floating) and float(arr) == int(arr))):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    v = int(arr)
-    if v <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {v}")
-    return v
-
-
-def _shape(value: Any, name: str, ndim: int) -> tuple:
-    try:
-        items = tuple(np.asarray(value).reshape(-1).tolist())
-    except Exception as exc:  # noqa: BLE001 - any unparsable input is a user error
-        raise ValueError(f"{name} must be a sequence of {ndim} positive integers, got {value!r}") from exc
-    if len(items) != ndim:
-        raise ValueError(f"{name} must have {ndim} entries, got {value!r}")
-    return tuple(_positive_int(v, f"{name}[{i}]") for i, v in enumerate(items))
-
-
 def _angles(value: Any) -> tuple:
     try:
         arr = np.asarray(value, dtype=np.float64)
@@ -160,11 +127,11 @@ class _Beam2D(Geometry):
     ndim = 2
 
     def __post_init__(self):
-        _set(self, "image_shape", _shape(self.image_shape, "image_shape", 2))
-        _set(self, "pixel_spacing_mm", _positive_float(self.pixel_spacing_mm, "pixel_spacing_mm"))
+        _set(self, "image_shape", positive_shape(self.image_shape, "image_shape", 2))
+        _set(self, "pixel_spacing_mm", positive_float(self.pixel_spacing_mm, "pixel_spacing_mm"))
         _set(self, "angles", _angles(self.angles))
-        _set(self, "detector_count", _positive_int(self.detector_count, "detector_count"))
-        _set(self, "detector_spacing_mm", _positive_float(self.detector_spacing_mm, "detector_spacing_mm"))
+        _set(self, "detector_count", positive_int(self.detector_count, "detector_count"))
+        _set(self, "detector_spacing_mm", positive_float(self.detector_spacing_mm, "detector_spacing_mm"))
         self._validate_extra()
 
     def _validate_extra(self):
@@ -246,8 +213,8 @@ class FanBeam2D(_Beam2D):
     def _validate_extra(self):
         if self.source_origin_mm is None or self.origin_detector_mm is None:
             raise ValueError("FanBeam2D needs source_origin_mm and origin_detector_mm")
-        _set(self, "source_origin_mm", _positive_float(self.source_origin_mm, "source_origin_mm"))
-        _set(self, "origin_detector_mm", _positive_float(self.origin_detector_mm, "origin_detector_mm",
+        _set(self, "source_origin_mm", positive_float(self.source_origin_mm, "source_origin_mm"))
+        _set(self, "origin_detector_mm", positive_float(self.origin_detector_mm, "origin_detector_mm",
                                                           allow_zero=True))
         half_diag = 0.5 * math.hypot(*self.extent_mm)
         if self.source_origin_mm <= half_diag:
@@ -281,19 +248,19 @@ class _Beam3D(Geometry):
     ndim = 3
 
     def __post_init__(self):
-        _set(self, "volume_shape", _shape(self.volume_shape, "volume_shape", 3))
-        _set(self, "voxel_spacing_mm", _positive_float(self.voxel_spacing_mm, "voxel_spacing_mm"))
+        _set(self, "volume_shape", positive_shape(self.volume_shape, "volume_shape", 3))
+        _set(self, "voxel_spacing_mm", positive_float(self.voxel_spacing_mm, "voxel_spacing_mm"))
         _set(self, "angles", _angles(self.angles))
-        _set(self, "detector_rows", _positive_int(self.detector_rows, "detector_rows"))
-        _set(self, "detector_cols", _positive_int(self.detector_cols, "detector_cols"))
+        _set(self, "detector_rows", positive_int(self.detector_rows, "detector_rows"))
+        _set(self, "detector_cols", positive_int(self.detector_cols, "detector_cols"))
         try:
             sp = list(np.asarray(self.detector_spacing_mm, dtype=object).reshape(-1))
         except Exception:  # noqa: BLE001
             sp = []
         if len(sp) != 2:
             raise ValueError(f"detector_spacing_mm must be (row, col) in mm, got {self.detector_spacing_mm!r}")
-        _set(self, "detector_spacing_mm", (_positive_float(sp[0], "detector_spacing_mm[0]"),
-                                           _positive_float(sp[1], "detector_spacing_mm[1]")))
+        _set(self, "detector_spacing_mm", (positive_float(sp[0], "detector_spacing_mm[0]"),
+                                           positive_float(sp[1], "detector_spacing_mm[1]")))
         self._validate_extra()
 
     def _validate_extra(self):
@@ -367,8 +334,8 @@ class ConeBeam3D(_Beam3D):
     def _validate_extra(self):
         if self.source_origin_mm is None or self.origin_detector_mm is None:
             raise ValueError("ConeBeam3D needs source_origin_mm and origin_detector_mm")
-        _set(self, "source_origin_mm", _positive_float(self.source_origin_mm, "source_origin_mm"))
-        _set(self, "origin_detector_mm", _positive_float(self.origin_detector_mm, "origin_detector_mm",
+        _set(self, "source_origin_mm", positive_float(self.source_origin_mm, "source_origin_mm"))
+        _set(self, "origin_detector_mm", positive_float(self.origin_detector_mm, "origin_detector_mm",
                                                           allow_zero=True))
         d, h, w = self.volume_shape
         half_diag = 0.5 * self.voxel_spacing_mm * math.hypot(h, w)

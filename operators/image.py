@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import LinearOperator, check_tensor
-from .geometry import _positive_float, _positive_int, _shape
+from .validation import positive_float, positive_int, positive_shape
 
 __all__ = ["Identity", "Convolution", "GaussianBlur", "MotionBlur", "Downsample", "Mask", "Inpaint", "Outpaint",
            "box_mask", "random_mask", "gaussian_kernel", "motion_kernel"]
@@ -39,8 +39,8 @@ class Identity(LinearOperator):
 # ----- convolutions ---------------------------------------------------------------------------------
 def gaussian_kernel(sigma_px: float, kernel_size: int | None = None, dtype=torch.float64) -> torch.Tensor:
     """Normalised 2D Gaussian kernel ``[K, K]`` (``K`` odd, default ``2 * ceil(3 sigma) + 1``)."""
-    sigma = _positive_float(sigma_px, "sigma_px")
-    k = 2 * math.ceil(3 * sigma) + 1 if kernel_size is None else _positive_int(kernel_size, "kernel_size")
+    sigma = positive_float(sigma_px, "sigma_px")
+    k = 2 * math.ceil(3 * sigma) + 1 if kernel_size is None else positive_int(kernel_size, "kernel_size")
     if k % 2 == 0:
         raise ValueError(f"kernel_size must be odd, got {k}")
     r = torch.arange(k, dtype=dtype) - (k - 1) / 2
@@ -53,7 +53,7 @@ def motion_kernel(length_px: float, angle_rad: float, dtype=torch.float64) -> to
     """Normalised linear motion-blur kernel: a centred segment of ``length_px`` pixels at
     ``angle_rad`` (counter-clockwise from the +x axis, image rows pointing down), rasterised
     with bilinear weights from 16 samples per pixel of length."""
-    length = _positive_float(length_px, "length_px")
+    length = positive_float(length_px, "length_px")
     angle = float(angle_rad)
     if not math.isfinite(angle):
         raise ValueError(f"angle_rad must be finite, got {angle_rad}")
@@ -83,7 +83,7 @@ class Convolution(LinearOperator):
     """
 
     def __init__(self, shape: Sequence[int], kernel: torch.Tensor, device="cpu"):
-        shape = _shape(shape, "shape", 2)
+        shape = positive_shape(shape, "shape", 2)
         check_tensor(kernel, "kernel")
         if kernel.dim() != 2 or kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
             raise ValueError(f"kernel must be 2D with odd sizes, got shape {tuple(kernel.shape)}")
@@ -126,8 +126,8 @@ class Downsample(LinearOperator):
     """
 
     def __init__(self, shape: Sequence[int], factor: int, device="cpu"):
-        shape = _shape(shape, "shape", 2)
-        factor = _positive_int(factor, "factor")
+        shape = positive_shape(shape, "shape", 2)
+        factor = positive_int(factor, "factor")
         if factor not in (2, 4):
             raise ValueError(f"factor must be 2 or 4, got {factor}")
         if shape[0] % factor or shape[1] % factor:
@@ -191,15 +191,15 @@ class Outpaint(Mask):
     """
 
     def __init__(self, shape: Sequence[int], keep, device="cpu"):
-        shape = _shape(shape, "shape", 2)
+        shape = positive_shape(shape, "shape", 2)
         if isinstance(keep, float):
             if not (0 < keep <= 1):
                 raise ValueError(f"keep as a fraction must be in (0, 1], got {keep}")
             kh, kw = max(1, round(shape[0] * keep)), max(1, round(shape[1] * keep))
         elif isinstance(keep, int):
-            kh = kw = _positive_int(keep, "keep")
+            kh = kw = positive_int(keep, "keep")
         else:
-            kh, kw = _shape(keep, "keep", 2)
+            kh, kw = positive_shape(keep, "keep", 2)
         if kh > shape[0] or kw > shape[1]:
             raise ValueError(f"keep region {(kh, kw)} is larger than the image {shape}")
         mask = torch.zeros(shape, dtype=torch.bool)
@@ -211,7 +211,7 @@ class Outpaint(Mask):
 
 def box_mask(shape: Sequence[int], box: Sequence[int]) -> torch.Tensor:
     """Bool mask of ``shape`` that is False (missing) inside ``box = (top, left, height, width)``."""
-    h, w = _shape(shape, "shape", 2)
+    h, w = positive_shape(shape, "shape", 2)
     if len(tuple(box)) != 4:
         raise ValueError(f"box must be (top, left, height, width), got {box!r}")
     top, left, bh, bw = (int(v) for v in box)
@@ -225,7 +225,7 @@ def box_mask(shape: Sequence[int], box: Sequence[int]) -> torch.Tensor:
 def random_mask(shape: Sequence[int], fraction_missing: float, seed: int = 0) -> torch.Tensor:
     """Bool mask with exactly ``round(fraction_missing * H * W)`` missing pixels, chosen uniformly
     at random (deterministic for a given ``seed``)."""
-    h, w = _shape(shape, "shape", 2)
+    h, w = positive_shape(shape, "shape", 2)
     frac = float(fraction_missing)
     if not (0 <= frac < 1):
         raise ValueError(f"fraction_missing must be in [0, 1), got {fraction_missing}")

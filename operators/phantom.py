@@ -7,8 +7,8 @@ import math
 import numpy as np
 import torch
 
-from .geometry import _positive_float, _shape, _positive_int
 from .units import MU_WATER_PER_MM
+from .validation import positive_float, positive_int, positive_shape
 
 __all__ = ["shepp_logan"]
 
@@ -55,10 +55,10 @@ def shepp_logan(shape=(256, 256), pixel_spacing_mm: float = 1.0, *, water_mu: fl
     torch.Tensor
         ``[H, W]`` mu in 1/mm; row 0 is the top (largest y), as in ASTRA.
     """
-    h, w = _shape(shape, "shape", 2)
-    _positive_float(pixel_spacing_mm, "pixel_spacing_mm")
-    water_mu = _positive_float(water_mu, "water_mu")
-    ss = _positive_int(supersample, "supersample")
+    h, w = positive_shape(shape, "shape", 2)
+    positive_float(pixel_spacing_mm, "pixel_spacing_mm")
+    water_mu = positive_float(water_mu, "water_mu")
+    ss = positive_int(supersample, "supersample")
     half = min(h, w) / 2  # pixels per phantom unit
     # sub-sample centres in phantom units (x right, y up)
     sub = (np.arange(ss) + 0.5) / ss
