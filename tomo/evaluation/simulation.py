@@ -43,8 +43,8 @@ import torch
 from tqdm.auto import tqdm
 
 from operators.geometry import FanBeam2D, ParallelBeam2D
-from tomo.io.sinogram import SinogramFile
 from operators.units import HU_MAX, HU_MIN, hu_to_mu
+from tomo.io.sinogram import SinogramFile
 
 __all__ = ["SimulationConfig", "CONFIGS", "protocol_geometry", "default_grid", "simulate_slice",
            "simulate_volume", "AIR_HU"]
@@ -223,7 +223,7 @@ def simulate_volume(hu, pixel_spacing_mm, config: SimulationConfig | str, *, gri
     projector = CTProjector(fine_geometry, backend="astra")
     noise = _noise_model(config.i0)
     sinos, refs = [], []
-    for k in tqdm(range(stack.shape[0]), desc="simulate", disable=not progress, leave=False):
+    for k in tqdm(range(stack.shape[0]), desc="simulate", disable=None if progress else True, leave=False):
         mu = torch.from_numpy(hu_to_mu(stack[k]))
         p = projector(mu)
         if noise is not None:

@@ -1,0 +1,193 @@
+"""The evaluation library: cases, runner, report schema, baselines, tuning grids, machine (tiny data)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from operators.units import hu_to_mu
+from tomo.evaluation.cases import (
+    Slice,
+    build_cases,
+    build_operators,
+    load_dev_slices,
+    load_train_slices,
+    task_reference,
+)
+from tomo.evaluation.machine import machine_info
+from tomo.evaluation.report import (
+    Record,
+    Summary,
+    mean_table,
+    per_case_tables,
+    settings_table,
+    summarise,
+    write_json,
+    write_section,
+)
+from tomo.evaluation.runner import evaluate, evaluate_registry, evaluate_task, registry_options, task_cases
+from tomo.evaluation.scores import psnr
+from tomo.evaluation.simulation import simulate_volume
+from tomo.evaluation.tuning import parse_grid, settings_grid
+from tomo.methods import MethodOption, MethodRegistry
+
+
+def _disk(n=32, radius=0.35, hu_in=0.0):
+    yy, xx = np.mgrid[:n, :n] / n - 0.5
+    return np.where(xx ** 2 + yy ** 2 < radius ** 2, hu_in, -1000.0).astype(np.float32)
+
+
+@pytest.fixture
+def slices():
+    return [Slice("a", _disk(), (1.0, 1.0)), Slice("b", _disk(hu_in=200.0), (1.0, 1.0))]
+
+
+# ----- cases -------------------------------------------------------------------------------------
+def test_build_cases_simulates_with_seed_plus_index(slices):
+    cases = build_cases(slices, "parallel-8", seed=5)
+    assert [(c.name, c.config, c.index) for c in cases] == [("a", "parallel-8", 0), ("b", "parallel-8", 1)]
+    direct = simulate_volume(slices[1].hu, (1.0, 1.0), "parallel-8", seed=6, progress=False)
+    np.testing.assert_array_equal(cases[1].data.sinogram, direct.sinogram)
+    assert cases[1].problem.i0 == direct.i0 and cases[1].geometry == direct.geometry
+    assert len(build_operators(cases)) == 2 and cases[0].problem._operator is not None
+
+
+def test_loaders_refuse_a_folder_without_the_slices(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--data"):
+        load_dev_slices(tmp_path)
+    with pytest.raises(FileNotFoundError, match="--data"):
+        load_train_slices(tmp_path)
+
+
+def test_load_dev_slices_reads_every_dicom_sorted(tmp_path):
+    from tomo.io.dicom_write import write_series
+    for study in ("p2", "p1"):
+        write_series(_disk()[None], tmp_path / "dev" / "dicom" / study, pixel_spacing_mm=0.8,
+                     description="test", derivation="test")
+    got = load_dev_slices(tmp_path)
+    assert [s.name for s in got] == ["p1/CT000001.dcm", "p2/CT000001.dcm"]
+    assert got[0].hu.shape == (32, 32) and got[0].pixel_spacing_mm == pytest.approx((0.8, 0.8))
+    np.testing.assert_allclose(got[0].hu, _disk(), atol=1.0)
+    assert len(load_dev_slices(tmp_path, limit=1)) == 1
+
+
+def test_real_dev_set_is_the_18_slices(shared_data):
+    names = [s.name for s in load_dev_slices(shared_data)]
+    assert len(names) == 18 and names == sorted(names)
+
+
+def test_task_reference_longer_side_and_multiple():
+    ref = task_reference(np.full((300, 200), 5000.0, np.float32), size=256, multiple=4)
+    assert ref.shape == (256, 172) and ref.dtype == np.float32
+    assert ref.max() == pytest.approx(3071.0)   # clipped to the HU range before resizing
+
+
+# ----- runner ------------------------------------------------------------------------------------
+def test_evaluate_scores_against_the_reference(slices):
+    cases = build_cases(slices, "parallel-8")
+    perfect = evaluate(lambda sino, case: torch.from_numpy(hu_to_mu(case.data.hu_reference)), cases,
+                       name="oracle", verbose=False)
+    assert all(r.psnr > 60 and r.ssim == pytest.approx(1.0, abs=1e-4) for r in perfect)
+    fbp = evaluate_registry("fbp", cases, verbose=False)
+    assert [r.case for r in fbp] == ["a", "b"] and all(np.isfinite(r.psnr) and r.psnr < 60 for r in fbp)
+    assert all(r.network_evaluations == 0 and r.seconds >= 0 for r in fbp)
+
+
+def test_evaluate_registry_passes_settings_and_seeds_each_case(slices):
+    registry = MethodRegistry()
+    seen = []
+
+    def run(sinogram, problem, *, seed=0, level=0.0):
+        seen.append((seed, level))
+        return torch.full((sinogram.shape[0],) + problem.geometry.image_shape, level)
+
+    registry.register("const", run, help="constant", options=(MethodOption("--seed", "seed", int),
+                                                              MethodOption("--level", "level", float)))
+    cases = build_cases(slices, "parallel-8")
+    records = evaluate_registry("const", cases, {"level": 0.01}, registry=registry, verbose=False)
+    assert seen == [(0, 0.01), (1, 0.01)]
+    assert records[0].settings == {"level": 0.01}
+    evaluate_registry("const", cases, {"seed": 7}, registry=registry, verbose=False)
+    assert seen[-2:] == [(7, 0.0), (7, 0.0)]
+
+
+def test_registry_options_for_the_diffusion_solvers():
+    opts = registry_options("dds", {"bf16": True, "weighted": True, "model_error": 0.05, "init": None,
+                                    "start": 0.2, "steps": 5})
+    assert opts == {"autocast_dtype": torch.bfloat16, "init": "none", "start": 1.0, "steps": 5}
+    with pytest.raises(ValueError, match="weighted=false"):
+        registry_options("dds", {"weighted": False})
+    with pytest.raises(ValueError, match="model_error"):
+        registry_options("dps", {"model_error": 0.1})
+    assert registry_options("tv", {"model_error": 0.1}) == {"model_error": 0.1}   # TV's own option
+
+
+def test_wiener_baseline_beats_the_blurred_image():
+    hu = _disk(64, 0.3, 400.0)
+    hu[20:28, 30:34] = 1000.0
+    [case] = task_cases([Slice("s", hu, (1.0, 1.0))], "deblur", noise_hu=2.0)
+    rec, = evaluate_task("wiener", [case], {"balance": 0.005}, verbose=False)
+    assert rec.psnr > psnr(case.measurement.numpy(), case.reference) + 1.0
+    assert rec.config == "deblur" and rec.network_evaluations == 0
+
+
+# ----- report ------------------------------------------------------------------------------------
+def _records():
+    return [Record("s1", "p30", "fbp", 20.0, 0.5, 1.0), Record("s2", "p30", "fbp", 22.0, 0.7, 3.0),
+            Record("s1", "p30", "dds", 25.0, 0.8, 10.0, 50, {"steps": 50})]
+
+
+def test_summarise_means_and_order():
+    fbp, dds = summarise(_records())
+    assert (fbp.method, fbp.n, fbp.psnr, fbp.psnr_std, fbp.seconds) == ("fbp", 2, 21.0, 1.0, 2.0)
+    assert fbp.ssim == pytest.approx(0.6) and fbp.cases == ["s1", "s2"] and fbp.psnr_each == [20.0, 22.0]
+    assert (dds.network_evaluations, dds.settings) == (50, {"steps": 50})
+    assert Summary.from_dict(json.loads(json.dumps(dds.as_dict()))) == dds
+
+
+def test_json_keys_of_the_committed_reports(tmp_path):
+    recs = _records()
+    write_json(tmp_path / "r.json", {"command": "x"}, summarise(recs), recs)
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert set(data) == {"meta", "runs", "records"}
+    assert {"config", "method", "slice", "psnr", "ssim", "seconds", "network_evaluations"} <= set(data["records"][0])
+    assert {"n", "psnr", "ssim", "seconds_per_slice", "nfe", "settings", "slices", "psnr_each"} <= set(data["runs"][0])
+
+
+def test_markdown_tables():
+    summaries = summarise(_records())
+    lines = settings_table(summaries)
+    assert lines[0] == "| config | method | settings | n | PSNR [dB] | SSIM | s / slice | network evals |"
+    assert lines[2] == "| p30 | fbp | default | 2 | 21.00 | 0.6000 | 2.0 | 0 |"
+    assert lines[3] == "| p30 | dds | steps=50 | 1 | 25.00 | 0.8000 | 10.0 | 50 |"
+    assert mean_table(summaries)[2] == "| p30 | fbp | 2 | 21.00 (1.00) | 0.6000 (0.1000) | 2.00 |"
+    per_case = per_case_tables(_records())
+    assert "| slice | fbp | dds |" in per_case and "| s2 | 22.00 / 0.700 | - |" in per_case
+
+
+def test_write_section_replaces_only_its_block(tmp_path):
+    path = tmp_path / "b.md"
+    path.write_text("# title\n\nnotes\n")
+    write_section(path, "ct", "first")
+    write_section(path, "tasks", "tasks")
+    write_section(path, "ct", "second")
+    text = path.read_text()
+    assert text.startswith("# title\n\nnotes\n") and "first" not in text
+    assert text.index("<!-- ct:begin -->\nsecond\n<!-- ct:end -->") < text.index("<!-- tasks:begin -->")
+
+
+# ----- tuning grids and machine ------------------------------------------------------------------
+def test_parse_grid_and_settings_grid():
+    grid = parse_grid(["eta=0.5,0.85", "steps=10", "init=none,tv", "bf16=true"])
+    assert grid == {"eta": [0.5, 0.85], "steps": [10], "init": [None, "tv"], "bf16": [True]}
+    combos = list(settings_grid({"a": [1, 2], "b": ["x", "y"]}, {"c": 0}))
+    assert combos[:2] == [{"c": 0, "a": 1, "b": "x"}, {"c": 0, "a": 1, "b": "y"}] and len(combos) == 4
+    assert list(settings_grid({}, {"c": 0})) == [{"c": 0}]
+    with pytest.raises(ValueError, match="key=v1"):
+        parse_grid(["eta"])
+
+
+def test_machine_info_describes_hardware_and_software():
+    info = machine_info()
+    assert info.cores >= 1 and info.threads == torch.get_num_threads() and info.torch == torch.__version__
+    assert f"torch {torch.__version__}" in info.describe() and set(info.as_dict()) >= {"cpu", "astra", "date"}

@@ -1,0 +1,189 @@
+"""Run methods on evaluation cases and score them (:class:`~tomo.evaluation.report.Record` per case).
+
+* :func:`evaluate` -- any callable ``method(sinogram [views, detectors], case) -> mu [H, W]``
+  (1/mm) on the CT cases of :func:`tomo.evaluation.cases.build_cases`.
+* :func:`evaluate_registry` -- a method of the registry (:func:`tomo.methods.default_registry`:
+  fbp, sirt, cgls, tv, dds, dps and user-registered ones) with given settings.
+* :func:`task_cases` / :func:`evaluate_task` -- the image-restoration tasks: baselines of
+  :mod:`tomo.evaluation.baselines` and the diffusion solvers of :mod:`tomo.methods.image_tasks`.
+
+Scores: :func:`~tomo.evaluation.scores.psnr` and :func:`~tomo.evaluation.scores.ssim` of the HU
+image against the case's reference. Time: wall time of the method call (CUDA synchronised).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from operators.units import mu_to_hu
+from tomo.methods.diffusion import DDS_DEFAULTS, DPS_DEFAULTS
+from tomo.methods.registry import MethodRegistry, default_registry
+
+from .baselines import run_baseline
+from .cases import Case, task_reference
+from .report import Record
+from .scores import psnr, ssim
+
+__all__ = ["MethodFn", "evaluate", "evaluate_registry", "registry_options", "TaskCase", "task_cases",
+           "evaluate_task"]
+
+#: ``method(sinogram [views, detectors] float32 tensor on the case's device, case) -> mu [H, W] (1/mm)``
+MethodFn = Callable[[torch.Tensor, Case], torch.Tensor]
+
+_SOLVER_DEFAULTS = {"dds": DDS_DEFAULTS, "dps": DPS_DEFAULTS}
+
+
+def _timed(fn, *args, **kwargs):
+    """``(fn(*args, **kwargs), wall seconds)``, waiting for CUDA work to finish."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    if isinstance(out, torch.Tensor) and out.device.type == "cuda":
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t0
+
+
+def _record(hu, ref, case: str, config: str, method: str, seconds: float, nfe: int, settings: dict,
+            verbose: bool) -> Record:
+    rec = Record(case, config, method, float(psnr(hu, ref)), float(ssim(hu, ref)), seconds, nfe, dict(settings))
+    if verbose:
+        print(f"  {config:12s} {method:6s} {case:55s} PSNR {rec.psnr:6.2f}  SSIM {rec.ssim:.4f}  {seconds:7.2f} s",
+              flush=True)
+    return rec
+
+
+def evaluate(method: MethodFn, cases: list[Case], *, name: str, settings: dict | None = None,
+             network_evaluations: int = 0, verbose: bool = True) -> list[Record]:
+    """Run ``method`` on every case and score it; one :class:`Record` per case.
+
+    ``settings`` and ``network_evaluations`` (per case) are stored in the records as given.
+    """
+    records = []
+    for case in cases:
+        sino = torch.from_numpy(case.data.sinogram).to(case.problem.device)
+        mu, seconds = _timed(method, sino, case)
+        mu = mu.detach().cpu().numpy() if isinstance(mu, torch.Tensor) else np.asarray(mu)
+        hu = mu_to_hu(mu.astype(np.float32))
+        records.append(_record(hu, case.data.hu_reference, case.name, case.config, name, seconds,
+                               network_evaluations, settings or {}, verbose))
+    return records
+
+
+def registry_options(name: str, settings: dict) -> dict:
+    """The registry options of ``settings`` in the benchmarks' vocabulary.
+
+    For ``dds``/``dps``: ``bf16=True`` becomes ``autocast_dtype=torch.bfloat16``; ``init`` None or
+    ``"none"`` is a cold start (``start=1``); ``weighted`` and ``model_error`` are accepted only at
+    the registry's own data term (Poisson weights with the 0.05 floor of
+    :data:`tomo.methods.classical.DEFAULT_MODEL_ERROR`), which they cannot change.
+    Other methods take ``settings`` unchanged.
+    """
+    options = dict(settings)
+    if name not in _SOLVER_DEFAULTS:
+        return options
+    from tomo.methods.classical import DEFAULT_MODEL_ERROR
+    if not options.pop("weighted", True) or options.pop("model_error", DEFAULT_MODEL_ERROR) != DEFAULT_MODEL_ERROR:
+        raise ValueError(f"the registry's {name} weights the data with Poisson variances and the model-error floor "
+                         f"{DEFAULT_MODEL_ERROR}; other weightings (weighted=false, model_error) need "
+                         "tomo.methods.diffusion to take them as options")
+    if options.pop("bf16", False):
+        options["autocast_dtype"] = torch.bfloat16
+    if "init" in options and options["init"] in (None, "none"):
+        # a cold start runs the whole schedule; the registry drops None options (= its warm default)
+        options.update(init="none", start=1.0)
+    return options
+
+
+def _network_evaluations(name: str, options: dict) -> int:
+    """Network calls per slice of the registry's dds/dps: the solvers' schedule has exactly ``steps``
+    timesteps (:func:`tomo.solvers.schedule.make_schedule`), one call each, for every sample."""
+    if name not in _SOLVER_DEFAULTS:
+        return 0
+    return int(options.get("steps") or _SOLVER_DEFAULTS[name]["steps"]) * int(options.get("samples") or 1)
+
+
+def evaluate_registry(name: str, cases: list[Case], settings: dict | None = None, *, prior=None,
+                      verbose: bool = True, registry: MethodRegistry | None = None) -> list[Record]:
+    """Evaluate the registered method ``name`` with ``settings`` (empty: its defaults) on ``cases``.
+
+    Parameters
+    ----------
+    name : str
+        Method of ``registry`` (default :func:`tomo.methods.default_registry`).
+    cases : list of Case
+    settings : dict, optional
+        Keyword options of the method (see :func:`registry_options` for dds/dps); recorded as given.
+    prior : str, optional
+        dds/dps: prior checkpoint folder (default: the shipped prior).
+    verbose : bool
+        Print one line per case.
+
+    Notes
+    -----
+    Methods with a ``seed`` option (dds, dps) get ``seed = case.index`` unless ``settings`` set one,
+    so every slice draws its own, reproducible noise.
+    """
+    entry = (registry if registry is not None else default_registry()).get_method(name)
+    options = registry_options(name, settings or {})
+    if prior is not None:
+        options["prior"] = prior
+
+    def run(sino, case):
+        seeded = {"seed": case.index} if "seed" in entry.option_names and "seed" not in options else {}
+        with torch.no_grad():
+            return entry.run(sino[None], case.problem, **options, **seeded)[0]
+
+    return evaluate(run, cases, name=name, settings=settings, verbose=verbose,
+                    network_evaluations=_network_evaluations(name, options))
+
+
+# ----- image-restoration tasks ---------------------------------------------------------------------
+@dataclass
+class TaskCase:
+    """One slice degraded for one task: reference HU [h, w], the task operator and its measurement."""
+
+    name: str
+    task: str
+    index: int
+    reference: np.ndarray
+    operator: object
+    measurement: torch.Tensor
+
+
+def task_cases(slices, task: str, noise_hu: float = 10.0) -> list[TaskCase]:
+    """Degrade :func:`~tomo.evaluation.cases.task_reference` of each slice; slice ``k``'s noise seed is ``k``."""
+    from tomo.methods.image_tasks import degrade, task_operator
+    cases = []
+    for k, (name, hu, _) in enumerate(slices):
+        ref = task_reference(hu)
+        op = task_operator(task, ref.shape)
+        cases.append(TaskCase(name, task, k, ref, op, degrade(op, torch.from_numpy(ref), noise_hu, seed=k)))
+    return cases
+
+
+def evaluate_task(method: str, cases: list[TaskCase], settings: dict, *, prior=None, progress: bool = False,
+                  verbose: bool = True) -> list[Record]:
+    """A baseline (``wiener``, ``tv``, ``bicubic``) or solver (``dds``, ``dps``, with ``prior``) on ``cases``.
+
+    Solvers run :func:`tomo.methods.image_tasks.restore` with ``settings`` (``bf16=True``: bfloat16
+    autocast) and seed ``case.index``.
+    """
+    from tomo.methods.image_tasks import SOLVERS, restore
+    options = dict(settings)
+    if options.pop("bf16", False):
+        options["autocast_dtype"] = torch.bfloat16
+    records = []
+    for case in cases:
+        if method in SOLVERS:
+            out, seconds = _timed(restore, prior, case.operator, case.measurement, method, seed=case.index,
+                                  progress=progress, **options)
+            hu, nfe = out.hu[0, 0].numpy(), out.network_evaluations
+        else:
+            hu, seconds = _timed(run_baseline, method, case.operator, case.measurement, case.reference.shape,
+                                 **options)
+            nfe = 0
+        records.append(_record(hu, case.reference, case.name, case.task, method, seconds, nfe, settings, verbose))
+    return records
