@@ -29,9 +29,12 @@ DEFAULT_METHODS = ("fbp", "tv", "dds", "dps")
 DEMO_DPS_STEPS = 1000
 
 
+#: one-line summary shown by ``tomo --help``
+HELP = "simulate a sparse-view scan of a real CT slice and compare FBP, TV, DDS and DPS"
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "demo", help="simulate a sparse-view scan of a real CT slice and compare FBP, TV, DDS and DPS",
+        "demo", help=HELP,
         description=__doc__, formatter_class=_formatter())
     p.add_argument("--source", default=None,
                    help="DICOM file/series or OpenKBP-style .npz volume (default: pydicom's CT_small.dcm)")

@@ -8,9 +8,12 @@ import numpy as np
 
 
 
+#: one-line summary shown by ``tomo --help``
+HELP = "list the CT series (or .npz contents) found at a path"
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "info", help="list the CT series (or .npz contents) found at a path",
+        "info", help=HELP,
         description="List the CT series under PATH (a DICOM folder, searched recursively, or file) "
                     "with size, spacing, HU range, transfer syntaxes, tilt/irregular spacing and the "
                     "files skipped; or describe an .npz CT volume or sinogram file.")

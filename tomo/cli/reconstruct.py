@@ -22,6 +22,9 @@ import numpy as np
 from tomo.cli.main import CommandError
 
 
+#: one-line summary shown by ``tomo --help``
+HELP = "reconstruct a sinogram file (.npz) to HU (npz + PNG, or DICOM)"
+
 def _method_options():
     """All registered methods, and each distinct option flag with the methods that use it."""
     from tomo.methods.registry import available_methods
@@ -48,7 +51,7 @@ def register(subparsers) -> None:
     methods, flags = _method_options()
     listing = "; ".join(f"{n}: {m.help}" for n, m in methods.items())
     parser = subparsers.add_parser(
-        "reconstruct", help="reconstruct a sinogram file (.npz) to HU (npz + PNG, or DICOM)",
+        "reconstruct", help=HELP,
         description="Reconstruct a sinogram exchange file (.npz, evaluation.md) on its grid and write HU: "
                     "OUT.npz ('hu' float32 [H, W] or [slices, H, W]) with a PNG preview OUT.png beside it, "
                     "or a derived DICOM series in the folder OUT with --dicom-reference.",

@@ -19,10 +19,13 @@ import numpy as np
 
 from tomo.cli import CommandError
 
+#: one-line summary shown by ``tomo --help``
+HELP = "degrade a CT image (blur, downsample, mask) and restore it with the diffusion prior"
+
 def register(subparsers) -> None:
     from tomo.methods.image_tasks import SOLVERS, TASKS
     p = subparsers.add_parser(
-        "restore", help="degrade a CT image (blur, downsample, mask) and restore it with the diffusion prior",
+        "restore", help=HELP,
         description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", type=Path, metavar="IMAGE", help="DICOM file/folder, .npz HU volume or PNG")
     p.add_argument("--task", required=True, choices=TASKS)

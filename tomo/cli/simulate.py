@@ -18,12 +18,15 @@ from tomo.cli.main import CommandError
 PHANTOMS = ("shepp-logan",)
 
 
+#: one-line summary shown by ``tomo --help``
+HELP = "simulate a (noisy) sinogram file from CT slices or a phantom"
+
 def register(subparsers) -> None:
     from tomo.evaluation.simulation import CONFIGS
 
     configs = ", ".join(f"{k} ({c.describe()})" for k, c in CONFIGS.items())
     parser = subparsers.add_parser(
-        "simulate", help="simulate a (noisy) sinogram file from CT slices or a phantom",
+        "simulate", help=HELP,
         description="Simulate a sinogram exchange file (.npz, see evaluation.md) following the evaluation "
                     "protocol: HU -> attenuation (0.0192/mm water), projection on the slice's own fine grid "
                     "with the detector of the reconstruction grid (no inverse crime), transmission Poisson "

@@ -10,6 +10,9 @@ import argparse
 import json
 import sys
 
+#: one-line summary shown by ``tomo --help``
+HELP = "train a diffusion prior on CT slices"
+
 
 def _hu_window(text: str) -> tuple[float, float]:
     try:
@@ -23,7 +26,7 @@ def _hu_window(text: str) -> tuple[float, float]:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "train", help="train a diffusion prior on CT slices",
+        "train", help=HELP,
         description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="+", help="DICOM folders/files and .npz HU volumes (folders searched recursively)")
