@@ -2,6 +2,7 @@
 
 >>> from tomo.priors import load_prior
 >>> prior = load_prior()                      # shipped checkpoint in <repo>/data/prior
+>>> prior = load_prior("large")               # a shipped prior by name, or any checkpoint folder
 >>> x = prior.hu_to_model(hu_tensor)          # [B, 1, H, W] HU -> model range
 >>> eps = prior.eps(x_t, t)                   # any H, W; differentiable w.r.t. x_t
 >>> x0 = prior.x0_hat(x_t, t)                 # Tweedie estimate
@@ -10,7 +11,9 @@ Training: :mod:`tomo.priors.training` (``tomo train``). See ``docs/prior.md``.
 """
 from .checkpoint import PriorCheckpointError
 from .config import make_config
-from .prior import DiffusionPrior, build_scheduler, build_unet, default_prior_path, load_prior
+from .prior import (SHIPPED_PRIORS, DiffusionPrior, build_scheduler, build_unet, default_prior_path, load_prior,
+                    shipped_prior_path)
 
-__all__ = ["DiffusionPrior", "load_prior", "default_prior_path", "PriorCheckpointError",
+__all__ = ["DiffusionPrior", "load_prior", "default_prior_path", "shipped_prior_path", "SHIPPED_PRIORS",
+           "PriorCheckpointError",
            "make_config", "build_unet", "build_scheduler"]

@@ -11,10 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write_bytes
+from .checkpoint import (CONFIG_NAME, SHARD_GLOB, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, atomic_write_bytes,
+                         has_weights, weight_files)
 
-#: files copied when present (the first two are required)
-EXPORTED = (WEIGHTS_NAME, CONFIG_NAME, "samples.png", "loss.png", "log.csv")
+#: files copied when present, besides the weights (one file or a shard index and its shards)
+EXPORTED = (CONFIG_NAME, "samples.png", "loss.png", "log.csv")
 
 
 def export_prior(run_dir, dest, force: bool = False) -> list[Path]:
@@ -28,18 +29,28 @@ def export_prior(run_dir, dest, force: bool = False) -> list[Path]:
     from .prior import load_prior
     run_dir, dest = Path(run_dir), Path(dest)
     load_prior(run_dir)                                       # refuse to export a broken checkpoint
-    if (dest / WEIGHTS_NAME).exists() and not force:
+    if has_weights(dest) and not force:
         raise FileExistsError(f"{dest} already holds a prior; pass force=True (--force) to replace it")
-    written = []
+    weights = weight_files(run_dir)
+    # shards first, the index (which names them) last; then no weights of the other layout stay
+    written = [_copy(src, dest) for src in weights[::-1]][::-1]
+    stale = [dest / WEIGHTS_NAME] if weights[0].name == WEIGHTS_INDEX_NAME else [dest / WEIGHTS_INDEX_NAME]
+    keep = {p.name for p in weights}
+    stale += [p for p in dest.glob(SHARD_GLOB) if p.name not in keep]
+    for old in stale:
+        old.unlink(missing_ok=True)
     for name in EXPORTED:
-        src = run_dir / name
-        if src.is_file():
-            atomic_write_bytes(dest / name, src.read_bytes())
-            written.append(dest / name)
-        elif name in (WEIGHTS_NAME, CONFIG_NAME):
-            raise FileNotFoundError(f"{src} missing")
+        if (run_dir / name).is_file():
+            written.append(_copy(run_dir / name, dest))
+        elif name == CONFIG_NAME:
+            raise FileNotFoundError(f"{run_dir / name} missing")
     load_prior(dest)
     return written
+
+
+def _copy(src: Path, dest: Path) -> Path:
+    atomic_write_bytes(dest / src.name, src.read_bytes())
+    return dest / src.name
 
 
 def main(argv=None) -> int:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (PriorCheckpointError, check_state_dict, load_config, load_tensors,
-                         resolve_checkpoint)
+from .checkpoint import PriorCheckpointError, check_state_dict, load_config, load_weights, resolve_checkpoint
 from .config import downsampling_factor, scheduler_kwargs, unet_kwargs
 from .patches import assemble_patches, random_shift
 
@@ -16,20 +15,63 @@ from .patches import assemble_patches, random_shift
 PRIOR_ENV = "TOMO_PRIOR"
 
 
-def default_prior_path() -> Path:
-    """The shipped checkpoint folder (``$TOMO_PRIOR`` overrides).
+#: names of the priors tomo ships (or will ship), and their folder under ``data/``
+#: (``share/tomo/`` after a wheel install)
+SHIPPED_PRIORS = {"default": "prior", "large": "prior-large"}
+#: ``data/`` of a source checkout or editable install
+REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 
-    ``<repository>/data/prior`` for a source checkout or editable install; for a wheel install,
-    the copy setup.cfg's ``data_files`` puts in ``<sys.prefix>/share/tomo/prior``.
+
+def shipped_prior_path(name: str = "default") -> Path:
+    """Folder of a shipped prior by name (``$TOMO_PRIOR`` does not apply; it may not exist).
+
+    ``<repository>/data/<folder>`` for a source checkout or editable install; for a wheel
+    install, the copy setup.cfg's ``data_files`` puts in ``<sys.prefix>/share/tomo/<folder>``.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not one of :data:`SHIPPED_PRIORS`.
     """
-    env = os.environ.get(PRIOR_ENV)
-    if env:
-        return Path(env)
-    in_repo = Path(__file__).resolve().parents[2] / "data" / "prior"
-    installed = Path(sys.prefix) / "share" / "tomo" / "prior"
+    if name not in SHIPPED_PRIORS:
+        raise ValueError(f"unknown prior name {name!r}: the shipped priors are "
+                         f"{', '.join(SHIPPED_PRIORS)}; or pass a checkpoint folder")
+    folder = SHIPPED_PRIORS[name]
+    in_repo = REPO_DATA / folder
+    installed = Path(sys.prefix) / "share" / "tomo" / folder
     if not in_repo.is_dir() and installed.is_dir():
         return installed
     return in_repo
+
+
+def default_prior_path() -> Path:
+    """The prior :func:`load_prior` reads by default: ``$TOMO_PRIOR``, else the shipped ``default``."""
+    env = os.environ.get(PRIOR_ENV)
+    if env:
+        return Path(env)
+    return shipped_prior_path("default")
+
+
+def _resolve_prior(path) -> Path:
+    """A checkpoint path from ``None`` (the default), a shipped prior's name, or a path."""
+    if path is None:
+        path = default_prior_path()
+        if not Path(path).exists():
+            raise FileNotFoundError(f"no diffusion prior at {path}: the shipped prior lives in "
+                                    f"<repository>/data/prior; set ${PRIOR_ENV} or pass a path "
+                                    f"(train one with `tomo train`)")
+        return Path(path)
+    # a name only when no file or folder of that name is there: a path given is always a path
+    name = str(path)
+    if name in SHIPPED_PRIORS and not Path(path).exists():
+        folder = shipped_prior_path(name)
+        if not folder.exists():
+            raise FileNotFoundError(
+                f"the {name!r} prior is not shipped with this copy of tomo (looked for {folder}); "
+                "train it on a GPU with `python scripts/train_prior_gpu.py` (docs/prior.md) and pass "
+                "its output folder, or use the 'default' prior")
+        return folder
+    return Path(path)
 
 
 def build_unet(config: dict):
@@ -258,8 +300,10 @@ def load_prior(path=None, device="cpu") -> DiffusionPrior:
     Parameters
     ----------
     path : str or Path, optional
-        A checkpoint folder holding ``prior.json`` and ``prior.safetensors`` (or either file).
-        Default: ``$TOMO_PRIOR`` if set, else the shipped ``<repository>/data/prior``.
+        A checkpoint folder holding ``prior.json`` and ``prior.safetensors`` (or a shard index
+        ``prior.safetensors.index.json`` and its shards), or one of those files; or the name of
+        a shipped prior, ``"default"`` (``data/prior``) or ``"large"`` (``data/prior-large``).
+        Default: ``$TOMO_PRIOR`` if set, else the shipped ``default``.
     device : str or torch.device
 
     Returns
@@ -270,19 +314,13 @@ def load_prior(path=None, device="cpu") -> DiffusionPrior:
     Raises
     ------
     FileNotFoundError
-        No checkpoint there.
+        No checkpoint there, or a named prior that is not shipped.
     PriorCheckpointError (a ValueError)
         Corrupt files, an unsupported or invalid config, or weights that do not fit it.
     """
-    if path is None:
-        path = default_prior_path()
-        if not Path(path).exists():
-            raise FileNotFoundError(f"no diffusion prior at {path}: the shipped prior lives in "
-                                    f"<repository>/data/prior; set ${PRIOR_ENV} or pass a path "
-                                    f"(train one with `tomo train`)")
-    config_path, weights_path = resolve_checkpoint(path)
+    config_path, weights_path = resolve_checkpoint(_resolve_prior(path))
     config = load_config(config_path)
-    tensors, _ = load_tensors(weights_path)
+    tensors, _ = load_weights(weights_path)
     unet = build_unet(config)
     check_state_dict(unet.state_dict(), tensors, str(weights_path))
     unet.load_state_dict(tensors)
