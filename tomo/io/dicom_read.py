@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from .resources import MemoryBudgetError, check_memory, format_bytes
 from .volume import CTVolume, VolumeReadError
 
 __all__ = ["SeriesInfo", "SeriesScan", "SkippedFile", "DicomReadError",
@@ -271,6 +272,85 @@ def _pixel_data_problem(ds: Dataset, path: Path, transfer_syntax: str) -> str | 
     return None
 
 
+#: attributes that only images of another modality carry (MR Image, PET/NM Image modules): a file
+#: relabelled "CT" but holding them is refused
+_FOREIGN_ATTRIBUTES = {
+    "MR": ("EchoTime", "RepetitionTime", "ScanningSequence", "MagneticFieldStrength", "ImagingFrequency"),
+    "PT/NM": ("RadiopharmaceuticalInformationSequence", "EnergyWindowInformationSequence", "DecayCorrection"),
+}
+
+
+def _not_ct_reason(ds: Dataset) -> str | None:
+    """Why ``ds`` is not a CT image, or None when every label it carries says CT.
+
+    The dataset's SOPClassUID, the file meta's MediaStorageSOPClassUID and the Modality must all
+    agree on CT (absent ones are not counted, but at least one SOP class or Modality must be
+    there), and no attribute of another modality's image module may be present.
+    """
+    sop = str(ds.get("SOPClassUID", "") or "").strip()
+    meta = getattr(ds, "file_meta", None)
+    meta_sop = str(meta.get("MediaStorageSOPClassUID", "") or "").strip() if meta is not None else ""
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if not sop and not modality:
+        return "truncated or corrupt file (no SOPClassUID or Modality)"
+    for label, uid in (("SOP class", sop), ("file meta SOP class", meta_sop)):
+        if uid and uid not in CT_SOP_CLASSES:
+            if modality == "CT":  # relabelled or corrupt: the storage class decides
+                return f"not CT ({label} {_ts_name(uid)} is not a CT image class, though Modality is CT)"
+            return f"not CT (modality {modality or '?'}, {_ts_name(uid)})"
+    if modality and modality != "CT":
+        return f"not CT (modality {modality}, {_ts_name(sop) if sop else 'no SOP class'})"
+    for other, keywords in _FOREIGN_ATTRIBUTES.items():
+        found = [k for k in keywords if k in ds]
+        if found:
+            return f"not CT (labelled CT but carries {other} attributes: {', '.join(found)})"
+    return None
+
+
+def _int_attr(ds: Dataset, keyword: str, default: int) -> int:
+    value = ds.get(keyword, default)
+    if value is None or value == "":
+        return default
+    return int(value if not isinstance(value, (list, tuple)) else value[0])
+
+
+#: transfer syntaxes whose pixel data is stored uncompressed (its size is exactly known)
+_NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", _DEFLATED}
+
+
+def _size_problem(ds: Dataset, path: Path, transfer_syntax: str) -> str | None:
+    """Why the image size the header promises is impossible, or None.
+
+    Rows x Columns x NumberOfFrames x BitsAllocated must fit in the pixel data of an uncompressed
+    file; a compressed frame takes at least one 8-byte item, so the frame count is bounded by
+    the file size. This refuses absurd headers before anything is allocated.
+    """
+    rows, cols = _int_attr(ds, "Rows", 0), _int_attr(ds, "Columns", 0)
+    frames = _int_attr(ds, "NumberOfFrames", 1)
+    bits = _int_attr(ds, "BitsAllocated", 16)
+    if rows < 1 or cols < 1 or frames < 1:
+        return f"impossible image size (Rows {rows}, Columns {cols}, NumberOfFrames {frames})"
+    if bits not in (1, 8, 16, 32, 64):
+        return f"unsupported BitsAllocated {bits}"
+    size = os.path.getsize(path)
+    promised = rows * cols * frames * max(bits, 8) // 8
+    if transfer_syntax in _NATIVE_SYNTAXES and transfer_syntax != _DEFLATED:
+        raw = next((ds.get_item(t, keep_deferred=True) for t in _PIXEL_TAGS if t in ds), None)
+        length = getattr(raw, "length", None)
+        have = length if length not in (None, 0xFFFFFFFF) else size
+        if raw is not None and promised > max(have, 1) * (8 if bits == 1 else 1):
+            return (f"header promises {rows} x {cols} x {frames} frames of {bits} bits "
+                    f"({format_bytes(promised)}) but the pixel data holds {format_bytes(have)}")
+    elif frames * 8 > size:
+        return f"header promises {frames} frames but the file has only {format_bytes(size)}"
+    return None
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _read_header(path: Path) -> _FileHeader | SkippedFile:
     """Parse one file's header; a SkippedFile says why it is not a usable CT image."""
     try:
@@ -285,13 +365,9 @@ def _read_header(path: Path) -> _FileHeader | SkippedFile:
     if any(p in str(w.message).lower() for w in caught for p in _EOF_PHRASES):
         return SkippedFile(path, "truncated or corrupt file (ends inside a data element)")
     try:
-        sop = str(ds.get("SOPClassUID", ""))
-        modality = str(ds.get("Modality", "")).upper()
-        if not sop and not modality:
-            return SkippedFile(path, "truncated or corrupt file (no SOPClassUID or Modality)")
-        if sop not in CT_SOP_CLASSES and modality != "CT":
-            what = _ts_name(sop) if sop else "no SOP class"
-            return SkippedFile(path, f"not CT (modality {modality or '?'}, {what})")
+        not_ct = _not_ct_reason(ds)
+        if not_ct:
+            return SkippedFile(path, not_ct)
         meta = getattr(ds, "file_meta", None)
         ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
         if not ts:
@@ -305,9 +381,12 @@ def _read_header(path: Path) -> _FileHeader | SkippedFile:
         photometric = str(ds.get("PhotometricInterpretation", ""))
         if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or not photometric.startswith("MONOCHROME"):
             return SkippedFile(path, f"not greyscale CT (PhotometricInterpretation {photometric or '?'})")
+        problem = _size_problem(ds, path, ts)
+        if problem:
+            return SkippedFile(path, problem)
         frames, notes = _frames_of(ds, path)
     except Exception as exc:
-        return SkippedFile(path, f"corrupt DICOM header ({type(exc).__name__}: {exc})")
+        return SkippedFile(path, f"corrupt DICOM header ({type(exc).__name__}: {_short(exc)})")
     problem = _pixel_data_problem(ds, path, ts)
     if problem:
         return SkippedFile(path, problem)
@@ -553,6 +632,7 @@ def _read_group(headers: list[_FileHeader], uid: str) -> CTVolume:
     ordered = [frames[i] for i in geo.order]
     first = by_path[ordered[0].path]
     rows, cols = int(first.header.Rows), int(first.header.Columns)
+    _check_volume_memory(len(ordered), rows, cols, max(len(h.frames) for h in headers), uid)
     hu = np.empty((len(ordered), rows, cols), dtype=np.float32)
     slot = {(f.path, f.frame): k for k, f in enumerate(ordered)}
     for h in _progress(headers, "reading DICOM"):
@@ -575,11 +655,23 @@ def _read_group(headers: list[_FileHeader], uid: str) -> CTVolume:
         files=[f.path for f in ordered])
 
 
+def _check_volume_memory(n: int, rows: int, cols: int, frames_per_file: int, uid: str) -> None:
+    """Refuse a series whose HU volume cannot fit in memory (before allocating it)."""
+    # float32 volume + one file's stored frames (at most 8 bytes a value) + a float64 slice
+    needed = 4 * n * rows * cols + 8 * frames_per_file * rows * cols + 8 * rows * cols
+    try:
+        check_memory(needed, f"series {uid} ({n} images of {rows} x {cols})",
+                     "read fewer files (a sub-folder) or free memory")
+    except MemoryBudgetError as exc:
+        raise DicomReadError(str(exc)) from None
+
+
 def _progress(items: list, desc: str):
     if len(items) < 50:
         return items
     from tqdm import tqdm
-    return tqdm(items, desc=desc, unit="file", leave=False)
+    # disable=None: no bar when stderr is not a terminal (logs would fill with updates)
+    return tqdm(items, desc=desc, unit="file", leave=False, disable=None)
 
 
 def _skip_summary(skipped: list[SkippedFile]) -> str:

@@ -2,15 +2,13 @@
 
 :func:`write_series` stores a reconstruction as a new series of the reference study (or of a
 fresh anonymous study), with geometry consistent with the new pixel grid. Files are written
-into a temporary sibling folder and renamed into place, so an interrupted run leaves no half
-series behind.
+into a temporary sibling folder and renamed into place (:func:`tomo.io.atomic.atomic_folder`), so
+an interrupted run leaves no half series behind.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
+from tomo.io.atomic import atomic_folder
 from tomo.io.volume import CTVolume
 
 __all__ = ["write_series", "choose_rescale"]
@@ -284,17 +283,12 @@ def write_series(hu, out_dir: str | os.PathLike, reference: CTVolume | None = No
     base.RescaleType = "HU"
     base.SOPClassUID = CTImageStorage
 
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
     names = [f"CT{k + 1:06d}.dcm" for k in range(n)]
-    try:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(out, overwrite=overwrite) as tmp:
         for k in range(n):
             ds = _slice_dataset(base, k, pos[k], plane[k], stored[k])
             ds.save_as(tmp / names[k], enforce_file_format=True)
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return [out / name for name in names]
 
 
@@ -315,21 +309,6 @@ def _slice_dataset(base: Dataset, k: int, position: np.ndarray, location: float,
     meta.ImplementationVersionName = "TOMO"
     ds.file_meta = meta
     return ds
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished temporary folder to ``out`` (replacing a checked old one)."""
-    if out.is_dir():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
-        try:
-            tmp.rename(out)
-        except BaseException:
-            old.rename(out)
-            raise
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
 
 
 def _tomo_version() -> str:
