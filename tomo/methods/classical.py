@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from operators.geometry import FanBeam2D
+from operators.noise import transmission_weights
 from tomo.recon.analytic import FILTERS, fbp_reconstruct
 from tomo.recon.iterative import cgls, sirt
 from tomo.recon.tv import tv_pdhg
@@ -77,14 +78,15 @@ def describe_defaults() -> str:
 
 def poisson_weights(sinogram: torch.Tensor, i0: float | None = None,
                     model_error: float = DEFAULT_MODEL_ERROR) -> torch.Tensor:
-    """Data weights = inverse variances of transmission line integrals, with a model-error floor.
+    """Data weights of the classical methods: :func:`operators.transmission_weights` with the
+    tuned model-error floor.
 
     ``w = 1 / (exp(y) / I0 + model_error^2)``: the first term is the (delta-method) Poisson
     variance of ``y = -log(counts / I0)``, the second a floor for what is not photon noise
     (discretisation mismatch, e.g. fine-grid data reconstructed on a coarse grid), which
     dominates at high dose; so the weighting is uniform at high dose and Poisson at low dose.
-    Without ``i0`` only the relative Poisson weights ``exp(-y)`` can be formed (no floor).
-    The solvers are invariant to a common scale of the weights.
+    Without ``i0`` only the relative Poisson weights ``exp(-y)`` can be formed (the floor is
+    dropped). The solvers are invariant to a common scale of the weights.
 
     Parameters
     ----------
@@ -96,11 +98,9 @@ def poisson_weights(sinogram: torch.Tensor, i0: float | None = None,
         Standard deviation floor in line-integral units (default tuned on train/, see
         docs/reconstruction.md).
     """
-    if i0 is None:
-        return torch.exp(-sinogram)
     if not (model_error >= 0):
         raise ValueError(f"model_error must be >= 0, got {model_error!r}")
-    return 1.0 / (torch.exp(sinogram) / float(i0) + float(model_error) ** 2)
+    return transmission_weights(sinogram, i0, model_error if i0 is not None else 0.0)
 
 
 # ----- built-in methods ---------------------------------------------------------------------------

@@ -12,9 +12,10 @@ from functools import lru_cache
 import torch
 
 from operators.base import LinearOperator
+from operators.noise import transmission_weights
 from operators.units import MU_WATER_PER_MM
 from tomo.solvers import dds, default_zeta, dps, sample_or_mean
-from tomo.solvers.data_terms import batch_measurements, transmission_poisson_weights
+from tomo.solvers.data_terms import batch_measurements
 from tomo.solvers.problem import ModelDomainProblem, affine_problem, model_to_hu_affine
 
 from .classical import DEFAULT_MODEL_ERROR
@@ -81,7 +82,7 @@ def ct_problem(prior, projector: LinearOperator, sinogram: torch.Tensor, *, i0: 
     i0 : float, optional
         Incident photons per bin: weight the data by the transmission-Poisson inverse variance
         ``1 / (exp(y) / I0 + model_error^2)`` (see
-        :func:`~tomo.solvers.data_terms.transmission_poisson_weights`).
+        :func:`operators.transmission_weights`).
     model_error : float
         Line-integral standard deviation floor of those weights (0: pure Poisson).
     weights : torch.Tensor, optional
@@ -98,8 +99,7 @@ def ct_problem(prior, projector: LinearOperator, sinogram: torch.Tensor, *, i0: 
     a = MU_WATER_PER_MM * h1 / 1000.0
     b = MU_WATER_PER_MM * (1.0 + h0 / 1000.0)
     if i0 is not None:
-        weights = transmission_poisson_weights(batch_measurements(projector, sinogram, "sinogram"), i0,
-                                               model_error)
+        weights = transmission_weights(batch_measurements(projector, sinogram, "sinogram"), i0, model_error)
     return affine_problem(projector, sinogram, a, b, weights, unit="1/mm")
 
 

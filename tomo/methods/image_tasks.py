@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 
 from operators import Downsample, GaussianBlur, GaussianNoise, Inpaint, LinearOperator, Outpaint, box_mask
-
 from tomo.solvers import dds, default_zeta, dps, sample_or_mean
 from tomo.solvers.problem import ModelDomainProblem, affine_problem, model_to_hu_affine
 

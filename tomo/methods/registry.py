@@ -140,7 +140,7 @@ class MethodRegistry(dict):
 @functools.lru_cache(maxsize=None)
 def default_registry() -> MethodRegistry:
     """The registry of the built-in methods (built once; add your own with ``.register``)."""
-    from . import classical, diffusion   # they import this module for MethodOption/ReconProblem
+    from . import classical, diffusion  # they import this module for MethodOption/ReconProblem
     registry = MethodRegistry()
     classical.register(registry)
     diffusion.register(registry)

@@ -46,11 +46,6 @@ def initial_image(op: LinearOperator, x0: torch.Tensor | None, like: torch.Tenso
     return x0.to(device=like.device, dtype=like.dtype).clone()
 
 
-def batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-item inner product of two ``[B, ...]`` tensors, shape ``[B]``."""
-    return (a * b).flatten(1).sum(1)
-
-
 def expand_as(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Reshape a per-item ``[B]`` vector to broadcast against ``x`` of shape ``[B, ...]``."""
     return v.reshape((-1,) + (1,) * (x.dim() - 1))

@@ -12,9 +12,18 @@ from __future__ import annotations
 import torch
 
 from operators.base import LinearOperator, check_tensor
+from operators.linalg import batch_dot
 
-from .iteration import (Callback, Stopper, as_batch, batch_dot, check_iterations, expand_as,
-                      initial_image, safe_divide, where_active)
+from .iteration import (
+    Callback,
+    Stopper,
+    as_batch,
+    check_iterations,
+    expand_as,
+    initial_image,
+    safe_divide,
+    where_active,
+)
 
 __all__ = ["sirt", "cgls"]
 

@@ -1,4 +1,4 @@
-"""Noise-aware data terms and the conjugate-gradient solver used by the diffusion solvers.
+"""The noise-aware, normalised data term of the diffusion solvers.
 
 The data term of every solver is the weighted least-squares misfit
 
@@ -6,105 +6,25 @@ The data term of every solver is the weighted least-squares misfit
 
 for measurements ``y = A x + n``: ``weights = 1`` for white Gaussian noise, ``1 / variance``
 for heteroscedastic noise (e.g. post-log transmission CT, see
-:func:`transmission_poisson_weights`). ``s = 1 / ||W^{1/2} A||_2`` (per slice) makes step sizes
+:func:`operators.transmission_weights`). ``s = 1 / ||W^{1/2} A||_2`` (per slice) makes step sizes
 and regularisation weights dimensionless, so the same ``zeta`` or ``lam`` works for a blur
 (norm about 1) and a CT projector (norm in the hundreds of mm); it rescales the whole term and
 does not change its minimisers. Solvers know nothing about CT: they see only the
-:class:`~operators.base.LinearOperator` interface.
+:class:`~operators.base.LinearOperator` interface. The norm estimate and the conjugate
+gradients are the shared kernels of :mod:`operators.linalg`.
 """
 from __future__ import annotations
 
 import torch
 
 from operators.base import LinearOperator, check_tensor
+from operators.linalg import conjugate_gradient, power_iteration, random_start
+from operators.noise import transmission_weights
 
 __all__ = ["DataFidelity", "conjugate_gradient", "transmission_poisson_weights", "batch_measurements"]
 
-
-def _batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-item inner product over every dimension but the first; shape [B, 1, ..., 1]."""
-    dot = (a * b).flatten(1).sum(dim=1)
-    return dot.reshape((-1,) + (1,) * (a.dim() - 1))
-
-
-def conjugate_gradient(apply_matrix, rhs: torch.Tensor, x0: torch.Tensor, iterations: int,
-                       tol: float = 0.0) -> torch.Tensor:
-    """Batched conjugate gradients for ``M x = rhs`` with ``M`` symmetric positive semi-definite.
-
-    Every item of the batch (first dimension) is an independent system with its own step
-    lengths. Early-stopped CG started at ``x0`` is itself a regulariser (DDS relies on this).
-
-    Parameters
-    ----------
-    apply_matrix : callable
-        ``x -> M x`` on tensors shaped like ``rhs``.
-    rhs, x0 : torch.Tensor, shape [B, ...]
-        Right-hand side and starting point.
-    iterations : int
-        Maximum number of CG iterations (0 returns ``x0``).
-    tol : float
-        Stop an item once its residual norm falls below ``tol * ||rhs||``.
-
-    Returns
-    -------
-    torch.Tensor, shape of ``x0``
-    """
-    if iterations < 0:
-        raise ValueError(f"iterations must be >= 0, got {iterations}")
-    x = x0.clone()
-    if iterations == 0:
-        return x
-    r = rhs - apply_matrix(x)
-    p = r.clone()
-    rs = _batch_dot(r, r)
-    stop = (tol * rhs.flatten(1).norm(dim=1)).reshape(rs.shape) ** 2
-    for _ in range(iterations):
-        active = rs > stop
-        if not bool(active.any()):
-            break
-        mp = apply_matrix(p)
-        pmp = _batch_dot(p, mp)
-        # items that converged (or hit a null direction) keep their x: step 0
-        alpha = torch.where(active & (pmp > 0), rs / torch.where(pmp > 0, pmp, torch.ones_like(pmp)),
-                            torch.zeros_like(pmp))
-        x = x + alpha * p
-        r = r - alpha * mp
-        rs_new = _batch_dot(r, r)
-        beta = torch.where(rs > 0, rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)), torch.zeros_like(rs))
-        p = r + beta * p
-        rs = rs_new
-    return x
-
-
-def transmission_poisson_weights(sinogram: torch.Tensor, i0: float, model_error: float = 0.0) -> torch.Tensor:
-    """Inverse variances of post-log transmission data, ``W = 1 / (exp(y) / I0 + model_error^2)``.
-
-    For counts ``N ~ Poisson(I0 exp(-p))`` and ``y = -log(N / I0)``, the delta method gives
-    ``Var y ~ exp(p) / I0``; the measured ``y`` stands in for ``p`` (standard
-    penalised-weighted-least-squares practice). ``model_error`` (line-integral units) adds a
-    variance floor for what is not photon noise (e.g. fine-grid data reconstructed on a coarse
-    grid), which dominates at high dose; 0 gives the pure Poisson weights ``I0 exp(-y)``.
-
-    Parameters
-    ----------
-    sinogram : torch.Tensor, any shape
-        Line integrals ``y`` (dimensionless, mu [1/mm] x length [mm]).
-    i0 : float
-        Incident photons per detector bin (> 0).
-    model_error : float
-        Standard deviation floor, >= 0.
-
-    Returns
-    -------
-    torch.Tensor, shape of ``sinogram``: weights [1/variance], counts floored at 1 photon.
-    """
-    check_tensor(sinogram, "sinogram")
-    if not (isinstance(i0, (int, float)) and i0 > 0):
-        raise ValueError(f"i0 must be a positive number of photons per bin, got {i0!r}")
-    if not (isinstance(model_error, (int, float)) and model_error >= 0):
-        raise ValueError(f"model_error must be a number >= 0, got {model_error!r}")
-    variance = 1.0 / (i0 * torch.exp(-sinogram)).clamp_min(1.0) + float(model_error) ** 2
-    return 1.0 / variance
+#: older name of :func:`operators.transmission_weights` (the same function)
+transmission_poisson_weights = transmission_weights
 
 
 def batch_measurements(operator: LinearOperator, y: torch.Tensor, name: str = "y") -> torch.Tensor:
@@ -195,15 +115,8 @@ class DataFidelity:
 
     def _whitened_norm(self, iterations: int) -> torch.Tensor:
         """``||W^{1/2} A||`` per item by power iteration (fixed seed: deterministic)."""
-        g = torch.Generator(device="cpu").manual_seed(0)
-        v = torch.randn(self.image_shape, generator=g, dtype=self.y.dtype).to(self.y.device)
-        sigma2 = torch.ones(self.batch, dtype=self.y.dtype, device=self.y.device)
-        with torch.no_grad():
-            for _ in range(max(int(iterations), 1)):
-                v = v / v.flatten(1).norm(dim=1).clamp_min(1e-30).reshape(-1, 1, 1, 1)
-                u = self._normal_unscaled(v)
-                sigma2 = u.flatten(1).norm(dim=1)
-                v = u
+        v0 = random_start(self.image_shape, self.y.dtype, self.y.device)
+        sigma2 = power_iteration(self._normal_unscaled, v0, max(int(iterations), 1))
         if bool((sigma2 <= 0).any()):
             raise ValueError("the weighted operator W^(1/2) A is zero for some item: nothing to fit")
         return sigma2.sqrt()

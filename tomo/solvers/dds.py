@@ -16,9 +16,10 @@ import torch
 from tqdm.auto import tqdm
 
 from operators.base import LinearOperator
+from tomo.priors.noising import tweedie_x0
 
 from .sampler_setup import SolverResult, check_prior, network_precision, standard_normal, start_sampling
-from .schedule import ddim_step, tweedie_x0
+from .schedule import ddim_step
 
 __all__ = ["dds"]
 

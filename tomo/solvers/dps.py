@@ -20,9 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from operators.base import LinearOperator
+from tomo.priors.noising import tweedie_x0
 
 from .sampler_setup import SolverResult, check_prior, network_precision, standard_normal, start_sampling
-from .schedule import ddpm_posterior_step, tweedie_x0
+from .schedule import ddpm_posterior_step
 
 __all__ = ["dps", "default_zeta"]
 

@@ -10,8 +10,8 @@ import torch
 
 from operators.base import LinearOperator
 
-from .sampler_setup import SolverResult
 from .data_terms import batch_measurements
+from .sampler_setup import SolverResult
 
 __all__ = ["posterior_mean", "sample_or_mean"]
 

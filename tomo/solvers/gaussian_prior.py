@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from tomo.priors.noising import tweedie_x0
+
 __all__ = ["GaussianPrior", "linear_beta_alphas_cumprod"]
 
 
@@ -73,8 +75,7 @@ class GaussianPrior:
 
     def x0_hat(self, x_t: torch.Tensor, t, generator=None) -> torch.Tensor:
         """Tweedie's estimate ``E[x0 | x_t]``."""
-        abar = self._abar(t)
-        return (x_t - (1.0 - abar) ** 0.5 * self.eps(x_t, t)) / abar ** 0.5
+        return tweedie_x0(x_t, self.eps(x_t, t), self._abar(t))
 
     def posterior_mean(self, matrix: torch.Tensor, y: torch.Tensor, noise_std) -> torch.Tensor:
         """``E[x0 | y]`` for ``y = M x0 + n``, ``n ~ N(0, diag(noise_std^2))``, ``M`` dense [m, n].

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tomo.priors.noising import add_noise
+
 __all__ = ["SolverResult", "check_prior", "make_generator", "standard_normal"]
 
 
@@ -109,7 +111,7 @@ def initial_state(shape, abar_first: float, generator: torch.Generator, like: to
         x0 = torch.broadcast_to(x_init.to(device=like.device, dtype=like.dtype), shape)
     except RuntimeError:
         raise ValueError(f"x_init of shape {tuple(x_init.shape)} does not broadcast to the images {tuple(shape)}") from None
-    return abar_first ** 0.5 * x0 + (1.0 - abar_first) ** 0.5 * z
+    return add_noise(x0, z, abar_first)
 
 
 def network_precision(device: torch.device, autocast_dtype: torch.dtype | None):

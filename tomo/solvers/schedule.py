@@ -5,13 +5,16 @@ respaced timesteps and uses the pure functions below for one step, so every form
 tested on its own.
 
 Notation (DDPM, Ho et al. 2020): ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` with
-``abar_t = alphas_cumprod[t]`` of the prior's training schedule.
+``abar_t = alphas_cumprod[t]`` of the prior's training schedule. That noising and its Tweedie
+inverse live with the prior, in :mod:`tomo.priors.noising` (``tweedie_x0`` is re-exported here).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+from tomo.priors.noising import tweedie_x0
 
 __all__ = ["SamplingSchedule", "make_schedule", "tweedie_x0", "ddpm_posterior_step", "ddim_step"]
 
@@ -89,11 +92,6 @@ def make_schedule(alphas_cumprod, steps: int, spacing: str = "trailing",
     timesteps = [int(t) for t in scheduler.timesteps]
     values = [float(abar[t]) for t in timesteps]
     return SamplingSchedule(timesteps=timesteps, abar=values, abar_prev=values[1:] + [1.0])
-
-
-def tweedie_x0(x_t: torch.Tensor, eps: torch.Tensor, abar: float) -> torch.Tensor:
-    """Tweedie's denoised estimate ``x0_hat = (x_t - sqrt(1 - abar) eps) / sqrt(abar)``."""
-    return (x_t - (1.0 - abar) ** 0.5 * eps) / abar ** 0.5
 
 
 def ddpm_posterior_step(x_t: torch.Tensor, x0: torch.Tensor, abar: float, abar_prev: float,
