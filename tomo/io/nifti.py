@@ -30,13 +30,15 @@ axis swaps are applied: voxel values are never resampled.
 """
 from __future__ import annotations
 
+import gzip
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .atomic import atomic_file
+from .resources import check_memory
 from .volume import CTVolume, VolumeReadError
 
 if TYPE_CHECKING:
@@ -106,6 +108,9 @@ def _load_image(path: Path):
     dtype = img.get_data_dtype()
     if dtype.fields is not None or not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
         raise NiftiReadError(f"{path}: voxels must be real numbers, got {dtype}")
+    # the stored voxels plus the float32 HU volume
+    check_memory(n_voxels * (dtype.itemsize + 4), f"reading {path.name} ({'x'.join(map(str, shape))} voxels)",
+                 "crop or resample the volume first")
     return img, shape
 
 
@@ -207,6 +212,8 @@ def read_nifti_volume(path: str | os.PathLike) -> CTVolume:
     NiftiReadError
         Not NIfTI, not one 3-D volume, more than :data:`MAX_VOXELS` voxels, non-numeric or
         non-finite voxels, a degenerate affine or non-perpendicular rows and columns.
+    tomo.io.resources.MemoryBudgetError
+        The volume needs more memory than is available (checked before reading voxels).
     """
     path = Path(path)
     if not path.is_file():
@@ -306,8 +313,9 @@ def write_nifti_volume(path: str | os.PathLike, hu, pixel_spacing_mm, slice_spac
     Parameters
     ----------
     path : str or Path
-        Output ``.nii`` or ``.nii.gz`` (compressed by the suffix). Written to a temporary
-        sibling and renamed into place, so an interrupted run leaves no partial file.
+        Output ``.nii`` or ``.nii.gz`` (compressed by the suffix); missing folders are created.
+        Written to a temporary sibling and renamed into place (:mod:`tomo.io.atomic`), so an
+        interrupted run leaves no partial file.
     hu : array_like
         [slices, rows, cols] (or [rows, cols]) in HU, finite; e.g. a reconstruction.
     pixel_spacing_mm : float or (float, float)
@@ -353,18 +361,17 @@ def write_nifti_volume(path: str | os.PathLike, hu, pixel_spacing_mm, slice_spac
     img.header["descrip"] = b"tomo CT volume, HU"
     img.set_sform(affine, code="scanner")
     img.set_qform(affine, code="scanner")
-    _save_atomically(nib, img, path)
+    _save_atomically(img, path, overwrite)
     return path
 
 
-def _save_atomically(nib, img: "nibabel.Nifti1Image", path: Path) -> None:
-    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
+def _save_atomically(img: "nibabel.Nifti1Image", path: Path, overwrite: bool) -> None:
+    """Stream the image into a temporary sibling that replaces ``path`` when complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.partial-", suffix=suffix)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb", overwrite=overwrite) as fh:
+        if str(path).lower().endswith(".gz"):
+            # level 1 as nibabel's default: CT floats compress little, higher levels cost minutes
+            with gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=1, mtime=0) as gz:
+                img.to_stream(gz)
+        else:
+            img.to_stream(fh)
