@@ -41,7 +41,7 @@ def test_simulate_config_shortcut_and_npz_volume(tmp_path):
                                            ("tv", [])])  # tuned defaults, Poisson weights from the file's I0
 def test_reconstruct_writes_hu_and_preview(phantom_file, tmp_path, capsys, method, extra):
     out = tmp_path / f"{method}{len(extra)}.npz"
-    assert main(["reconstruct", str(phantom_file), "--method", method, "--out", str(out), "--quiet", *extra]) == 0
+    assert main(["reconstruct", str(phantom_file), "--method", method, "--out", str(out), *extra]) == 0
     with np.load(out) as d:
         hu = d["hu"]
         assert str(d["method"]) == method

@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     parser.add_argument("path", type=Path, metavar="PATH")
     parser.add_argument("--no-pixels", action="store_true",
                         help="skip decoding pixel data (faster; no HU range)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print nothing; the exit code says whether PATH holds a readable CT series "
+                             "or .npz (0) or not (2), with the reason on stderr")
     parser.set_defaults(func=run)
 
 
@@ -70,35 +73,54 @@ def describe_scan(scan) -> list[str]:
 
 
 def describe_npz(path: Path) -> str:
-    """Keys, shapes and dtypes of an ``.npz``, with a summary for CT volumes and sinograms."""
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable .npz ({exc})") from exc
-    with data:
-        lines = [f"{path}: .npz with {len(data.files)} arrays"]
-        arrays = {}
-        for key in data.files:
-            try:
-                arr = data[key]
-            except ValueError as exc:  # object arrays need pickle, which we never enable
-                lines.append(f"  {key}: unreadable without pickle ({exc})")
-                continue
-            arrays[key] = arr
-            value = f" = {np.array2string(arr, precision=4)}" if arr.size <= 4 else ""
-            lines.append(f"  {key}: {arr.dtype} {list(arr.shape)}{value}")
-        if "hu" in arrays:
-            hu = arrays["hu"]
-            lines.append(f"CT volume: {hu.shape[0] if hu.ndim == 3 else 1} slices, HU "
-                         f"{float(hu.min()):.0f} to {float(hu.max()):.0f}"
-                         + (f", voxel (x, y, z) {np.array2string(arrays['spacing_mm'], precision=4)} mm"
-                            if "spacing_mm" in arrays else ""))
-        if "sinogram" in arrays:
-            sino = arrays["sinogram"]
-            geometry = str(arrays["geometry"]) if "geometry" in arrays else "?"
-            lines.append(f"sinogram: {geometry} beam, shape {list(sino.shape)} "
-                         "([slices,] views, detectors), line integrals "
-                         f"{float(sino.min()):.4g} to {float(sino.max()):.4g}")
+    """Keys, shapes and dtypes of an ``.npz``, with a summary for CT volumes and sinograms.
+
+    Shapes come from the arrays' headers; value ranges are computed by streaming the arrays in
+    blocks of slices, so a file larger than memory is described too.
+    """
+    from tomo.io.npzfile import NpzArchive
+
+    with NpzArchive(path, error=ValueError) as data:
         if not data.files:
-            raise ValueError(f"{path}: empty .npz")
+            raise ValueError(f"{path}: empty .npz (no arrays)")
+        lines = [f"{path}: .npz with {len(data.files)} arrays"]
+        for key, m in data.members.items():
+            value = ""
+            if 0 < int(np.prod(m.shape)) <= 4:
+                value = f" = {np.array2string(data.read(key), precision=4)}"
+            lines.append(f"  {key}: {m.dtype} {list(m.shape)}{value}")
+        if "hu" in data and _numeric(data.members["hu"]):
+            hu = data.members["hu"]
+            lo, hi = _value_range(data, "hu")
+            spacing = ""
+            if "spacing_mm" in data and data.members["spacing_mm"].nbytes <= 1024:
+                spacing = f", voxel (x, y, z) {np.array2string(data.read('spacing_mm'), precision=4)} mm"
+            lines.append(f"CT volume: {hu.shape[0] if len(hu.shape) == 3 else 1} slices, HU {lo:.0f} to {hi:.0f}"
+                         + spacing)
+        if "sinogram" in data and _numeric(data.members["sinogram"]):
+            sino = data.members["sinogram"]
+            geometry = "?"
+            if "geometry" in data and data.members["geometry"].nbytes <= 1024:
+                geometry = str(data.read("geometry"))
+            lo, hi = _value_range(data, "sinogram")
+            lines.append(f"sinogram: {geometry} beam, shape {list(sino.shape)} "
+                         f"([slices,] views, detectors), line integrals {lo:.4g} to {hi:.4g}")
     return "\n".join(lines)
+
+
+def _numeric(member) -> bool:
+    return member.dtype.kind in "biuf" and int(np.prod(member.shape)) > 0
+
+
+def _value_range(data, key: str) -> tuple[float, float]:
+    """(min, max) of an array, read in blocks of its first axis (bounded memory)."""
+    m = data.members[key]
+    if len(m.shape) < 2:
+        arr = data.read(key)
+        return float(arr.min()), float(arr.max())
+    row_bytes = max(m.nbytes // m.shape[0], 1)
+    rows = max(1, (64 << 20) // row_bytes)  # about 64 MiB a block
+    lo, hi = np.inf, -np.inf
+    for _, block in data.iter_rows(key, rows=rows):
+        lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+    return lo, hi

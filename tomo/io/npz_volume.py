@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .npzfile import NpzArchive
 from .volume import CTVolume, VolumeReadError
 
 __all__ = ["read_npz_volume"]
@@ -34,25 +35,29 @@ def read_npz_volume(path: str | os.PathLike) -> CTVolume:
     FileNotFoundError
         No such file.
     VolumeReadError
-        Missing arrays, wrong shapes, non-finite values, or not an ``.npz`` archive.
+        Missing arrays, wrong shapes, non-finite values, not an ``.npz`` archive (or an empty or
+        damaged one), or an array larger than the available memory.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = {"hu", "spacing_mm"} - set(data.files)
-            if missing:
-                raise VolumeReadError(f"{path}: missing arrays {sorted(missing)} (has {data.files})")
-            hu = np.asarray(data["hu"])
-            spacing = np.asarray(data["spacing_mm"], dtype=float).ravel()
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, VolumeReadError):
-            raise
-        raise VolumeReadError(f"{path}: not a readable .npz ({exc})") from exc
+    with NpzArchive(path, error=VolumeReadError) as data:
+        missing = {"hu", "spacing_mm"} - set(data.files)
+        if missing:
+            raise VolumeReadError(f"{path}: missing arrays {sorted(missing)} (has {data.files})")
+        m = data.members["hu"]
+        if m.dtype.kind not in "biuf":
+            raise VolumeReadError(f"{path}: hu must be finite numbers (dtype {m.dtype})")
+        if data.members["spacing_mm"].nbytes > 1024:
+            raise VolumeReadError(f"{path}: spacing_mm must be 3 numbers, got shape {list(data.members['spacing_mm'].shape)}")
+        # the stored array, then its float32 copy
+        data.check_memory(m.nbytes + 4 * int(np.prod(m.shape)), f"hu {list(m.shape)} {m.dtype}")
+        hu = data.read("hu")
+        try:
+            spacing = np.asarray(data.read("spacing_mm"), dtype=float).ravel()
+        except (TypeError, ValueError):
+            raise VolumeReadError(f"{path}: spacing_mm must be 3 numbers (x, y, z) in mm") from None
     if hu.ndim == 2:
         hu = hu[None]
-    if hu.ndim != 3 or spacing.shape != (3,) or not np.all(spacing > 0):
+    if hu.ndim != 3 or 0 in hu.shape or spacing.shape != (3,) or not np.all(spacing > 0):
         raise VolumeReadError(f"{path}: expected hu [slices, H, W] and spacing_mm (x, y, z) > 0, got "
                              f"hu {hu.shape}, spacing_mm {spacing.tolist()}")
     if not np.issubdtype(hu.dtype, np.number) or not np.all(np.isfinite(hu)):

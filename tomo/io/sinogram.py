@@ -21,14 +21,13 @@ The geometry keys are converted by :func:`geometry_to_fields` and :func:`geometr
 ``create_proj_geom``/``create_sino`` on a volume geometry in mm reads correctly.
 
 Public API: :class:`SinogramFile`, :func:`save_sinogram`, :func:`load_sinogram`,
+:func:`open_sinogram` (a :class:`SinogramSource` that streams slices of a long series),
 :class:`SinogramFormatError` (a ``ValueError``).
 """
 from __future__ import annotations
 
 import math
 import os
-import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +35,10 @@ import numpy as np
 
 from operators.geometry import FanBeam2D, ParallelBeam2D
 
-__all__ = ["SinogramFile", "SinogramFormatError", "save_sinogram", "load_sinogram", "geometry_to_fields",
+from .atomic import atomic_file
+from .npzfile import NpzArchive
+
+__all__ = ["SinogramFile", "SinogramFormatError", "SinogramSource", "save_sinogram", "load_sinogram", "open_sinogram", "geometry_to_fields",
            "geometry_from_fields", "geometry_name", "REQUIRED_KEYS", "OPTIONAL_KEYS"]
 
 #: keys every file has (fan beam adds ``source_origin_mm`` and ``origin_detector_mm``)
@@ -278,74 +280,174 @@ def save_sinogram(path: str | os.PathLike, data: SinogramFile | np.ndarray, geom
         arrays["hu_reference"] = f.hu_reference
     if f.description is not None:
         arrays["description"] = np.str_(f.description)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", prefix=f".{path.stem}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, overwrite=overwrite) as fh:
+        np.savez_compressed(fh, **arrays)
     return path
 
 
-def load_sinogram(path: str | os.PathLike) -> SinogramFile:
-    """Read and validate a sinogram exchange file.
+class SinogramSource:
+    """A sinogram file opened for streaming: geometry and shapes known, slices read on demand.
+
+    Made by :func:`open_sinogram`, which validates everything but the bulk arrays without reading
+    them; :meth:`iter_slices` then streams ``[slices, views, detectors]`` blocks (and the
+    matching ``hu_reference`` blocks), checking each for NaN/Inf, in memory bounded by the block.
+
+    Attributes
+    ----------
+    path : Path
+    geometry : ParallelBeam2D or FanBeam2D
+    shape : tuple of int
+        The stored sinogram's shape, [views, detectors] or [slices, views, detectors].
+    i0 : float or None
+    description : str or None
+    has_reference : bool
+        Whether the file holds ``hu_reference``.
+    extra_keys : tuple of str
+    """
+
+    def __init__(self, archive: NpzArchive, geometry, shape, i0, description, has_reference, extra_keys):
+        self._archive = archive
+        self.path = archive.path
+        self.geometry, self.shape, self.i0 = geometry, tuple(shape), i0
+        self.description, self.has_reference, self.extra_keys = description, has_reference, extra_keys
+
+    @property
+    def is_volume(self) -> bool:
+        return len(self.shape) == 3
+
+    @property
+    def num_slices(self) -> int:
+        return self.shape[0] if self.is_volume else 1
+
+    def __enter__(self) -> "SinogramSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._archive.close()
+
+    def iter_slices(self, start: int = 0, stop: int | None = None, rows: int = 1):
+        """Yield ``(k, sinogram [n, views, det] float32, hu_reference [n, H, W] float32 or None)``.
+
+        Blocks of ``rows`` slices from ``start`` to ``stop`` (default: all), in order.
+        """
+        stop = self.num_slices if stop is None else min(stop, self.num_slices)
+        sino_blocks = self._blocks("sinogram", start, stop, rows)
+        ref_blocks = self._blocks("hu_reference", start, stop, rows) if self.has_reference else None
+        for k, block in sino_blocks:
+            ref = None
+            if ref_blocks is not None:
+                _, ref = next(ref_blocks)
+                ref = _float_array(ref, "hu_reference", self.path)
+            yield k, _float_array(block, "sinogram", self.path), ref
+
+    def _blocks(self, key: str, start: int, stop: int, rows: int):
+        if self.is_volume:
+            yield from self._archive.iter_rows(key, start, stop, rows)
+        elif start < stop:  # a single slice is stored without the slice axis
+            yield 0, self._archive.read(key)[None]
+
+    def load(self) -> SinogramFile:
+        """Read the whole file (memory checked first) as a validated :class:`SinogramFile`."""
+        arch = self._archive
+        out = SinogramFile.__new__(SinogramFile)
+        out.geometry, out.extra_keys, out.i0, out.description = self.geometry, self.extra_keys, self.i0, self.description
+        out.sinogram = arch.read("sinogram", f"the sinogram {list(self.shape)}")
+        out.hu_reference = arch.read("hu_reference", "hu_reference") if self.has_reference else None
+        _validate(out, source=self.path)
+        return out
+
+
+def open_sinogram(path: str | os.PathLike) -> SinogramSource:
+    """Open a sinogram exchange file and validate all but its bulk data, which stays on disk.
+
+    Returns
+    -------
+    SinogramSource
+        Close it (or use it in a ``with`` block) when done.
 
     Raises
     ------
     FileNotFoundError
         No such file.
     SinogramFormatError (ValueError)
-        Not an ``.npz`` archive, missing keys, wrong dtype or shape, angle count different from
-        the number of views, unknown geometry, NaN/Inf values, bad optional fields.
+        Everything :func:`load_sinogram` refuses that can be seen without reading the sinogram
+        and ``hu_reference`` data (NaN/Inf are found as blocks are read).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no sinogram file {path}")
+    archive = NpzArchive(path, error=SinogramFormatError)
     try:
-        npz = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise _err(path, f"not a readable .npz archive ({exc})") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise _err(path, "not an .npz archive (a single .npy array?)")
-    with npz:
-        keys = set(npz.files)
-        missing = [k for k in REQUIRED_KEYS if k not in keys]
-        if missing:
-            raise _err(path, f"missing keys {missing} (required: {list(REQUIRED_KEYS)})")
-        try:
-            d = {k: npz[k] for k in keys}
-        except ValueError as exc:  # object arrays need pickle: refused
-            raise _err(path, f"holds an array that cannot be read without pickle ({exc})") from None
+        return _open(archive)
+    except BaseException:
+        archive.close()
+        raise
+
+
+def _open(arch: NpzArchive) -> SinogramSource:
+    path = arch.path
+    keys = set(arch.files)
+    missing = [k for k in REQUIRED_KEYS if k not in keys]
+    if missing:
+        raise _err(path, f"missing keys {missing} (required: {list(REQUIRED_KEYS)})")
+    sino = arch.member("sinogram")
+    for key in keys - {"sinogram", "hu_reference"}:  # the small fields: a few numbers or a string
+        m = arch.member(key)
+        if m.nbytes > max(64 * sino.shape[-2] if len(sino.shape) >= 2 else 0, 1 << 16):
+            raise _err(path, f"field {key!r} is {list(m.shape)} {m.dtype}: too large for a sinogram-file field")
+    d = {k: arch.read(k) for k in keys - {"sinogram", "hu_reference"}}
     kind = d["geometry"]
     if kind.dtype.kind not in "US" or kind.ndim != 0:
         raise _err(path, f"'geometry' must be the string 'parallel' or 'fanbeam', got {kind!r}")
     if kind.dtype.kind == "S":  # bytes written by some tools
         d["geometry"] = np.str_(kind.item().decode("ascii", errors="replace"))
-    angles = np.asarray(d["angles"])
+    angles = d["angles"]
     if angles.dtype.kind != "f" or angles.ndim != 1:
         raise _err(path, f"'angles' must be a float32 vector [views] in radians, got dtype {angles.dtype} "
                          f"shape {angles.shape}")
-    sino = _float_array(d["sinogram"], "sinogram", path)
-    if sino.ndim not in (2, 3):
+    if sino.dtype.kind != "f":
+        raise _err(path, f"sinogram must be floating point (float32), got dtype {sino.dtype}")
+    if len(sino.shape) not in (2, 3) or 0 in sino.shape:
         raise _err(path, f"sinogram must be [views, detectors] or [slices, views, detectors], got shape {sino.shape}")
+    if sino.shape[-2] != angles.size:
+        raise _err(path, f"sinogram has {sino.shape[-2]} views but 'angles' has {angles.size} entries")
     try:
-        geometry = geometry_from_fields({k: d[k] for k in keys if k != "sinogram"},
-                                                 detector_count=sino.shape[-1]) \
-            if sino.shape[-2] == angles.size else None
+        geometry = geometry_from_fields(d, detector_count=sino.shape[-1])
     except (ValueError, TypeError) as exc:
         raise _err(path, str(exc)) from None
-    if geometry is None:
-        raise _err(path, f"sinogram has {sino.shape[-2]} views but 'angles' has {angles.size} entries")
-    extra = tuple(sorted(keys - set(REQUIRED_KEYS) - set(FANBEAM_KEYS) - set(OPTIONAL_KEYS)))
+    has_reference = "hu_reference" in keys
+    if has_reference:
+        ref = arch.member("hu_reference")
+        expected = sino.shape[:-2] + tuple(geometry.image_shape)
+        if ref.dtype.kind != "f":
+            raise _err(path, f"hu_reference must be floating point (float32), got dtype {ref.dtype}")
+        if ref.shape != expected:
+            raise _err(path, f"hu_reference must have shape {expected} (slices and image_shape), got {ref.shape}")
     desc = d.get("description")
     if desc is not None and (desc.dtype.kind not in "US" or desc.ndim != 0):
         raise _err(path, f"'description' must be a string, got dtype {desc.dtype} shape {desc.shape}")
-    out = SinogramFile.__new__(SinogramFile)
-    out.sinogram, out.geometry, out.extra_keys = sino, geometry, extra
-    out.i0 = d.get("i0")
-    out.hu_reference = d.get("hu_reference")
-    out.description = None if desc is None else str(desc)
-    _validate(out, source=path)
-    return out
+    probe = SinogramFile.__new__(SinogramFile)  # validate i0 and description with the shared rules
+    probe.geometry, probe.sinogram, probe.hu_reference = geometry, np.zeros(sino.shape[-2:], np.float32), None
+    probe.i0, probe.description = d.get("i0"), None if desc is None else str(desc)
+    _validate(probe, source=path)
+    extra = tuple(sorted(keys - set(REQUIRED_KEYS) - set(FANBEAM_KEYS) - set(OPTIONAL_KEYS)))
+    return SinogramSource(arch, geometry, sino.shape, probe.i0, probe.description, has_reference, extra)
+
+
+def load_sinogram(path: str | os.PathLike) -> SinogramFile:
+    """Read and validate a sinogram exchange file.
+
+    The shapes are checked from the arrays' headers and the memory the data needs is checked
+    against what is available before anything large is read (:func:`open_sinogram`).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    SinogramFormatError (ValueError)
+        Not an ``.npz`` archive (or an empty or damaged one), missing keys, wrong dtype or
+        shape, angle count different from the number of views, unknown geometry, NaN/Inf
+        values, bad optional fields, or data larger than the available memory.
+    """
+    with open_sinogram(path) as source:
+        return source.load()
