@@ -245,6 +245,21 @@ def test_round_trip_of_an_oblique_coronal_reference(tmp_path):
     np.testing.assert_array_equal(vol.hu, hu)
 
 
+def test_round_trip_of_a_tilted_reference_keeps_positions_and_reports_tilt(tmp_path):
+    """Gantry tilt: slices step off the normal; NIfTI's sheared affine keeps the true positions."""
+    tilt = np.radians(15.0)
+    hu = np.random.default_rng(4).integers(-1000, 1000, (4, 3, 3)).astype(np.float32)
+    step = 2.0 * np.array([0.0, np.tan(tilt), 1.0])          # plane distance 2 mm along z
+    ref = CTVolume(hu=hu, pixel_spacing_mm=(0.5, 0.5), slice_spacing_mm=2.0,
+                   positions=np.array([[1.0, 2.0, 3.0] + k * step for k in range(4)]),
+                   orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
+    vol = read_nifti_volume(write_nifti_volume(tmp_path / "tilt.nii", hu, 0.5, None, ref))
+    np.testing.assert_allclose(vol.positions, ref.positions, atol=1e-4)
+    assert vol.slice_spacing_mm == pytest.approx(2.0)
+    assert vol.gantry_tilt_deg == pytest.approx(15.0, abs=1e-3)
+    assert any("gantry tilt" in w for w in vol.warnings)
+
+
 def test_writer_refuses_and_leaves_no_partial_file(tmp_path):
     ref = _axial_volume()
     out = write_nifti_volume(tmp_path / "a.nii.gz", ref.hu, 0.7, 2.5)
