@@ -334,7 +334,8 @@ def write_nifti_volume(path: str | os.PathLike, hu, pixel_spacing_mm, slice_spac
     Returns
     -------
     Path
-        ``path``; :func:`read_nifti_volume` reads it back with the same layout and geometry.
+        ``path``; :func:`read_nifti_volume` reads it back with the same geometry, and the same
+        array layout when the orientation is the standard one of its plane (module docstring).
 
     Raises
     ------
