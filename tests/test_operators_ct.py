@@ -215,6 +215,51 @@ def test_matrix_threads_setting_is_restored():
         set_matrix_threads(old)
 
 
+def test_thread_setting_reaches_the_projector_and_fbp(monkeypatch):
+    """operators.settings.threads is what the sparse products and FBP run with; None lets
+    torch.set_num_threads (e.g. the command's --threads) through; num_threads overrides both."""
+    import operators.ct as ct
+    from operators import FBP, fbp, set_threads
+
+    seen = []
+    product, backproject = ct._blocked_product, FBP.backproject
+
+    def spy_product(*args):
+        seen.append(torch.get_num_threads())
+        return product(*args)
+
+    def spy_backproject(self, q):
+        seen.append(torch.get_num_threads())
+        return backproject(self, q)
+
+    monkeypatch.setattr(ct, "_blocked_product", spy_product)
+    monkeypatch.setattr(FBP, "backproject", spy_backproject)
+    g = par()
+    x, y = torch.rand(32, 32), torch.rand(*g.sinogram_shape)
+
+    def threads_seen(op):
+        seen.clear()
+        op(x), op.T(y), op.adjoint(y), fbp(y, g)
+        return seen[:]
+
+    outside = torch.get_num_threads()
+    other = outside + 1
+    old = set_threads(other)
+    try:
+        assert threads_seen(CTProjector(g)) == [other] * 4
+        assert torch.get_num_threads() == outside            # restored after each call
+        set_threads(None)                                     # follow torch's own setting
+        torch.set_num_threads(other)
+        assert threads_seen(CTProjector(g)) == [other] * 4
+        # a per-operator setting wins over the global one (FBP keeps the global: the 4th entry)
+        assert threads_seen(CTProjector(g, num_threads=1)) == [1, 1, 1, other]
+    finally:
+        set_threads(old)
+        torch.set_num_threads(outside)
+    with pytest.raises(ValueError, match="threads"):
+        set_threads(0)
+
+
 def test_blocked_products_equal_one_product(monkeypatch):
     """Batches go through the sparse product in cache-sized blocks; the result must not change."""
     import operators.ct as ct

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from operators import GaussianNoise, PoissonTransmissionNoise
+from operators import GaussianNoise, PoissonTransmissionNoise, transmission_weights
 
 
 def test_gaussian_noise_statistics_and_determinism():
@@ -55,3 +55,48 @@ def test_noise_bad_input():
         GaussianNoise(1).sample(torch.zeros(3), generator=torch.Generator(), seed=1)
     with pytest.raises(TypeError, match="torch.Tensor"):
         GaussianNoise(1).sample([1.0, 2.0])
+
+
+def test_transmission_weights_are_inverse_variances_with_a_floor():
+    y = torch.tensor([0.0, 1.0, 5.0])
+    torch.testing.assert_close(transmission_weights(y, 1e4), 1e4 * torch.exp(-y))
+    floored = transmission_weights(y, 1e4, model_error=0.03)
+    torch.testing.assert_close(floored, 1 / (torch.exp(y) / 1e4 + 0.03 ** 2))
+    torch.testing.assert_close(transmission_weights(y), torch.exp(-y))   # relative, without I0
+    with pytest.raises(ValueError, match="i0"):
+        transmission_weights(y, 0.0)
+    with pytest.raises(ValueError, match="model_error"):
+        transmission_weights(y, 1e4, model_error=-1.0)
+    with pytest.raises(ValueError, match="needs i0"):
+        transmission_weights(y, None, model_error=0.05)
+
+
+def test_transmission_weights_match_the_simulator_variance():
+    """1 / weight is the variance of the simulated line integrals (here 50 photons a ray)."""
+    i0, p = 1e3, math.log(1e3 / 50.0)
+    y = PoissonTransmissionNoise(i0).sample(torch.full((200_000,), p, dtype=torch.float64), seed=2)
+    w = transmission_weights(torch.tensor([p], dtype=torch.float64), i0)
+    assert float(y.var()) == pytest.approx(1 / float(w), rel=0.05)
+
+
+def _poisson_fisher_information(rate: float) -> float:
+    """Fisher information of N ~ Poisson(I0 exp(-p)) about p, summed from the likelihood:
+    E[(d/dp log P(N))^2] with d/dp log P(N) = rate - N."""
+    n = torch.arange(0, 200, dtype=torch.float64)
+    pmf = torch.exp(n * math.log(rate) - rate - torch.lgamma(n + 1))
+    return float((pmf * (rate - n) ** 2).sum())
+
+
+@pytest.mark.parametrize("photons", [3.0, 1.0, 0.3, 0.05])
+def test_transmission_weights_under_photon_starvation(photons):
+    """Rays with less than one expected photon (y > log I0, from data floored below one photon)
+    carry less information about the line integral than a one-photon ray: the weight is the
+    Poisson Fisher information I0 exp(-y), not floored at one photon."""
+    i0 = 1e4
+    y = torch.tensor([math.log(i0 / photons)], dtype=torch.float64)
+    w = float(transmission_weights(y, i0))
+    assert w == pytest.approx(_poisson_fisher_information(photons), rel=1e-9)
+    assert w == pytest.approx(photons, rel=1e-12)
+    # fewer photons never weigh more
+    y_less = torch.tensor([math.log(i0 / (0.5 * photons))], dtype=torch.float64)
+    assert float(transmission_weights(y_less, i0)) < w
