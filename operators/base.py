@@ -193,8 +193,8 @@ class LinearOperator:
         Returns
         -------
         bool
-            True; a failing check raises ``torch.autograd.gradcheck.GradcheckError`` with the
-            Jacobians that differ.
+            True; a failing check raises ``GradcheckError`` (from the module
+            ``torch.autograd.gradcheck``) showing the Jacobians that differ.
         """
         self._check_dtype(dtype)
         g = torch.Generator(device="cpu").manual_seed(int(seed))

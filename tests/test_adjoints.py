@@ -19,9 +19,25 @@ import torch
 from torch.autograd.gradcheck import GradcheckError
 
 import operators
-from operators import (AdjointOperator, ComposedOperator, Convolution, CTProjector, Downsample, FanBeam2D,
-                       GaussianBlur, Identity, Inpaint, LinearOperator, Mask, MotionBlur, Outpaint, ParallelBeam2D,
-                       ScaledOperator, box_mask, random_mask)
+from operators import (
+    AdjointOperator,
+    ComposedOperator,
+    Convolution,
+    CTProjector,
+    Downsample,
+    FanBeam2D,
+    GaussianBlur,
+    Identity,
+    Inpaint,
+    LinearOperator,
+    Mask,
+    MotionBlur,
+    Outpaint,
+    ParallelBeam2D,
+    ScaledOperator,
+    box_mask,
+    random_mask,
+)
 
 SHAPE = (8, 8)
 
