@@ -25,14 +25,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import subprocess
 import time
 import warnings
 
 import numpy as np
 import torch
+
+from tomo.evaluation.machine import describe_machine, load_average
 
 
 def _timeit(fn, reps: int) -> float:
@@ -67,7 +66,6 @@ def _skimage_fwd_bwd(images: np.ndarray, theta_deg: np.ndarray) -> None:
 
 
 def run(sizes, views_list, batches, reps: int, skimage_slices: int, skip_skimage: bool) -> list:
-    import astra
 
     from operators import CTProjector, ParallelBeam2D, clear_matrix_cache, shepp_logan
     from operators.ct import astra_projector
@@ -92,11 +90,11 @@ def run(sizes, views_list, batches, reps: int, skimage_slices: int, skip_skimage
                     sinos = np.stack([np.asarray(op(torch.from_numpy(i))) for i in imgs]).astype(np.float32)
                     x, y = torch.from_numpy(imgs), torch.from_numpy(sinos)
 
-                    def ours():
+                    def ours(op=op, x=x, y=y):
                         return op(x), op.T(y)
 
                     t_ours = _timeit(ours, reps)
-                    t_astra = _timeit(lambda: _astra_fwd_bwd(imgs, sinos, pid), max(1, reps // 2))
+                    t_astra = _timeit(lambda imgs=imgs, sinos=sinos: _astra_fwd_bwd(imgs, sinos, pid), max(1, reps // 2))
                     fx, bty = ours()
                     ref_f, ref_b = _astra_fwd_bwd(imgs, sinos, pid)
                     diff_f = float(np.abs(fx.numpy() - ref_f).max() / np.abs(ref_f).max())
@@ -130,17 +128,6 @@ def _format_row(r: dict) -> str:
             f"{r['cache_mb']:.0f} | {r['build_s']:.1f} |")
 
 
-def machine_description() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
-    except OSError:
-        model = platform.processor() or "?"
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    return (f"{os.cpu_count()} CPU cores ({model}), torch {torch.__version__} with {torch.get_num_threads()} "
-            f"threads, load average at start {load[0]:.2f}" if load[0] != "?" else f"{os.cpu_count()} cores ({model})")
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
@@ -159,11 +146,11 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning)
     from operators import set_matrix_threads
     set_matrix_threads(args.threads)
-    print(machine_description() + f"; matrix path threads: {args.threads or torch.get_num_threads()}")
+    print(f"{describe_machine()}, load average at start {load_average()}; "
+          f"matrix path threads: {args.threads or torch.get_num_threads()}")
     print(HEADER)
     run(args.sizes, args.views, args.batches, args.reps, args.skimage_slices, args.no_skimage)
-    if hasattr(os, "getloadavg"):
-        print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    print(f"load average at end: {load_average()}")
     return 0
 
 

@@ -36,43 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from operators import CTProjector, FILTERS  # noqa: E402
-from tomo.io.volume import read_volume  # noqa: E402
-from operators.units import mu_to_hu  # noqa: E402
-from tomo.evaluation.scores import psnr, ssim  # noqa: E402
-from tomo.recon import cgls, fbp_reconstruct, sirt, tv_pdhg  # noqa: E402
-from tomo.methods.classical import DEFAULT_MODEL_ERROR, TV_START_FILTER, poisson_weights  # noqa: E402
-from tomo.evaluation.simulation import CONFIGS, simulate_volume  # noqa: E402
-
-#: train/dicom slices used for tuning: (path under train/dicom, slice index in that series).
-#: One per patient (8 of the 9; A072894 left out), mixing axial, coronal and sagittal reformats
-#: and the two non-COVID series, chosen before looking at any result.
-TRAIN_SLICES = (
-    ("covid-ny-sbu-A002304/axial/19001231-076.dcm", 0),
-    ("covid-ny-sbu-A027284/coronal/19000925-058.dcm", 0),
-    ("covid-ny-sbu-A048383/sagittal/19001231-065.dcm", 0),
-    ("covid-ny-sbu-A058062/axial", None),
-    ("covid-ny-sbu-A062055/coronal", None),
-    ("covid-ny-sbu-A098752/sagittal", None),
-    ("thorax-philips-01", 70),
-    ("lung-pet-ct-dx-a0002", 15),
-)
-
-
-def load_train_slices(root: Path, count: int):
-    """``[(name, hu [H, W] float32, pixel spacing (row, col) mm)]`` for the first ``count`` entries."""
-    out = []
-    for rel, index in TRAIN_SLICES[:count]:
-        path = root / rel
-        if path.is_dir() and index is None:  # a folder with one file per study: take the first file
-            path = sorted(path.glob("*.dcm"))[0]
-        vol = read_volume(path)
-        k = 0 if index is None else index
-        out.append((f"{rel}[{k}]", vol.hu[k], vol.pixel_spacing_mm))
-    return out
+from operators import FILTERS
+from operators.units import mu_to_hu
+from tomo.evaluation.cases import DEFAULT_DATA_ROOT, TV_TUNE_SLICES, build_cases, load_train_slices
+from tomo.evaluation.scores import psnr, ssim
+from tomo.evaluation.simulation import CONFIGS
+from tomo.methods.classical import DEFAULT_MODEL_ERROR, TV_START_FILTER, poisson_weights
+from tomo.recon import cgls, fbp_reconstruct, sirt, tv_pdhg
 
 
 def _scores(mu: torch.Tensor, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,17 +63,16 @@ def tune_config(name: str, slices, args) -> list[dict]:
         records.append(dict(config=name, method=method, params=params, iteration=iteration,
                             slice=slice_name, psnr=float(p), ssim=float(s)))
 
-    for k, (slice_name, hu, spacing) in enumerate(slices):
+    for case in build_cases(slices, name, seed=args.seed):
         t0 = time.time()
-        sf = simulate_volume(hu, spacing, name, seed=args.seed + k, progress=False)
+        k, slice_name, sf, op = case.index, case.name, case.data, case.problem.operator
         y = torch.from_numpy(sf.sinogram)
         ref = sf.hu_reference
-        op = CTProjector(sf.geometry)
         for filt in FILTERS:
             p, s = _scores(fbp_reconstruct(y, sf.geometry, filter=filt), ref)
             add("fbp", {"filter": filt}, 0, slice_name, p[0], s[0])
 
-        def recorder(method, params, cps, per_item_params=None):
+        def recorder(method, params, cps, per_item_params=None, ref=ref, slice_name=slice_name):
             def callback(it, x):
                 if it in cps:
                     p, s = _scores(x, ref)
@@ -152,10 +121,9 @@ def summarise(records: list[dict]) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT,
                     help="shared data folder (train/dicom is read; dev/ never)")
-    ap.add_argument("--slices", type=int, default=len(TRAIN_SLICES), help="number of train slices (max %d)"
-                    % len(TRAIN_SLICES))
+    ap.add_argument("--slices", type=int, default=len(TV_TUNE_SLICES), help=f"number of train slices (max {len(TV_TUNE_SLICES)})")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configurations")
     ap.add_argument("--weights", default="1e-4,2e-4,3e-4,5e-4,1e-3,2e-3,3e-3", help="TV weights to scan")
     ap.add_argument("--weighting", default="none,poisson", help="TV data weightings to scan")
@@ -171,10 +139,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="write all records and the summary here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    root = args.data / "train" / "dicom"
-    if not root.is_dir():
-        ap.error(f"{root} not found")
-    slices = load_train_slices(root, args.slices)
+    try:
+        slices = load_train_slices(args.data, TV_TUNE_SLICES[:args.slices])
+    except FileNotFoundError as e:
+        ap.error(str(e))
     print(f"{len(slices)} train slices: " + ", ".join(s[0] for s in slices), flush=True)
     records = []
     t0 = time.time()

@@ -125,7 +125,7 @@ def test_registry_options_for_the_diffusion_solvers():
 def test_wiener_baseline_beats_the_blurred_image():
     hu = _disk(64, 0.3, 400.0)
     hu[20:28, 30:34] = 1000.0
-    [case] = task_cases([Slice("s", hu, (1.0, 1.0))], "deblur", noise_hu=2.0)
+    [case] = task_cases([Slice("s", hu, (1.0, 1.0))], "deblur", noise_hu=2.0, size=64)
     rec, = evaluate_task("wiener", [case], {"balance": 0.005}, verbose=False)
     assert rec.psnr > psnr(case.measurement.numpy(), case.reference) + 1.0
     assert rec.config == "deblur" and rec.network_evaluations == 0

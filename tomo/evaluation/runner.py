@@ -153,12 +153,13 @@ class TaskCase:
     measurement: torch.Tensor
 
 
-def task_cases(slices, task: str, noise_hu: float = 10.0) -> list[TaskCase]:
-    """Degrade :func:`~tomo.evaluation.cases.task_reference` of each slice; slice ``k``'s noise seed is ``k``."""
+def task_cases(slices, task: str, noise_hu: float = 10.0, size: int = 256) -> list[TaskCase]:
+    """Degrade :func:`~tomo.evaluation.cases.task_reference` (longer side ``size`` px) of each slice with
+    white noise of ``noise_hu`` HU; slice ``k``'s noise seed is ``k``."""
     from tomo.methods.image_tasks import degrade, task_operator
     cases = []
     for k, (name, hu, _) in enumerate(slices):
-        ref = task_reference(hu)
+        ref = task_reference(hu, size)
         op = task_operator(task, ref.shape)
         cases.append(TaskCase(name, task, k, ref, op, degrade(op, torch.from_numpy(ref), noise_hu, seed=k)))
     return cases
