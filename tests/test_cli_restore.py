@@ -40,7 +40,7 @@ def disk_png(tmp_path_factory):
 def test_restore_writes_three_pngs_and_scores(tiny_prior_dir, disk_png, tmp_path, capsys, task, method):
     out = tmp_path / "out"
     code = main(["restore", str(disk_png), "--task", task, "--method", method, "--steps", "2", "--size", "32",
-                 "--prior", str(tiny_prior_dir), "-o", str(out), "--quiet"])
+                 "--prior", str(tiny_prior_dir), "-o", str(out)])  # no --quiet: it silences the scores
     assert code == 0
     text = capsys.readouterr().out
     assert "PSNR" in text and "SSIM" in text
@@ -60,7 +60,7 @@ def test_restore_reads_a_slice_of_an_npz_volume(tiny_prior_dir, tmp_path, capsys
     vol = tmp_path / "vol.npz"
     np.savez(vol, hu=hu, spacing_mm=np.array([1.5, 1.5, 3.0], dtype=np.float32))
     assert main(["restore", str(vol), "--task", "deblur", "--slice", "2", "--size", "0", "--steps", "2",
-                 "--prior", str(tiny_prior_dir), "-o", str(tmp_path / "o"), "--quiet"]) == 0
+                 "--prior", str(tiny_prior_dir), "-o", str(tmp_path / "o")]) == 0
     assert "slice 2 of 3" in capsys.readouterr().out
 
 

@@ -49,7 +49,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the scan noise and the samplers (default 0)")
     p.add_argument("--out", default="tomo-demo", help="output folder (default: ./tomo-demo)")
     p.add_argument("--overwrite", action="store_true", help="replace the output folder's demo files")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no information lines")
     p.set_defaults(func=run)
 
 
@@ -120,7 +120,8 @@ def _print_table(rows, title: str) -> None:
 
 
 def _write_csv(rows, path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    from tomo.io.atomic import atomic_file
+    with atomic_file(path, "w", overwrite=True, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -147,7 +148,9 @@ def _write_figure(reference, images, rows, path: Path, title: str) -> None:
         ax.set_yticks([])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from tomo.io.atomic import atomic_path
+    with atomic_path(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 

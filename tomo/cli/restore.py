@@ -57,7 +57,7 @@ def register(subparsers) -> None:
                      help="average this many posterior samples (default 1; also writes a spread map)")
     sol.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the network (faster on CPU)")
     sol.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    sol.add_argument("--quiet", action="store_true", help="no progress bar")
+    sol.add_argument("--quiet", action="store_true", help="no progress bar and no information lines")
     p.set_defaults(func=run)
 
 
@@ -101,7 +101,9 @@ def save_png(hu: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     from tomo.evaluation.scores import window
-    Image.fromarray(np.round(window(hu) * 255).astype(np.uint8)).save(path)
+    from tomo.io.atomic import atomic_path
+    with atomic_path(path, overwrite=True) as tmp:  # run() refused existing outputs without --overwrite
+        Image.fromarray(np.round(window(hu) * 255).astype(np.uint8)).save(tmp)
 
 
 def displayable_degraded(task: str, op, y_hu: np.ndarray) -> np.ndarray:
@@ -164,7 +166,9 @@ def run(args: argparse.Namespace) -> int:
         spread = result.std_hu[0, 0].cpu().numpy()
         save_png(spread * 10.0 - 1000.0, names["spread"])     # 0-200 HU spread shown black to white
         arrays["spread_hu"] = spread
-    np.savez_compressed(names["npz"], **arrays)
+    from tomo.io.atomic import atomic_file
+    with atomic_file(names["npz"], overwrite=True) as fh:
+        np.savez_compressed(fh, **arrays)
     print(f"restored: PSNR {psnr(restored, hu):.2f} dB, SSIM {ssim(restored, hu):.4f} "
           f"([-1000, 1000] HU window; {result.network_evaluations} network evaluations)")
     if degraded.shape == hu.shape and args.task == "deblur":

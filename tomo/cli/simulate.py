@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tomo.cli.main import CommandError
+from tomo.io.resources import check_memory
 
 #: built-in phantoms usable as SOURCE
 PHANTOMS = ("shepp-logan",)
@@ -59,7 +60,7 @@ def register(subparsers) -> None:
                         help="phantom field of view in mm (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0); slice k uses its own stream")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars and no information lines")
     parser.set_defaults(func=run)
 
 
@@ -113,6 +114,7 @@ def _load_source(args) -> tuple[np.ndarray, float, str]:
         size = args.phantom_size or 2 * (args.grid or 256)
         if size < 4 or not args.phantom_fov > 0:
             raise CommandError("--phantom-size must be >= 4 and --phantom-fov > 0")
+        check_memory(_PHANTOM_COPIES * 4 * size * size, f"a {size} x {size} phantom", "use a smaller --phantom-size")
         spacing = args.phantom_fov / size
         hu = mu_to_hu(shepp_logan((size, size), spacing).numpy())[None]
         return hu, spacing, f"phantom {args.source} {size}x{size} at {spacing:.4g} mm"
@@ -127,6 +129,43 @@ def _load_source(args) -> tuple[np.ndarray, float, str]:
     idx = parse_slices(args.slices, vol.hu.shape[0])
     what = f"{path} slices {args.slices}" if args.slices != "all" else f"{path} ({len(idx)} slices)"
     return vol.hu[idx], float(rows), what
+
+
+#: float32/float64 copies of a phantom while it is made and converted
+_PHANTOM_COPIES = 6
+
+
+def simulation_memory(shape: tuple[int, int, int], config, grid: int | None) -> int:
+    """Bytes :func:`tomo.evaluation.simulation.simulate_volume` needs for HU slices of ``shape``.
+
+    Parameters
+    ----------
+    shape : (slices, H, W)
+    config : SimulationConfig
+    grid : int or None
+        Reconstruction grid (None: the protocol's default for the padded slice size).
+
+    Returns
+    -------
+    int
+        A clipped float32 copy of the input, the sinograms and references (kept per slice, then
+        stacked: twice), and one slice's fine-grid work (padded image, attenuation, projection).
+    """
+    from tomo.evaluation.simulation import default_grid
+
+    s, h, w = shape
+    n = max(h, w)
+    g = default_grid(n) if grid is None else grid
+    detectors = 2 * g if config.geometry == "fanbeam" else (3 * g) // 2
+    outputs = 4 * s * (config.views * detectors + g * g)
+    return 4 * s * n * n + 2 * outputs + 8 * 8 * n * n
+
+
+def _check_simulation_memory(shape, config, grid) -> None:
+    s, h, w = shape
+    check_memory(simulation_memory(shape, config, grid),
+                 f"simulating {s} slice{'s' if s > 1 else ''} of {h} x {w} ({config.describe()})",
+                 "select fewer slices with --slices")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--grid must be >= 2, got {args.grid}")
     config = _config(args)
     hu, spacing, what = _load_source(args)
+    _check_simulation_memory(hu.shape, config, args.grid)
     single = hu.shape[0] == 1
     sf = simulate_volume(hu[0] if single else hu, spacing, config, grid=args.grid, seed=args.seed,
                          progress=not args.quiet,
