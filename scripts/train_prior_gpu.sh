@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Trains the shipped diffusion prior (data/prior) exactly as it was trained: on one GPU, in
-# whole-image mode (256 x 256 canvas at 1.5 mm = 384 mm field of view, no position channels).
+# Trains the shipped diffusion prior (data/prior) as it was trained: on one GPU, in whole-image
+# mode (256 x 256 canvas at 1.5 mm = 384 mm field of view, no position channels), by
+# `scripts/train_prior_gpu.py --preset shipped` (the GPU recipe; its default preset trains the
+# larger prior on all training data).
 #
 # Data: ../shared/data/train/dicom only (9 patients, 213 slices incl. coronal/sagittal reformats;
 # never dev/), packed first at the prior's pixel size so that it can be copied to the GPU machine
@@ -22,9 +24,6 @@ MIN=${2:-6}
 PACKED=${PACKED:-runs/train_packed_1.5mm}
 [ -d "$PACKED" ] || python scripts/pack_training_slices.py "$DATA/train/dicom" --out "$PACKED"
 mkdir -p "$OUT"
-tomo train "$PACKED" --out "$OUT" --device cuda \
-    --arch small --patch-size 0 --image-size 256 --pixel-size 1.5 --hu-window=-1000,2000 --beta-schedule linear \
-    --batch-size 32 --lr 2e-4 --lr-schedule constant --warmup-steps 200 --ema-decay 0.999 \
-    --seed 0 --steps 100000 --max-minutes "$MIN" --checkpoint-every 1000 --log-every 50 \
-    --samples 8 --sample-steps 50 --no-progress > "$OUT/train.log" 2>&1
-tail -2 "$OUT/train.log"
+python scripts/train_prior_gpu.py --preset shipped --data "$PACKED" --out "$OUT" --minutes "$MIN" \
+    --shard-mb 0 --log-every 50 > "$OUT/train.log" 2>&1
+tail -3 "$OUT/train.log"

@@ -76,6 +76,13 @@ def register(subparsers) -> None:
     r.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
     r.add_argument("--cpu-bf16", action="store_true",
                    help="bf16 autocast on CPU (weights stay float32; ~1.6x faster on CPUs with AVX512-BF16)")
+    r.add_argument("--channels-last", action="store_true",
+                   help="channels-last (NHWC) memory format for the UNet and its input (faster on GPUs)")
+    r.add_argument("--compile", action="store_true",
+                   help="torch.compile the network (compiled at the first step; for long GPU runs)")
+    r.add_argument("--shard-mb", type=float, default=None, metavar="MIB",
+                   help="write the EMA weights as safetensors shards of at most MIB MiB plus an index "
+                        "(default: one prior.safetensors)")
     r.add_argument("--samples", type=int, default=8, help="unconditional samples drawn at the end (0: none)")
     r.add_argument("--sample-steps", type=int, default=50, help="DDIM steps for the samples (50)")
     r.add_argument("--sample-size", type=int, default=None, help="sample side in pixels (default: image size)")

@@ -58,7 +58,28 @@ def tiny_architecture(in_channels: int = 3, sample_size: int = 16) -> dict[str, 
     }
 
 
-ARCHITECTURES = {"small": default_architecture, "tiny": tiny_architecture}
+def large_architecture(in_channels: int = 1, sample_size: int = 256) -> dict[str, Any]:
+    """A larger ``UNet2DModel`` for GPU training in whole-image mode (about 14 M parameters).
+
+    Five resolution levels (256 -> 16 px), two ResNet blocks per level, self attention at 32 and
+    16 px; the first level is kept narrow (32 channels) because it is the most expensive one.
+    Its fp32 weights (about 55 MiB) fit four 16 MiB safetensors shards.
+    """
+    return {
+        "class": "UNet2DModel",
+        "sample_size": sample_size,
+        "in_channels": in_channels,
+        "out_channels": 1,
+        "block_out_channels": [32, 64, 128, 256, 256],
+        "layers_per_block": 2,
+        "down_block_types": ["DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 32,
+        "attention_head_dim": 32,
+    }
+
+
+ARCHITECTURES = {"small": default_architecture, "tiny": tiny_architecture, "large": large_architecture}
 
 
 def default_schedule(beta_schedule: str = "linear", num_train_timesteps: int = 1000) -> dict[str, Any]:

@@ -53,6 +53,7 @@ class DataReport:
     groups: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (path, reason)
     spacing_range_mm: tuple[float, float] | None = None
+    sources: dict[str, dict[str, str]] = field(default_factory=dict)   # group -> collection, licence
 
     def summary(self) -> str:
         text = (f"{self.n_slices} slices from {self.n_volumes} series/volumes in {len(self.groups)} groups")
@@ -68,7 +69,8 @@ class DataReport:
         return {"roots": self.roots, "n_volumes": self.n_volumes, "n_slices": self.n_slices,
                 "groups": self.groups, "n_skipped": len(self.skipped),
                 "skipped_reasons": dict(Counter(r for _, r in self.skipped)),
-                "pixel_spacing_range_mm": list(self.spacing_range_mm) if self.spacing_range_mm else None}
+                "pixel_spacing_range_mm": list(self.spacing_range_mm) if self.spacing_range_mm else None,
+                "sources": self.sources}
 
 
 def _short_reason(reason: str) -> str:
@@ -105,17 +107,22 @@ def _read_npz(path: Path, root: Path, records, report, hu_window) -> None:
     except Exception as exc:   # any unreadable file is skipped and counted (e.g. zipfile.BadZipFile)
         report.skipped.append((str(path), _short_reason(str(exc).replace(str(path), "").lstrip(": "))))
         return
-    _add_volume(records, report, vol.hu, vol.pixel_spacing_mm, _npz_patient(path) or _group_of(path, root),
-                str(path), hu_window)
+    meta = _npz_metadata(path)
+    group = meta.get("patient_id") or _group_of(path, root)
+    _add_volume(records, report, vol.hu, vol.pixel_spacing_mm, group, str(path), hu_window)
+    source = {k: meta[k] for k in ("collection", "licence") if k in meta}
+    if source:
+        report.sources[group] = source
 
 
-def _npz_patient(path: Path) -> str | None:
-    """The ``patient_id`` stored in a volume file, if any: several files can hold one patient."""
+def _npz_metadata(path: Path) -> dict[str, str]:
+    """The ``patient_id`` (several files can hold one patient), ``collection`` and ``licence``
+    strings stored in a volume file, those it has."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return str(data["patient_id"]) if "patient_id" in data.files else None
+            return {k: str(data[k]) for k in ("patient_id", "collection", "licence") if k in data.files}
     except (OSError, ValueError):
-        return None
+        return {}
 
 
 def _read_dicom_tree(root: Path, records, report, hu_window) -> None:
