@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from tomo.cli import CommandError
+from tomo.cli.progress import library_bars
 
 DEFAULT_METHODS = ("fbp", "tv", "dds", "dps")
 #: DPS steps in the demo: the full 1000-step schedule of ``tomo reconstruct --method dps`` (zeta 1).
@@ -102,7 +103,7 @@ def _reconstruct_all(scan, methods, args):
     rows, images = [], {}
     for name in methods:
         t0 = time.perf_counter()
-        mu = reconstruct(scan.sinogram, scan.geometry, name, i0=scan.i0, progress=not args.quiet,
+        mu = reconstruct(scan.sinogram, scan.geometry, name, i0=scan.i0, progress=library_bars(args),
                          **_method_options(name, args))
         seconds = time.perf_counter() - t0
         hu = mu_to_hu(mu.detach().cpu().numpy())
@@ -182,7 +183,7 @@ def run(args) -> int:
     _prepare_out(out, args.overwrite)
     hu, spacing, volume, label = _load_source(args.source, args.slice)
     t0 = time.perf_counter()
-    scan = simulate_slice(hu, spacing, args.config, seed=args.seed, progress=not args.quiet)
+    scan = simulate_slice(hu, spacing, args.config, seed=args.seed, progress=library_bars(args))
     save_sinogram(out / "scan.npz", scan, overwrite=args.overwrite)
     title = (f"{label}: {args.config} ({scan.geometry.num_views} views, I0={scan.i0:g}), "
              f"{scan.geometry.image_shape[0]}x{scan.geometry.image_shape[1]} grid")

@@ -9,7 +9,16 @@ from __future__ import annotations
 import sys
 import time
 
-__all__ = ["SliceProgress"]
+__all__ = ["SliceProgress", "library_bars"]
+
+
+def library_bars(args) -> bool:
+    """Whether library code (reconstruction, solvers, simulation) may draw tqdm bars.
+
+    Only on a terminal and without ``--quiet``: a bar drawn into a log or a pipe is thousands of
+    carriage-return updates, whatever the library's own setting.
+    """
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
 
 
 class SliceProgress:

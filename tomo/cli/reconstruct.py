@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tomo.cli.main import CommandError
+from tomo.cli.progress import library_bars
 
 
 #: one-line summary shown by ``tomo --help``
@@ -363,7 +364,7 @@ def _reconstruct_chunks(source, partial: PartialRun, args, options: dict) -> Non
         for start in todo:
             (_, sino, ref), = source.iter_slices(start, start + chunk, chunk)
             mu = reconstruct(sino, source.geometry, args.method, i0=source.i0, device=args.device,
-                             batch_size=chunk, progress=not args.quiet, out_device="cpu", **options)
+                             batch_size=chunk, progress=library_bars(args), out_device="cpu", **options)
             hu = mu_to_hu(mu.numpy()).astype(np.float32)
             if ref is None:
                 partial.save(start, hu)

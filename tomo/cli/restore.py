@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tomo.cli import CommandError
+from tomo.cli.progress import library_bars
 
 #: one-line summary shown by ``tomo --help``
 HELP = "degrade a CT image (blur, downsample, mask) and restore it with the diffusion prior"
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
           f"{args.method} {kwargs}")
     if args.samples < 1:
         raise CommandError(f"--samples must be >= 1, got {args.samples}")
-    result = restore(prior, op, y, args.method, seed=args.seed, progress=not args.quiet, samples=args.samples,
+    result = restore(prior, op, y, args.method, seed=args.seed, progress=library_bars(args), samples=args.samples,
                      **kwargs)
     restored = result.hu[0, 0].cpu().numpy()
     degraded = displayable_degraded(args.task, op, y.cpu().numpy())

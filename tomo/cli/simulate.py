@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tomo.cli.main import CommandError
+from tomo.cli.progress import library_bars
 from tomo.io.resources import check_memory
 
 #: built-in phantoms usable as SOURCE
@@ -186,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     _check_simulation_memory(hu.shape, config, args.grid)
     single = hu.shape[0] == 1
     sf = simulate_volume(hu[0] if single else hu, spacing, config, grid=args.grid, seed=args.seed,
-                         progress=not args.quiet,
+                         progress=library_bars(args),
                          description=None)
     sf.description = f"tomo simulate {what}: {sf.description}"
     save_sinogram(out, sf, overwrite=args.overwrite)
