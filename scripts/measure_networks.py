@@ -44,11 +44,11 @@ def _arch(blocks, attn_levels, layers=1, groups=None, head=32) -> dict:
 
 #: name -> (UNet2DModel arguments, what it tries)
 CANDIDATES = {
-    "small (shipped)": (ARCHITECTURES["small"](), "today's: [32,64,128,128], attention at the lowest level (32 px)"),
-    "lean4": (_arch([16, 64, 128, 256], {3}, groups=16), "cheaper full resolution, wider low levels; attention at 32 px"),
-    "lean5": (_arch([16, 64, 128, 256, 256], {3, 4}, groups=16), "5 levels, attention at 32 and 16 px"),
-    "lean5-thin": (_arch([16, 32, 96, 192, 256], {3, 4}, groups=16), "thinner middle levels, attention at 32 and 16 px"),
-    "large": (ARCHITECTURES["large"](), "GPU candidate (preset 'large')"),
+    "small (shipped)": (ARCHITECTURES["small"](), "[32,64,128,128], attention at 32 px"),
+    "lean4": (_arch([16, 32, 64, 128], {3}, groups=16), "[16,32,64,128], attention at 32 px"),
+    "lean5": (_arch([16, 32, 64, 128, 256], {3, 4}, groups=16), "[16,32,64,128,256], attention at 32 and 16 px"),
+    "wide5": (_arch([16, 64, 128, 256, 256], {3, 4}, groups=16), "[16,64,128,256,256], attention at 32 and 16 px"),
+    "large": (ARCHITECTURES["large"](), "[32,64,128,192,256], attention at 32 and 16 px (GPU preset)"),
 }
 
 

@@ -60,10 +60,22 @@ def throughput(log_path: Path, gflops: float) -> tuple[float, float]:
     return ips, ips * 3 * gflops / 1e3
 
 
+#: besides the weights: what comes back from the GPU machine (at most 8 files of 16 MiB there;
+#: loss.png is left out since `tomo.priors.training.plot_loss` redraws it from log.csv)
+EXPORTED = ("prior.json", "log.csv", "samples.png")
+
+
 def export(run: Path, dest: Path) -> list[Path]:
-    """Copy what ``load_prior`` needs (shards, index, config) plus ``log.csv`` and ``loss.png``."""
-    from tomo.priors.export import export_prior
-    return export_prior(run, dest, force=True)
+    """Copy what ``load_prior`` needs (shards, index, config) plus ``log.csv`` and ``samples.png``,
+    then check that the copy loads."""
+    from tomo.priors import load_prior
+    from tomo.priors.checkpoint import atomic_write_bytes, weight_files
+    written = []
+    for src in [*weight_files(run)[::-1], *(run / n for n in EXPORTED if (run / n).is_file())]:
+        atomic_write_bytes(dest / src.name, src.read_bytes())      # shards before their index
+        written.append(dest / src.name)
+    load_prior(dest)
+    return written
 
 
 def parse(argv=None) -> argparse.Namespace:
