@@ -2,7 +2,7 @@
 
 Every function works on a batch of independent problems stacked along the first dimension
 (``[B, ...]``): per-item inner products, the power iteration that estimates operator norms,
-and conjugate gradients. They know nothing about CT; the classical solvers (:mod:`tomo.recon`),
+conjugate gradients, and the finite differences and shrinkage of total variation. They know nothing about CT; the classical solvers (:mod:`tomo.recon`),
 the diffusion solvers (:mod:`tomo.solvers`) and :meth:`operators.LinearOperator.norm` all call
 these, so each formula has one implementation.
 """
@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["batch_dot", "random_start", "power_iteration", "conjugate_gradient"]
+__all__ = ["batch_dot", "random_start", "power_iteration", "conjugate_gradient", "gradient", "gradient_adjoint",
+           "shrink_isotropic"]
 
 
 def batch_dot(a: torch.Tensor, b: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
@@ -115,3 +116,36 @@ def conjugate_gradient(apply_matrix: Callable[[torch.Tensor], torch.Tensor], rhs
         p = r + beta * p
         rs = rs_new
     return x
+
+
+def gradient(u: torch.Tensor) -> torch.Tensor:
+    """Forward-difference gradient of ``[B, H, W]`` images -> ``[B, 2, H, W]`` (rows, columns).
+
+    Differences are per pixel (not divided by the pixel size); the last row/column difference
+    is 0 (Neumann boundary).
+    """
+    g = torch.zeros((u.shape[0], 2) + tuple(u.shape[1:]), dtype=u.dtype, device=u.device)
+    g[:, 0, :-1, :] = u[:, 1:, :] - u[:, :-1, :]
+    g[:, 1, :, :-1] = u[:, :, 1:] - u[:, :, :-1]
+    return g
+
+
+def gradient_adjoint(g: torch.Tensor) -> torch.Tensor:
+    """Adjoint of :func:`gradient` (minus the divergence): ``[B, 2, H, W]`` -> ``[B, H, W]``."""
+    gr, gc = g[:, 0], g[:, 1]
+    out = torch.zeros_like(gr)
+    out[:, :-1, :] -= gr[:, :-1, :]
+    out[:, 1:, :] += gr[:, :-1, :]
+    out[:, :, :-1] -= gc[:, :, :-1]
+    out[:, :, 1:] += gc[:, :, :-1]
+    return out
+
+
+def shrink_isotropic(g: torch.Tensor, threshold) -> torch.Tensor:
+    """Proximal map of ``threshold * sum_pixels |g_pixel|_2`` for gradients ``[B, 2, H, W]``.
+
+    Each pixel's 2-vector is shortened by ``threshold`` (and set to 0 when shorter): the
+    isotropic soft threshold of TV splitting methods (ADMM, split Bregman).
+    """
+    magnitude = g.pow(2).sum(1, keepdim=True).sqrt()
+    return g * (1.0 - threshold / magnitude.clamp_min(1e-12)).clamp_min(0.0)

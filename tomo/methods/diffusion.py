@@ -103,8 +103,10 @@ def ct_problem(prior, projector: LinearOperator, sinogram: torch.Tensor, *, i0: 
     return affine_problem(projector, sinogram, a, b, weights, unit="1/mm")
 
 
-def run_dds(sinogram: torch.Tensor, problem: ReconProblem, *, prior=None, **options) -> torch.Tensor:
+def run_dds(sinogram: torch.Tensor, problem: ReconProblem, *, prior=None, dds_tv=None, **options) -> torch.Tensor:
     """DDS reconstruction: mu [1/mm] ``[B, H, W]`` (options: steps, cg_iterations, eta, seed, init, start)."""
+    if dds_tv is not None:                           # the hybrid data step (tomo.solvers.dds tv_weight)
+        options["tv_weight"] = dds_tv
     return _solve(dds, DDS_DEFAULTS, sinogram, problem, prior, options)
 
 
@@ -132,6 +134,11 @@ def register(registry: MethodRegistry) -> None:
         options=_COMMON + (
             MethodOption("--cg-iterations", "cg_iterations", int, "dds: CG iterations per step (default 3)"),
             MethodOption("--eta", "eta", float, "dds: fraction of fresh noise when re-noising, 0-1 (default 0.85)"),
+            MethodOption("--dds-tv", "dds_tv", float, "dds: TV weight of the hybrid data step (ADMM on data + TV "
+                                                      "each step, model range units; default %g = plain CG)"
+                         % DDS_DEFAULTS.get("tv_weight", 0.0)),
+            MethodOption("--admm-iterations", "admm_iterations", int,
+                         "dds: ADMM iterations per step of the hybrid data step (default 4)"),
             MethodOption("--init", "init", str, "dds: warm start from this classical method's image, or 'none' for "
                                                 "a cold start from noise (default tv)"),
             MethodOption("--start", "start", float, "dds: with --init, run the last START fraction of the schedule "

@@ -26,7 +26,7 @@ import math
 import torch
 
 from operators.base import LinearOperator
-from operators.linalg import power_iteration, random_start
+from operators.linalg import gradient, gradient_adjoint, power_iteration, random_start
 from operators.units import MU_WATER_PER_MM
 
 from .iteration import Callback, Stopper, as_batch, check_iterations, expand_as, initial_image, where_active
@@ -38,29 +38,6 @@ __all__ = ["tv_pdhg", "gradient", "gradient_adjoint", "total_variation", "MU_WAT
 #: solution; 0.03 converged fastest of {0.01, 0.03, 0.1, 0.3, 1} on train slices (parallel 8/30
 #: views, fan beam 60 views, 256 x 256, FBP start) and on a 64 x 64 phantom (see docs/reconstruction.md).
 DEFAULT_BALANCE = 0.03
-
-
-def gradient(u: torch.Tensor) -> torch.Tensor:
-    """Forward-difference gradient of ``[B, H, W]`` images -> ``[B, 2, H, W]`` (rows, columns).
-
-    Differences are per pixel (not divided by the pixel size); the last row/column difference
-    is 0 (Neumann boundary).
-    """
-    g = torch.zeros((u.shape[0], 2) + tuple(u.shape[1:]), dtype=u.dtype, device=u.device)
-    g[:, 0, :-1, :] = u[:, 1:, :] - u[:, :-1, :]
-    g[:, 1, :, :-1] = u[:, :, 1:] - u[:, :, :-1]
-    return g
-
-
-def gradient_adjoint(g: torch.Tensor) -> torch.Tensor:
-    """Adjoint of :func:`gradient` (minus the divergence): ``[B, 2, H, W]`` -> ``[B, H, W]``."""
-    gr, gc = g[:, 0], g[:, 1]
-    out = torch.zeros_like(gr)
-    out[:, :-1, :] -= gr[:, :-1, :]
-    out[:, 1:, :] += gr[:, :-1, :]
-    out[:, :, :-1] -= gc[:, :, :-1]
-    out[:, :, 1:] += gc[:, :, :-1]
-    return out
 
 
 def total_variation(u: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from operators.base import LinearOperator, check_tensor
-from operators.linalg import conjugate_gradient, power_iteration, random_start
+from operators.linalg import (conjugate_gradient, gradient, gradient_adjoint, power_iteration, random_start,
+                              shrink_isotropic)
 from operators.noise import transmission_weights
 
 __all__ = ["DataFidelity", "conjugate_gradient", "transmission_poisson_weights", "batch_measurements"]
@@ -169,3 +170,64 @@ class DataFidelity:
             rhs = rhs + lam * x0
             return conjugate_gradient(lambda v: self.normal(v) + lam * v, rhs, x0, iterations, tol)
         return conjugate_gradient(self.normal, rhs, x0, iterations, tol)
+
+    def solve_tv(self, x0: torch.Tensor, tv_weight: float, *, admm_iterations: int = 4, cg_iterations: int = 3,
+                 rho: float | None = None, lam: float = 0.0) -> torch.Tensor:
+        """A few ADMM iterations on the data term plus isotropic TV, started at ``x0``.
+
+        Minimises ``1/2 ||r(x)||^2 + lam/2 ||x - x0||^2 + tv_weight TV(x)`` by splitting
+        ``z = D x`` (``D``: forward differences, :func:`operators.linalg.gradient`):
+
+            x <- CG on (s^2 A^T W A + lam I + rho D^T D) x = s^2 A^T W y + lam x0 + rho D^T (z - u)
+            z <- shrink(D x + u, tv_weight / rho),   u <- u + D x - z,
+
+        the hybrid data step of DiffusionMBIR / 3-D DDS: the diffusion prior proposes ``x0``
+        and the convex TV term suppresses the streaks the few views leave in its null space.
+        Like :meth:`solve`, it is early-stopped from ``x0`` (``admm_iterations x cg_iterations``
+        applications of the normal operator), in normalised units (``||s W^{1/2} A|| = 1``).
+
+        Parameters
+        ----------
+        x0 : torch.Tensor [B, 1, H, W]
+            Start (the prior's denoised estimate), model range.
+        tv_weight : float
+            TV weight per unit of model range per pixel (> 0).
+        admm_iterations, cg_iterations : int
+            Outer ADMM iterations and CG iterations per x-update.
+        rho : float, optional
+            ADMM penalty (relative to the normalised data term); default ``10 * tv_weight``:
+            a penalty much larger than the weight lets ``D^T D`` dominate the x-update and
+            stalls the few iterations (8-view test: error 0.35 at 10 x the weight, 1.5 at 100 x).
+        lam : float
+            Optional Tikhonov pull towards ``x0``.
+
+        Returns
+        -------
+        torch.Tensor [B, 1, H, W]
+        """
+        rho = 10.0 * tv_weight if rho is None else rho
+        if not tv_weight > 0 or not rho > 0:
+            raise ValueError(f"tv_weight and rho must be > 0, got {tv_weight}, {rho}")
+        if admm_iterations < 1:
+            raise ValueError(f"admm_iterations must be >= 1, got {admm_iterations}")
+
+        def diff(v):                                   # [B, 1, H, W] -> [B, 2, H, W]
+            return gradient(v[:, 0])
+
+        def diff_adjoint(g):                           # [B, 2, H, W] -> [B, 1, H, W]
+            return gradient_adjoint(g)[:, None]
+
+        def matrix(v):
+            out = self.normal(v) + rho * diff_adjoint(diff(v))
+            return out + lam * v if lam > 0 else out
+
+        data_rhs = self.normal_rhs() + (lam * x0 if lam > 0 else 0.0)
+        x = x0
+        z = diff(x0)
+        u = torch.zeros_like(z)
+        for _ in range(admm_iterations):
+            x = conjugate_gradient(matrix, data_rhs + rho * diff_adjoint(z - u), x, cg_iterations)
+            dxu = diff(x) + u
+            z = shrink_isotropic(dxu, tv_weight / rho)
+            u = dxu - z
+        return x

@@ -26,6 +26,7 @@ __all__ = ["dds"]
 
 def dds(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tensor | None = None,
         steps: int = 50, eta: float = 0.85, cg_iterations: int = 5, lam: float = 0.0,
+        tv_weight: float = 0.0, admm_iterations: int = 4, admm_rho: float | None = None,
         seed: int | torch.Generator | None = None, clip_x0: bool = True, normalize: bool = True,
         spacing: str = "trailing", x_init: torch.Tensor | None = None, start: float = 1.0,
         autocast_dtype: torch.dtype | None = None,
@@ -51,6 +52,15 @@ def dds(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
     lam : float
         Tikhonov weight pulling towards ``x0_hat``, relative to ``||s W^{1/2} A||^2 = 1``
         (0: plain early-stopped least squares, as in the DDS paper).
+    tv_weight : float
+        > 0: the hybrid data step, ADMM on the data term plus ``tv_weight`` times isotropic TV
+        (:meth:`~tomo.solvers.data_terms.DataFidelity.solve_tv`, ``admm_iterations`` outer
+        iterations of ``cg_iterations`` CG each, penalty ``admm_rho``), as DiffusionMBIR and the
+        3-D DDS do; 0 (default): plain early-stopped CG.
+    admm_iterations : int
+        ADMM iterations per step (with ``tv_weight > 0``).
+    admm_rho : float, optional
+        ADMM penalty (with ``tv_weight > 0``; default ``10 * tv_weight``).
     seed : int, torch.Generator or None
         Randomness of the initial and re-noising noise and of the prior's patch shifts.
     clip_x0 : bool
@@ -81,6 +91,8 @@ def dds(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
         raise ValueError(f"eta must be in [0, 1], got {eta!r}")
     if isinstance(cg_iterations, bool) or not isinstance(cg_iterations, int) or cg_iterations < 0:
         raise ValueError(f"cg_iterations must be an int >= 0, got {cg_iterations!r}")
+    if not (isinstance(tv_weight, (int, float)) and 0.0 <= tv_weight < float("inf")):
+        raise ValueError(f"tv_weight must be a finite number >= 0, got {tv_weight!r}")
     if not (isinstance(lam, (int, float)) and 0.0 <= lam < float("inf")):
         raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
     schedule, data, generator, x = start_sampling(prior, operator, y, weights, steps=steps, spacing=spacing,
@@ -94,7 +106,11 @@ def dds(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
             x0 = tweedie_x0(x, eps, abar)
             if clip_x0:
                 x0 = x0.clamp(-1.0, 1.0)
-            x0 = data.solve(x0, cg_iterations, lam)
+            if tv_weight > 0:
+                x0 = data.solve_tv(x0, tv_weight, admm_iterations=admm_iterations, cg_iterations=cg_iterations,
+                                   rho=admm_rho, lam=lam)
+            else:
+                x0 = data.solve(x0, cg_iterations, lam)
             history.append([float(v) for v in data.residual_norm(x0)])
             noise = standard_normal(x.shape, generator, x) if abar_prev < 1.0 and eta > 0 else None
             x = ddim_step(x0, eps, abar_prev, eta, noise)
