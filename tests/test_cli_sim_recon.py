@@ -135,3 +135,25 @@ def test_dicom_in_dicom_out(tmp_path):
     assert abs(float(np.median(vol.hu[:, 9:15, 9:15])) - 40.0) < 60.0  # water-ish square in HU
     assert main(["reconstruct", str(sino), "--method", "fbp", "--dicom-reference", str(src), "--out", str(out),
                  "--quiet"]) == 2  # exists, no --overwrite
+
+
+def test_threads_option_reaches_the_projector(phantom_file, tmp_path, monkeypatch):
+    """--threads N sets torch's threads and the operators' setting, which CTProjector and FBP honour."""
+    import operators
+    from operators.settings import settings
+    seen = []
+    real = operators.CTProjector._forward
+
+    def spy(self, x):
+        import torch
+        seen.append(torch.get_num_threads())
+        return real(self, x)
+
+    monkeypatch.setattr(operators.CTProjector, "_forward", spy)
+    old = operators.set_threads(1)
+    try:
+        assert main(["reconstruct", str(phantom_file), "--method", "sirt", "--iterations", "2", "--threads", "2",
+                     "--out", str(tmp_path / "r.npz"), "--quiet"]) == 0
+        assert settings.threads == 2 and seen and set(seen) == {2}
+    finally:
+        operators.set_threads(old)

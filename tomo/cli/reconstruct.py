@@ -178,7 +178,10 @@ def run(args: argparse.Namespace) -> int:
         reference_volume = _dicom_reference(args, source) if args.dicom_reference is not None else None
         if args.threads:
             import torch
+
+            import operators
             torch.set_num_threads(args.threads)
+            operators.set_threads(args.threads)       # the projector and FBP honour it too
         partial = PartialRun.open(_partial_folder(out), args, options, batch, source)
         t0 = time.time()
         _reconstruct_chunks(source, partial, args, options)

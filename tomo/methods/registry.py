@@ -244,7 +244,7 @@ def reconstruct(sinogram, geometry, method: str = "fbp", *, i0: float | None = N
     chunks = []
     starts = range(0, sino.shape[0], batch)
     with torch.no_grad():
-        for start in tqdm(starts, desc=f"{method} batches", disable=not progress or len(starts) < 2,
+        for start in tqdm(starts, desc=f"{method} batches", disable=None if progress and len(starts) >= 2 else True,
                           leave=False):
             part = sino[start:start + batch].to(device=dev, dtype=torch.float32)
             mu = entry.run(part, problem, **options)

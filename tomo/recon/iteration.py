@@ -76,7 +76,7 @@ class Stopper:
         self.tol = tol
         self.active = torch.ones(batch, dtype=torch.bool, device=device)
         self.iterations_run = torch.zeros(batch, dtype=torch.long, device=device)
-        self.bar = tqdm(total=iterations, desc=desc, disable=not progress, leave=False)
+        self.bar = tqdm(total=iterations, desc=desc, disable=None if progress else True, leave=False)
 
     def update(self, change: torch.Tensor, scale: torch.Tensor) -> None:
         """Record one iteration; ``change``/``scale`` are per-item norms [B] of the step and iterate."""

@@ -100,7 +100,7 @@ def dds(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
     precision = network_precision(data.y.device, autocast_dtype)
     history = []
     with torch.no_grad():
-        for t, abar, abar_prev in tqdm(schedule, desc="DDS", disable=not progress, leave=False):
+        for t, abar, abar_prev in tqdm(schedule, desc="DDS", disable=None if progress else True, leave=False):
             with precision:
                 eps = prior.eps(x, t, generator=generator).to(x.dtype)
             x0 = tweedie_x0(x, eps, abar)

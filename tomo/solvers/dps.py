@@ -97,7 +97,7 @@ def dps(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
     schedule, data, generator, x = start_sampling(prior, operator, y, weights, steps=steps, spacing=spacing,
                                                   start=start, normalize=normalize, seed=seed, x_init=x_init)
     history = []
-    for t, abar, abar_prev in tqdm(schedule, desc="DPS", disable=not progress, leave=False):
+    for t, abar, abar_prev in tqdm(schedule, desc="DPS", disable=None if progress else True, leave=False):
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             with network_precision(data.y.device, autocast_dtype):
