@@ -142,6 +142,13 @@ def test_registry_samples_average_posterior_samples(tiny_prior_dir):
     assert float((mean - one).abs().max()) > 1e-6
     with pytest.raises(ValueError, match="samples"):
         reconstruct(sino, geometry, "dds", samples=0, **kw)
+    # the spread of the samples comes back as a calibrated std in 1/mm, for sampling methods only
+    mean2, std = reconstruct(sino, geometry, "dds", samples=3, return_std=True, **kw)
+    torch.testing.assert_close(mean2, mean)
+    assert std.shape == mean.shape and bool((std >= 0).all()) and float(std.max()) > 0
+    _, no_std = reconstruct(sino, geometry, "dds", return_std=True, **kw)
+    _, fbp_std = reconstruct(sino, geometry, "fbp", return_std=True, progress=False)
+    assert no_std is None and fbp_std is None
 
 
 def test_bfloat16_autocast_of_the_network_stays_close_to_float32(tiny_prior):

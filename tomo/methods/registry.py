@@ -15,7 +15,8 @@ Write a function ``run(sinogram, problem, **options) -> mu`` where
 * ``problem`` is a :class:`ReconProblem`: ``geometry``, ``device``, ``i0`` (photons per bin or
   None), ``progress`` (show progress bars), and ``operator`` (the :class:`operators.CTProjector`
   of the geometry on the device, built on first use and shared);
-* it returns attenuation mu [1/mm] as a tensor ``[B, H, W]`` on ``problem.device``;
+* it returns attenuation mu [1/mm] as a tensor ``[B, H, W]`` on ``problem.device``, or a
+  :class:`MethodOutput` that adds a pixel-wise posterior standard deviation (sampling methods);
 
 then register it with its command-line options, in the default registry or in your own::
 
@@ -44,7 +45,7 @@ from tqdm.auto import tqdm
 
 from operators.geometry import FanBeam2D, ParallelBeam2D
 
-__all__ = ["ReconProblem", "ReconMethod", "MethodOption", "MethodRegistry", "default_registry",
+__all__ = ["ReconProblem", "ReconMethod", "MethodOutput", "MethodOption", "MethodRegistry", "default_registry",
            "get_method", "available_methods", "reconstruct"]
 
 
@@ -65,6 +66,23 @@ class ReconProblem:
             from operators import CTProjector
             self._operator = CTProjector(self.geometry, device=self.device)
         return self._operator
+
+
+@dataclass
+class MethodOutput:
+    """What a method may return instead of a bare mu tensor: the image and its uncertainty.
+
+    Attributes
+    ----------
+    mu : torch.Tensor [B, H, W]
+        Attenuation [1/mm] (for sampling methods with several samples: the posterior mean).
+    std : torch.Tensor [B, H, W] or None
+        Pixel-wise posterior standard deviation [1/mm], calibrated (see
+        :func:`tomo.methods.diffusion.std_calibration`); None when the method has none.
+    """
+
+    mu: torch.Tensor
+    std: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -189,7 +207,8 @@ def _resolve_device(device) -> torch.device:
 def reconstruct(sinogram, geometry, method: str = "fbp", *, i0: float | None = None,
                 device=None, batch_size: int | None = None, progress: bool = True,
                 out_device=None, problem: ReconProblem | None = None,
-                registry: MethodRegistry | None = None, **options) -> torch.Tensor:
+                registry: MethodRegistry | None = None, return_std: bool = False,
+                **options) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """Reconstruct attenuation from line integrals with a registered method.
 
     Parameters
@@ -215,13 +234,17 @@ def reconstruct(sinogram, geometry, method: str = "fbp", *, i0: float | None = N
         Reuse a problem (and its cached projector) across calls; must match geometry and device.
     registry : MethodRegistry, optional
         Where ``method`` is looked up (default :func:`default_registry`).
+    return_std : bool
+        Also return the method's pixel-wise posterior standard deviation (None for methods
+        without one, e.g. the classical ones, or ``dds`` with one sample).
     **options
         Method options (see each method's ``options``), e.g. ``iterations=50``, ``tv_weight=...``.
 
     Returns
     -------
     torch.Tensor, [H, W] or [slices, H, W]
-        Attenuation mu [1/mm] (float32).
+        Attenuation mu [1/mm] (float32); with ``return_std`` a pair ``(mu, std)``, ``std`` in
+        1/mm, same shape, or None.
     """
     entry = (registry if registry is not None else default_registry()).get_method(method)
     if not isinstance(geometry, (ParallelBeam2D, FanBeam2D)):
@@ -241,16 +264,23 @@ def reconstruct(sinogram, geometry, method: str = "fbp", *, i0: float | None = N
     elif problem.geometry != geometry or problem.device != dev:
         raise ValueError("the given problem was built for another geometry or device")
     out_dev = dev if out_device is None else torch.device(out_device)
-    chunks = []
+    chunks, stds = [], []
     starts = range(0, sino.shape[0], batch)
     with torch.no_grad():
         for start in tqdm(starts, desc=f"{method} batches", disable=None if progress and len(starts) >= 2 else True,
                           leave=False):
             part = sino[start:start + batch].to(device=dev, dtype=torch.float32)
-            mu = entry.run(part, problem, **options)
-            if tuple(mu.shape) != (part.shape[0],) + tuple(geometry.image_shape):
-                raise RuntimeError(f"method {method!r} returned shape {tuple(mu.shape)}, expected "
+            result = entry.run(part, problem, **options)
+            output = result if isinstance(result, MethodOutput) else MethodOutput(result)
+            if tuple(output.mu.shape) != (part.shape[0],) + tuple(geometry.image_shape):
+                raise RuntimeError(f"method {method!r} returned shape {tuple(output.mu.shape)}, expected "
                                    f"{(part.shape[0],) + tuple(geometry.image_shape)}")
-            chunks.append(mu.to(device=out_dev, dtype=torch.float32))
-    out = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
-    return out[0] if single else out
+            chunks.append(output.mu.to(device=out_dev, dtype=torch.float32))
+            stds.append(None if output.std is None else output.std.to(device=out_dev, dtype=torch.float32))
+    out = torch.cat(chunks)
+    if not return_std:
+        return out[0] if single else out
+    std = None if any(s is None for s in stds) else torch.cat(stds)
+    if single:
+        return out[0], None if std is None else std[0]
+    return out, std
