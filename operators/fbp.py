@@ -138,6 +138,8 @@ class FBP(torch.nn.Module):
         CPU threads of each call; default ``operators.settings.threads`` read at each call (1
         unless changed with :func:`operators.set_threads`); 0 = leave torch's setting alone.
 
+    Notes
+    -----
     Call with a sinogram tensor ``[..., views, detectors]`` of line integrals (dimensionless);
     returns mu in 1/mm, ``[..., H, W]``, differentiable, on the sinogram's device and dtype.
     """
