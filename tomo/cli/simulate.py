@@ -1,6 +1,6 @@
 """``tomo simulate SOURCE --out FILE.npz``: a sinogram file from CT slices or a phantom.
 
-Follows the evaluation protocol (``/work/shared/docs/evaluation.md``, :mod:`tomo.evaluation.simulation`):
+Follows the evaluation protocol (``docs/evaluation.md``, :mod:`tomo.evaluation.simulation`):
 the slice is projected on its own fine grid with the detector of the coarser reconstruction grid,
 transmission Poisson noise is added at ``--i0`` photons per bin, and the anti-aliased ground
 truth on the reconstruction grid is stored as ``hu_reference`` for scoring.

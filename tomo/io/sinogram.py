@@ -1,4 +1,4 @@
-"""The sinogram exchange file (``.npz``) of ``/work/shared/docs/evaluation.md``.
+"""The sinogram exchange file (``.npz``) of ``docs/evaluation.md``.
 
 Keys (a public contract; outside tools may write these files too):
 
