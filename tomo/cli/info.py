@@ -1,4 +1,5 @@
-"""``tomo info PATH``: describe the CT series under a folder/file, or an ``.npz`` volume/sinogram."""
+"""``tomo info PATH``: describe the CT series under a folder/file, an ``.npz`` volume/sinogram, or a
+NIfTI volume (``.nii``, ``.nii.gz``; needs nibabel: ``pip install tomo-ct[nifti]``)."""
 from __future__ import annotations
 
 import argparse
@@ -6,23 +7,22 @@ from pathlib import Path
 
 import numpy as np
 
-
-
 #: one-line summary shown by ``tomo --help``
-HELP = "list the CT series (or .npz contents) found at a path"
+HELP = "list the CT series (or .npz / NIfTI contents) found at a path"
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "info", help=HELP,
         description="List the CT series under PATH (a DICOM folder, searched recursively, or file) "
                     "with size, spacing, HU range, transfer syntaxes, tilt/irregular spacing and the "
-                    "files skipped; or describe an .npz CT volume or sinogram file.")
+                    "files skipped; or describe an .npz CT volume or sinogram file, or a NIfTI volume "
+                    "(.nii, .nii.gz: size, spacing, HU range, orientation; needs nibabel).")
     parser.add_argument("path", type=Path, metavar="PATH")
     parser.add_argument("--no-pixels", action="store_true",
                         help="skip decoding pixel data (faster; no HU range)")
     parser.add_argument("--quiet", action="store_true",
-                        help="print nothing; the exit code says whether PATH holds a readable CT series "
-                             "or .npz (0) or not (2), with the reason on stderr")
+                        help="print nothing; the exit code says whether PATH holds a readable CT series, "
+                             ".npz or NIfTI (0) or not (2), with the reason on stderr")
     parser.set_defaults(func=run)
 
 
@@ -32,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no such file or folder: {path}")
     if path.is_file() and path.suffix.lower() == ".npz":
         print(describe_npz(path))
+        return 0
+    if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")):
+        for line in describe_nifti(path):
+            print(line)
         return 0
     from tomo.io.dicom_read import DicomReadError, find_series
     scan = find_series(path, read_pixels=not args.no_pixels)
@@ -106,6 +110,40 @@ def describe_npz(path: Path) -> str:
             lines.append(f"sinogram: {geometry} beam, shape {list(sino.shape)} "
                          f"([slices,] views, detectors), line integrals {lo:.4g} to {hi:.4g}")
     return "\n".join(lines)
+
+
+#: the patient axis (LPS index) a slice normal points along -> the plane's name
+_PLANES = {0: "sagittal", 1: "coronal", 2: "axial"}
+
+
+def describe_nifti(path: Path) -> list[str]:
+    """Human-readable lines for a NIfTI CT volume (:func:`tomo.io.nifti.read_nifti_volume`).
+
+    Size [slices, rows, cols], voxel spacing (mm), HU range, the slice plane and orientation
+    cosines, and the first slice's position, in DICOM patient coordinates (LPS, mm).
+    """
+    from tomo.io.nifti import read_nifti_volume  # nibabel is optional: a one-line error names the extra
+
+    vol = read_nifti_volume(path)
+    n, rows, cols = vol.hu.shape
+    normal = vol.normal
+    axis = int(np.argmax(np.abs(normal)))
+    plane = _PLANES[axis] if abs(normal[axis]) > 0.9999 else f"oblique (closest: {_PLANES[axis]})"
+    row_cos, col_cos = vol.orientation[:3], vol.orientation[3:]
+    ps = vol.pixel_spacing_mm
+    lines = [f"{path}: NIfTI volume, {n} slice{'s' if n != 1 else ''} of {rows}x{cols}",
+             f"    pixel {ps[0]:.4g}x{ps[1]:.4g} mm (rows x columns), slice spacing {_mm(vol.slice_spacing_mm)}, "
+             f"HU {float(vol.hu.min()):.0f} to {float(vol.hu.max()):.0f}",
+             f"    orientation {plane}: row cosines {_cosines(row_cos)}, column cosines {_cosines(col_cos)} "
+             f"(LPS); first slice at {_cosines(vol.positions[0], '.1f')} mm"]
+    if vol.gantry_tilt_deg:
+        lines.append(f"    gantry tilt {vol.gantry_tilt_deg:.2f} deg")
+    lines += [f"    warning: {w}" for w in vol.warnings]
+    return lines
+
+
+def _cosines(values, fmt: str = ".4g") -> str:
+    return "(" + ", ".join(f"{round(float(v), 6) + 0.0:{fmt}}" for v in values) + ")"  # + 0.0: no "-0"
 
 
 def _numeric(member) -> bool:

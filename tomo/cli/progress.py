@@ -43,13 +43,14 @@ class SliceProgress:
         self._bar = None
         self._t0 = self._last = time.monotonic()
 
-    def __enter__(self) -> "SliceProgress":
+    def __enter__(self) -> SliceProgress:
         if self.enabled and sys.stderr.isatty():
             from tqdm import tqdm
             self._bar = tqdm(total=self.total, initial=self.done, desc=self.label, unit="slice", leave=False)
         return self
 
     def update(self, n: int) -> None:
+        """``n`` more slices finished."""
         self.done += n
         if self._bar is not None:
             self._bar.update(n)
@@ -58,6 +59,11 @@ class SliceProgress:
         if self.enabled and now - self._last >= self.interval and self.done < self.total:
             self._last = now
             self._line(now)
+
+    def set_done(self, done: int) -> None:
+        """``done`` slices finished in all (several processes share the work: count what is on disk)."""
+        if done > self.done:
+            self.update(done - self.done)
 
     def _line(self, now: float) -> None:
         elapsed = now - self._t0

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from tomo.io.atomic import atomic_folder
 from tomo.io.volume import CTVolume
 
-__all__ = ["write_series", "choose_rescale"]
+__all__ = ["write_series", "choose_rescale", "default_series_number"]
 
 _AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 # Attributes copied verbatim from the reference: Patient, General Study, Patient Study,
@@ -38,16 +38,20 @@ _COPIED = (
 _INT16 = (-32768, 32767)
 
 
-def choose_rescale(hu_min: float, hu_max: float) -> tuple[float, float]:
+def choose_rescale(hu_min: float, hu_max: float, step: float = 1.0) -> tuple[float, float]:
     """Rescale (slope, intercept) so that ``round((hu - intercept) / slope)`` fits int16.
 
-    Slope 1 / intercept -1024 (1 HU steps, the usual CT convention) whenever the range fits;
-    otherwise the smallest slope (6 significant digits) that spans the range.
+    With the default ``step`` of 1 HU: slope 1 / intercept -1024 (the usual CT convention)
+    whenever the range fits. With another ``step`` (e.g. 0.1 HU for a standard-deviation map,
+    whose values are small): slope ``step`` / intercept 0 whenever the range fits. Otherwise the
+    smallest slope (6 significant digits) that spans the range.
 
     Parameters
     ----------
     hu_min, hu_max : float
         Range of the values to store, HU.
+    step : float
+        Preferred stored step, HU (> 0; its DICOM DS string should be exact, e.g. 1, 0.1).
 
     Returns
     -------
@@ -56,14 +60,29 @@ def choose_rescale(hu_min: float, hu_max: float) -> tuple[float, float]:
     """
     if not (np.isfinite(hu_min) and np.isfinite(hu_max)) or hu_min > hu_max:
         raise ValueError(f"invalid HU range ({hu_min}, {hu_max})")
-    if hu_min - (-1024.0) >= _INT16[0] + 0.5 and hu_max - (-1024.0) <= _INT16[1] - 0.5:
-        return 1.0, -1024.0
+    if not (np.isfinite(step) and step > 0):
+        raise ValueError(f"step must be a positive number of HU, got {step!r}")
+    if step == 1.0:
+        if hu_min - (-1024.0) >= _INT16[0] + 0.5 and hu_max - (-1024.0) <= _INT16[1] - 0.5:
+            return 1.0, -1024.0
+    elif hu_min / step >= _INT16[0] + 0.5 and hu_max / step <= _INT16[1] - 0.5:
+        return float(step), 0.0
     span = hu_max - hu_min
     slope = float(f"{span / (_INT16[1] - _INT16[0] - 2):.6g}")
     while span / slope > _INT16[1] - _INT16[0] - 1:  # rounding of the 6-digit slope went down
         slope = float(f"{slope * 1.00001:.6g}")
     intercept = float(f"{hu_min - (_INT16[0] + 1) * slope:.10g}")
     return slope, intercept
+
+
+def default_series_number(reference: CTVolume | None, offset: int = 0) -> int:
+    """SeriesNumber of a derived series: 1000 + the reference's (or 1000), plus ``offset``.
+
+    A second series derived from the same reconstruction (e.g. its standard-deviation map)
+    takes ``offset=1`` so a viewer lists the two next to each other.
+    """
+    ref_number = reference.header.get("SeriesNumber") if reference is not None and reference.header is not None else None
+    return 1000 + int(ref_number or 0) + int(offset)
 
 
 def _as_volume(hu) -> np.ndarray:
@@ -136,7 +155,7 @@ def _ds_str(x: float) -> str:
     raise ValueError(f"cannot write {x} as a DICOM decimal string")
 
 
-def _base_dataset(reference: CTVolume | None, now: _dt.datetime) -> Dataset:
+def _base_dataset(reference: CTVolume | None, now: _dt.datetime, study_uids: tuple[str, str] | None) -> Dataset:
     ds = Dataset()
     header = reference.header if reference is not None else None
     if header is not None:
@@ -150,8 +169,9 @@ def _base_dataset(reference: CTVolume | None, now: _dt.datetime) -> Dataset:
         ds.PatientID = "ANONYMOUS"
         ds.PatientIdentityRemoved = "YES"
         ds.StudyDate, ds.StudyTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    defaults = {"StudyInstanceUID": generate_uid(),
-                "FrameOfReferenceUID": generate_uid(), "PatientBirthDate": "", "PatientSex": "",
+    study_uid, frame_uid = study_uids if study_uids is not None else (generate_uid(), generate_uid())
+    defaults = {"StudyInstanceUID": study_uid,
+                "FrameOfReferenceUID": frame_uid, "PatientBirthDate": "", "PatientSex": "",
                 "ReferringPhysicianName": "", "StudyID": "", "AccessionNumber": "",
                 "StudyDate": "", "StudyTime": "", "PositionReferenceIndicator": "",
                 "PatientPosition": "", "KVP": "", "AcquisitionNumber": ""}
@@ -181,7 +201,8 @@ def _check_output(out: Path, reference: CTVolume | None, overwrite: bool) -> Non
 def write_series(hu, out_dir: str | os.PathLike, reference: CTVolume | None = None, *,
                  pixel_spacing_mm, positions=None, orientation: Sequence[float] | None = None,
                  description: str, derivation: str, overwrite: bool = False,
-                 slice_spacing_mm: float | None = None, series_number: int | None = None) -> list[Path]:
+                 slice_spacing_mm: float | None = None, series_number: int | None = None,
+                 study_uids: tuple[str, str] | None = None, hu_step: float = 1.0) -> list[Path]:
     """Write HU slices as a new derived CT series.
 
     Parameters
@@ -215,7 +236,15 @@ def write_series(hu, out_dir: str | os.PathLike, reference: CTVolume | None = No
     slice_spacing_mm : float, optional
         Slice spacing without reference or positions (needed for several slices).
     series_number : int, optional
-        SeriesNumber; default 1000 + the reference's (or 1000).
+        SeriesNumber; default :func:`default_series_number` (1000 + the reference's, or 1000).
+    study_uids : (str, str), optional
+        (StudyInstanceUID, FrameOfReferenceUID) used when the reference has none (no reference,
+        or one not read from DICOM): give the same pair to series that belong together (an
+        image and its standard-deviation map) so viewers file them under one study and frame.
+        Default: a fresh pair.
+    hu_step : float
+        Preferred stored step, HU (:func:`choose_rescale`): 1 for images, e.g. 0.1 for a
+        standard-deviation map.
 
     Returns
     -------
@@ -243,15 +272,14 @@ def write_series(hu, out_dir: str | os.PathLike, reference: CTVolume | None = No
     out = Path(out_dir)
     _check_output(out, reference, overwrite)
 
-    slope, intercept = choose_rescale(float(vol.min()), float(vol.max()))
+    slope, intercept = choose_rescale(float(vol.min()), float(vol.max()), hu_step)
     stored = np.clip(np.rint((vol - intercept) / slope), *_INT16).astype("<i2")
 
     now = _dt.datetime.now()
-    base = _base_dataset(reference, now)
+    base = _base_dataset(reference, now, study_uids)
     base.Modality = "CT"
     base.SeriesInstanceUID = generate_uid()
-    ref_number = reference.header.get("SeriesNumber") if reference is not None and reference.header is not None else None
-    base.SeriesNumber = series_number if series_number is not None else 1000 + int(ref_number or 0)
+    base.SeriesNumber = series_number if series_number is not None else default_series_number(reference)
     base.SeriesDescription = description[:64]
     base.SeriesDate = base.ContentDate = base.InstanceCreationDate = now.strftime("%Y%m%d")
     base.SeriesTime = base.ContentTime = base.InstanceCreationTime = now.strftime("%H%M%S")
