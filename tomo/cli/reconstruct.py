@@ -181,6 +181,7 @@ def _plan_outputs(args, expects_std: bool) -> Outputs:
         raise CommandError("--out is the input file; refusing to overwrite the input")
     stem = _stem(out)
     if is_nifti_path(out):
+        _require_nibabel()  # before the reconstruction, not after it
         suffix = out.name[len(stem):]
         outputs = Outputs("nifti", out, out.with_name(f"{stem}_std{suffix}"), out.with_name(f"{stem}.png"),
                           out.with_name(f"{stem}_std.png"))
@@ -199,6 +200,15 @@ def _plan_outputs(args, expects_std: bool) -> Outputs:
         outputs.preview = outputs.std_preview = None
     _refuse_existing(outputs, expects_std, args.overwrite)
     return outputs
+
+
+def _require_nibabel() -> None:
+    from tomo.io.nifti import NiftiDependencyError
+    try:
+        import nibabel  # noqa: F401
+    except ImportError:
+        raise NiftiDependencyError("NIfTI output needs nibabel: pip install tomo-ct[nifti] (or pip install "
+                                   "'nibabel>=5'), or write --out OUT.npz") from None
 
 
 def _refuse_existing(outputs: Outputs, expects_std: bool, overwrite: bool) -> None:
