@@ -15,8 +15,8 @@ Outputs, chosen by ``--out``:
 * a folder ``OUT`` with ``--reference`` (alias ``--dicom-reference``): a derived DICOM series.
 
 Posterior uncertainty: a sampling method run with ``--samples N`` (N >= 2) also gives the
-pixel-wise posterior standard deviation in HU (``1000 / 0.0192 mm`` times the std of mu, since HU
-is affine in mu): the key ``std_hu`` in the ``.npz``, ``OUT_std.nii[.gz]`` beside a NIfTI, a
+pixel-wise posterior standard deviation in HU (``1000 / mu_water`` times the std of mu, mu_water =
+0.0192 /mm, since HU is affine in mu): the key ``std_hu`` in the ``.npz``, ``OUT_std.nii[.gz]`` beside a NIfTI, a
 second DICOM series in ``OUT_std`` (same study and geometry), and the figure ``OUT_std.png``.
 
 Long series: the input is streamed, one chunk of ``--batch-size`` slices at a time; each finished
