@@ -359,3 +359,18 @@ def test_no_gaussian_skip_means_plain_epsilon():
     x = torch.randn(1, 1, 16, 16)
     ref = prior.unet(torch.cat([x, position_grid(0, 0, 16, 16, 16)], 1), torch.tensor([7])).sample
     torch.testing.assert_close(prior.eps(x, 7, shift=(0, 0)), ref)
+
+
+def test_training_data_reads_nifti_volumes(tmp_path):
+    """tomo train's data collection takes .nii.gz volumes (HU, spacing through the affine) like .npz."""
+    pytest.importorskip("nibabel")
+    from tomo.io.nifti import write_nifti_volume
+    from tomo.priors.training_data import collect_slices
+    hu = phantom_volume(3, size=40)
+    write_nifti_volume(tmp_path / "vol.nii.gz", hu.astype(np.float32), (1.25, 1.25), 2.0)
+    np.savez(tmp_path / "other.npz", hu=hu[:2], spacing_mm=np.array([1.0, 1.0, 2.0], np.float32))
+    records, report = collect_slices([tmp_path], (-1000, 2000), warn=False)
+    assert report.n_slices == 5 and report.n_volumes == 2 and not report.skipped
+    nifti = [r for r in records if "vol.nii.gz" in r.source]
+    assert len(nifti) == 3 and nifti[0].spacing_mm == (1.25, 1.25)
+    assert np.abs(np.sort(nifti[0].hu.ravel()) - np.sort(np.clip(hu, -1000, 2000).astype(np.int16)[0].ravel())).max() <= 1

@@ -46,7 +46,7 @@ def register(subparsers) -> None:
                    help="comma-separated methods to compare (default: fbp,tv,dds,dps)")
     p.add_argument("--dps-steps", type=int, default=DEMO_DPS_STEPS,
                    help=f"DPS sampler steps (default {DEMO_DPS_STEPS}: the full schedule; fewer is faster but worse)")
-    p.add_argument("--prior", default=None, help="diffusion prior checkpoint (default: the shipped one)")
+    p.add_argument("--prior", default=None, help="diffusion prior: a shipped name (default, large) or a checkpoint folder (default: default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the scan noise and the samplers (default 0)")
     p.add_argument("--out", default="tomo-demo", help="output folder (default: ./tomo-demo)")
     p.add_argument("--overwrite", action="store_true", help="replace the output folder's demo files")

@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     task.add_argument("--keep", type=float, default=0.5,
                       help="outpaint: kept centre fraction of each side (default 0.5)")
     sol = p.add_argument_group("solver")
-    sol.add_argument("--prior", type=Path, default=None, help="prior checkpoint folder (default: shipped)")
+    sol.add_argument("--prior", default=None, help="a shipped prior by name (default, large) or a checkpoint folder (default: default)")
     sol.add_argument("--steps", type=int, default=None, help="sampling steps (default dds 50, dps 1000)")
     sol.add_argument("--seed", type=int, default=0, help="noise and sampling seed (default 0)")
     sol.add_argument("--zeta", type=float, default=None, help="DPS step size (default 1000 / steps)")

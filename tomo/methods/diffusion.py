@@ -135,7 +135,7 @@ def run_dps(sinogram: torch.Tensor, problem: ReconProblem, *, prior=None, **opti
 _COMMON = (
     MethodOption("--steps", "steps", int, "diffusion sampling steps = network evaluations "
                                           "(default: dds 50, dps 1000)"),
-    MethodOption("--prior", "prior", str, "diffusion prior checkpoint folder (default: the shipped data/prior)"),
+    MethodOption("--prior", "prior", str, "diffusion prior: a shipped name (default, large) or a checkpoint folder (default: default)"),
     MethodOption("--seed", "seed", int, "sampling seed (default 0)"),
     MethodOption("--samples", "samples", int, "average this many posterior samples per slice (their mean is "
                                               "the MMSE estimate; costs N times the time; default 1)"),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -34,27 +33,14 @@ class PriorCheckpointError(ValueError):
     """A prior checkpoint that is missing, corrupt or does not match its configuration."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``)."""
+    """Write ``data`` to ``path`` atomically (:func:`tomo.io.atomic.atomic_file`: temporary file,
+    fsync, rename), creating the folder; a kill leaves the old file or the new one."""
+    from tomo.io.atomic import atomic_file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp creates 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, overwrite=True) as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

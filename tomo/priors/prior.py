@@ -9,6 +9,7 @@ import torch
 
 from .checkpoint import PriorCheckpointError, check_state_dict, load_config, load_weights, resolve_checkpoint
 from .config import downsampling_factor, scheduler_kwargs, unet_kwargs
+from .noising import tweedie_x0
 from .patches import assemble_patches, random_shift
 
 #: environment variable that points :func:`load_prior` at another checkpoint
@@ -281,7 +282,7 @@ class DiffusionPrior(torch.nn.Module):
             eps = self.eps(x_t, t, **eps_kwargs)
         t = self._timesteps(t, x_t.shape[0], x_t.device)
         abar = self.alphas_cumprod[t].to(x_t.dtype).reshape(-1, 1, 1, 1)
-        return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+        return tweedie_x0(x_t, eps, abar)
 
     def sample(self, n: int = 1, size: tuple[int, int] | None = None, steps: int = 50, eta: float = 0.0,
                generator: torch.Generator | None = None, progress: bool = True) -> torch.Tensor:

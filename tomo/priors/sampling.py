@@ -40,7 +40,7 @@ def ddim_sample(prior, n: int = 1, size: tuple[int, int] | None = None, steps: i
     ddim = DDIMScheduler.from_config(prior.scheduler.config)
     ddim.set_timesteps(steps)
     x = torch.randn((n, 1, *size), generator=generator).to(prior.device)
-    it = tqdm(ddim.timesteps, desc="DDIM sampling", leave=False, disable=not progress)
+    it = tqdm(ddim.timesteps, desc="DDIM sampling", leave=False, disable=None if progress else True)
     with torch.no_grad():
         for t in it:
             eps = prior.eps(x, int(t), generator=generator)

@@ -100,14 +100,22 @@ def _add_volume(records: list, report: DataReport, hu: np.ndarray, spacing, grou
     report.groups[group] = report.groups.get(group, 0) + hu.shape[0]
 
 
-def _read_npz(path: Path, root: Path, records, report, hu_window) -> None:
+#: volume files read whole by :func:`tomo.io.volume.read_volume` (not DICOM)
+VOLUME_SUFFIXES = (".npz", ".nii", ".nii.gz")
+
+
+def _is_volume_file(path: Path) -> bool:
+    return path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def _read_volume_file(path: Path, root: Path, records, report, hu_window) -> None:
     from tomo.io.volume import read_volume
     try:
         vol = read_volume(path)
     except Exception as exc:   # any unreadable file is skipped and counted (e.g. zipfile.BadZipFile)
         report.skipped.append((str(path), _short_reason(str(exc).replace(str(path), "").lstrip(": "))))
         return
-    meta = _npz_metadata(path)
+    meta = _npz_metadata(path) if path.suffix.lower() == ".npz" else {}
     group = meta.get("patient_id") or _group_of(path, root)
     _add_volume(records, report, vol.hu, vol.pixel_spacing_mm, group, str(path), hu_window)
     source = {k: meta[k] for k in ("collection", "licence") if k in meta}
@@ -129,7 +137,7 @@ def _read_dicom_tree(root: Path, records, report, hu_window) -> None:
     from tomo.io.dicom_read import find_series, read_series
     scan = find_series(root)
     for s in scan.skipped:
-        if s.path.suffix.lower() != ".npz":          # .npz volumes are read separately
+        if not _is_volume_file(s.path):              # volume files are read separately
             report.skipped.append((str(s.path), _short_reason(s.reason)))
     for info in scan:
         where = info.files[0] if len(info.files) == 1 else info.files[0].parent
@@ -151,7 +159,8 @@ def collect_slices(paths, hu_window, warn: bool = True) -> tuple[list[SliceRecor
     Parameters
     ----------
     paths : sequence of str or Path
-        DICOM folders/files and OpenKBP-style ``.npz`` volumes (``hu`` [slices, H, W] in HU,
+        DICOM folders/files, NIfTI volumes (``.nii``, ``.nii.gz``; HU through their affine) and
+        OpenKBP-style ``.npz`` volumes (``hu`` [slices, H, W] in HU,
         ``spacing_mm`` (x, y, z) in mm).
     hu_window : (float, float)
         HU range kept (values are clipped to it).
@@ -177,13 +186,13 @@ def collect_slices(paths, hu_window, warn: bool = True) -> tuple[list[SliceRecor
     for p in map(Path, paths):
         if not p.exists():
             raise FileNotFoundError(f"training data path does not exist: {p}")
-        if p.is_file() and p.suffix.lower() == ".npz":
-            _read_npz(p, p.parent, records, report, hu_window)
+        if p.is_file() and _is_volume_file(p):
+            _read_volume_file(p, p.parent, records, report, hu_window)
             continue
         root = p if p.is_dir() else p.parent
         if p.is_dir():
-            for f in sorted(p.rglob("*.npz")):
-                _read_npz(f, root, records, report, hu_window)
+            for f in sorted(f for f in p.rglob("*") if f.is_file() and _is_volume_file(f)):
+                _read_volume_file(f, root, records, report, hu_window)
         _read_dicom_tree(p, records, report, hu_window)
     report.n_slices = len(records)
     if records:
