@@ -41,11 +41,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tomo.cli.main import CommandError
 from tomo.cli.progress import library_bars
+
+if TYPE_CHECKING:
+    from tomo.io.sinogram import SinogramSource
+    from tomo.io.volume import CTVolume
 
 #: one-line summary shown by ``tomo --help``
 HELP = "reconstruct a sinogram file (.npz) to HU (npz + PNG, NIfTI, or DICOM)"
@@ -300,8 +305,8 @@ class _Setup:
 
     options: dict
     outputs: Outputs
-    source: object          # tomo.io.sinogram.SinogramSource, open
-    reference: object       # tomo.io.volume.CTVolume or None
+    source: SinogramSource  # open
+    reference: CTVolume | None
     slice_spacing: float | None
     partial: PartialRun
     todo: list[int]
