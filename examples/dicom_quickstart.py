@@ -14,6 +14,7 @@ Run it as ``python examples/dicom_quickstart.py [SERIES] [--views V] [--grid N] 
 
 ``--grid 32 --iterations 20`` runs in a few seconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,18 @@ from tomo.methods import reconstruct
 def default_series() -> Path:
     """pydicom's bundled CT slice (no download)."""
     from pydicom.data import get_testdata_file
+
     return Path(get_testdata_file("CT_small.dcm"))
 
 
-def main(series=None, views: int = 30, grid: int | None = None, iterations: int | None = None,
-         i0: float = 1e6, out: Path | None = None) -> list[dict]:
+def main(
+    series=None,
+    views: int = 30,
+    grid: int | None = None,
+    iterations: int | None = None,
+    i0: float = 1e6,
+    out: Path | None = None,
+) -> list[dict]:
     """Simulate, reconstruct and score one slice; return one row per method.
 
     Parameters
@@ -59,15 +67,23 @@ def main(series=None, views: int = 30, grid: int | None = None, iterations: int 
     """
     vol = read_volume(series if series is not None else default_series())
     k = vol.hu.shape[0] // 2
-    scan = simulate_slice(vol.hu[k], vol.pixel_spacing_mm, SimulationConfig("parallel", views, i0),
-                          grid=grid, progress=False)
+    scan = simulate_slice(
+        vol.hu[k], vol.pixel_spacing_mm, SimulationConfig("parallel", views, i0), grid=grid, progress=False
+    )
     rows = []
     for method, options in (("fbp", {}), ("tv", {} if iterations is None else {"iterations": iterations})):
         t0 = time.perf_counter()
         mu = reconstruct(scan.sinogram, scan.geometry, method, i0=scan.i0, progress=False, **options)
         hu = mu_to_hu(mu.numpy())
-        rows.append({"method": method, "psnr_db": psnr(hu, scan.hu_reference),
-                     "ssim": ssim(hu, scan.hu_reference), "seconds": time.perf_counter() - t0, "hu": hu})
+        rows.append(
+            {
+                "method": method,
+                "psnr_db": psnr(hu, scan.hu_reference),
+                "ssim": ssim(hu, scan.hu_reference),
+                "seconds": time.perf_counter() - t0,
+                "hu": hu,
+            }
+        )
     if out is not None:
         _write_dicom(rows[-1]["hu"], scan, vol, k, Path(out), views)
     return rows
@@ -78,21 +94,34 @@ def _write_dicom(hu, scan, vol, k, out: Path, views: int) -> None:
     from tomo.io.volume import CTVolume
 
     # the reconstructed slice derives from slice k of the source: keep its position and header
-    source = CTVolume(hu=vol.hu[k:k + 1], pixel_spacing_mm=vol.pixel_spacing_mm, slice_spacing_mm=None,
-                      positions=vol.positions[k:k + 1], orientation=vol.orientation,
-                      header=vol.header, study_uid=vol.study_uid, files=vol.files[k:k + 1])
+    source = CTVolume(
+        hu=vol.hu[k : k + 1],
+        pixel_spacing_mm=vol.pixel_spacing_mm,
+        slice_spacing_mm=None,
+        positions=vol.positions[k : k + 1],
+        orientation=vol.orientation,
+        header=vol.header,
+        study_uid=vol.study_uid,
+        files=vol.files[k : k + 1],
+    )
     spacing = scan.geometry.pixel_spacing_mm
-    files = write_series(hu[None], out, source if vol.header is not None else None,
-                         pixel_spacing_mm=spacing, description="tomo TV quick start",
-                         derivation=f"TV reconstruction, parallel beam {views} views, I0={scan.i0:.0e}",
-                         slice_spacing_mm=vol.slice_spacing_mm or 1.0)
+    files = write_series(
+        hu[None],
+        out,
+        source if vol.header is not None else None,
+        pixel_spacing_mm=spacing,
+        description="tomo TV quick start",
+        derivation=f"TV reconstruction, parallel beam {views} views, I0={scan.i0:.0e}",
+        slice_spacing_mm=vol.slice_spacing_mm or 1.0,
+    )
     print(f"wrote {len(files)} DICOM file(s) to {out}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("series", nargs="?", type=Path, help="DICOM folder/file, .npz or .nii[.gz] "
-                        "(default: pydicom's CT_small.dcm)")
+    parser.add_argument(
+        "series", nargs="?", type=Path, help="DICOM folder/file, .npz or .nii[.gz] (default: pydicom's CT_small.dcm)"
+    )
     parser.add_argument("--views", type=int, default=30, help="parallel-beam views (default 30)")
     parser.add_argument("--grid", type=int, help="reconstruction grid side (default half the slice)")
     parser.add_argument("--iterations", type=int, help="TV iterations (default: tuned, 300)")

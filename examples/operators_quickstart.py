@@ -23,8 +23,13 @@ def _geometries(n: int, pixel_mm: float):
     par_angles = np.linspace(0, np.pi, 180, endpoint=False)
     fan_angles = np.linspace(0, 2 * np.pi, 360, endpoint=False)
     par = dict(angles=par_angles, detector_count=int(1.5 * n), detector_spacing_mm=pixel_mm)
-    fan = dict(angles=fan_angles, detector_count=2 * n, detector_spacing_mm=1.5 * pixel_mm,
-               source_origin_mm=2 * fov, origin_detector_mm=fov)
+    fan = dict(
+        angles=fan_angles,
+        detector_count=2 * n,
+        detector_spacing_mm=1.5 * pixel_mm,
+        source_origin_mm=2 * fov,
+        origin_detector_mm=fov,
+    )
     return [
         ("parallel", ParallelBeam2D((2 * n, 2 * n), pixel_mm / 2, **par), ParallelBeam2D((n, n), pixel_mm, **par)),
         ("fan beam", FanBeam2D((2 * n, 2 * n), pixel_mm / 2, **fan), FanBeam2D((n, n), pixel_mm, **fan)),
@@ -61,6 +66,7 @@ def run_demo(out_png: str | Path, size: int = 128, pixel_spacing_mm: float = 1.0
         1/mm), ``seconds`` (projection + FBP wall time).
     """
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -73,20 +79,24 @@ def run_demo(out_png: str | Path, size: int = 128, pixel_spacing_mm: float = 1.0
         sino = op_fine(fine_truth)
         rec = fbp(sino, geom)
         seconds = time.perf_counter() - t0
-        rows.append({
-            "geometry": name,
-            "views": geom.num_views,
-            "adjoint_rel_error": _adjoint_error(CTProjector(geom)),
-            "fbp_rel_error": float((rec - truth).norm() / truth.norm()),
-            "fbp_mae_per_mm": float((rec - truth).abs().mean()),
-            "seconds": seconds,
-        })
+        rows.append(
+            {
+                "geometry": name,
+                "views": geom.num_views,
+                "adjoint_rel_error": _adjoint_error(CTProjector(geom)),
+                "fbp_rel_error": float((rec - truth).norm() / truth.norm()),
+                "fbp_mae_per_mm": float((rec - truth).abs().mean()),
+                "seconds": seconds,
+            }
+        )
         panels.append((name, sino.numpy(), rec.numpy()))
 
     print(f"{'geometry':<10} {'views':>5} {'adjoint err':>12} {'FBP rel err':>12} {'FBP MAE 1/mm':>13} {'time s':>7}")
     for r in rows:
-        print(f"{r['geometry']:<10} {r['views']:>5} {r['adjoint_rel_error']:>12.1e} {r['fbp_rel_error']:>12.3f} "
-              f"{r['fbp_mae_per_mm']:>13.2e} {r['seconds']:>7.2f}")
+        print(
+            f"{r['geometry']:<10} {r['views']:>5} {r['adjoint_rel_error']:>12.1e} {r['fbp_rel_error']:>12.3f} "
+            f"{r['fbp_mae_per_mm']:>13.2e} {r['seconds']:>7.2f}"
+        )
 
     fig, axes = plt.subplots(1, 5, figsize=(17, 3.6))
     vmax = float(truth.max())
@@ -111,8 +121,10 @@ def run_demo(out_png: str | Path, size: int = 128, pixel_spacing_mm: float = 1.0
 
 if __name__ == "__main__":
     import argparse
-    parser = argparse.ArgumentParser(description="Project a Shepp-Logan phantom in both 2D geometries, "
-                                                 "reconstruct it with FBP, check the adjoint.")
+
+    parser = argparse.ArgumentParser(
+        description="Project a Shepp-Logan phantom in both 2D geometries, reconstruct it with FBP, check the adjoint."
+    )
     parser.add_argument("out", nargs="?", default="operators_quickstart.png", help="figure to write (PNG)")
     parser.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     args = parser.parse_args()

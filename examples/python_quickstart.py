@@ -4,6 +4,7 @@ Run it as ``python examples/python_quickstart.py [--size N] [--views V]``. The d
 README's (256 x 256 grid, 1 mm pixels, 30 views, 384 detector bins); ``--size 32`` runs in a second.
 It prints the shapes, the adjoint test <A x, y> = <x, A^T y> and FBP's error against the phantom.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,14 +25,18 @@ def main(size: int = 256, views: int = 30) -> dict:
         ``fbp_rel_error`` (relative L2 error of mu) and ``fbp_mae_per_mm`` (1/mm).
     """
     # --- the README block (sizes parameterised) ---
-    geom = ParallelBeam2D(image_shape=(size, size), pixel_spacing_mm=1.0,
-                          angles=np.linspace(0, np.pi, views, endpoint=False),
-                          detector_count=(3 * size) // 2, detector_spacing_mm=1.0)
-    A = CTProjector(geom)                      # mu [1/mm] -> line integrals, exact adjoint A.T
-    mu = shepp_logan((size, size), 1.0)        # [H, W] in 1/mm
-    sino = A(mu[None, None])                   # [1, 1, views, detectors]; differentiable, batched
-    back = A.T(sino)                           # exact adjoint
-    recon = fbp(sino, geom)                    # mu in 1/mm
+    geom = ParallelBeam2D(
+        image_shape=(size, size),
+        pixel_spacing_mm=1.0,
+        angles=np.linspace(0, np.pi, views, endpoint=False),
+        detector_count=(3 * size) // 2,
+        detector_spacing_mm=1.0,
+    )
+    A = CTProjector(geom)  # mu [1/mm] -> line integrals, exact adjoint A.T
+    mu = shepp_logan((size, size), 1.0)  # [H, W] in 1/mm
+    sino = A(mu[None, None])  # [1, 1, views, detectors]; differentiable, batched
+    back = A.T(sino)  # exact adjoint
+    recon = fbp(sino, geom)  # mu in 1/mm
     # --- checks ---
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 1, size, size, generator=g, dtype=torch.float64)
@@ -39,10 +44,13 @@ def main(size: int = 256, views: int = 30) -> dict:
     ax = A(x)
     adjoint = abs(float((ax * y).sum() - (x * A.T(y)).sum())) / float(ax.norm() * y.norm())
     truth = mu[None, None]
-    return {"sino_shape": tuple(sino.shape), "back_shape": tuple(back.shape),
-            "adjoint_rel_error": adjoint,
-            "fbp_rel_error": float((recon - truth).norm() / truth.norm()),
-            "fbp_mae_per_mm": float((recon - truth).abs().mean())}
+    return {
+        "sino_shape": tuple(sino.shape),
+        "back_shape": tuple(back.shape),
+        "adjoint_rel_error": adjoint,
+        "fbp_rel_error": float((recon - truth).norm() / truth.norm()),
+        "fbp_mae_per_mm": float((recon - truth).abs().mean()),
+    }
 
 
 if __name__ == "__main__":

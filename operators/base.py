@@ -21,7 +21,7 @@ autograd wiring; ``tests/test_adjoints.py`` runs both on every operator class of
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -41,11 +41,14 @@ def check_tensor(x: torch.Tensor, name: str = "x", *, allow_complex: bool = Fals
         If ``x`` is empty or contains NaN or Inf.
     """
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}; "
-                        f"convert with torch.as_tensor({name}, dtype=torch.float32)")
+        raise TypeError(
+            f"{name} must be a torch.Tensor, got {type(x).__name__}; "
+            f"convert with torch.as_tensor({name}, dtype=torch.float32)"
+        )
     if not (x.is_floating_point() or (allow_complex and x.is_complex())):
-        raise TypeError(f"{name} must be a floating-point tensor (float32 or float64), got {x.dtype}; "
-                        f"use {name}.float()")
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float32 or float64), got {x.dtype}; use {name}.float()"
+        )
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
     if not bool(torch.isfinite(x).all()):
@@ -97,13 +100,11 @@ class LinearOperator:
     #: what the input and output items are called in error messages
     space_names: tuple = ("image", "measurement")
 
-    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int],
-                 device: str | torch.device = "cpu"):
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], device: str | torch.device = "cpu"):
         self.in_shape = tuple(int(s) for s in in_shape)
         self.out_shape = tuple(int(s) for s in out_shape)
         if any(s <= 0 for s in self.in_shape + self.out_shape):
-            raise ValueError(f"shapes must be positive, got in_shape={self.in_shape}, "
-                             f"out_shape={self.out_shape}")
+            raise ValueError(f"shapes must be positive, got in_shape={self.in_shape}, out_shape={self.out_shape}")
         self.device = torch.device(device)
         self._norm_cache: float | None = None
 
@@ -127,7 +128,7 @@ class LinearOperator:
         return self._batched(y, self.out_shape, self.in_shape, adjoint=True, name="y")
 
     @property
-    def T(self) -> "AdjointOperator":
+    def T(self) -> AdjointOperator:
         """The adjoint as an operator object: ``A.T(y) == A.adjoint(y)``."""
         return AdjointOperator(self)
 
@@ -180,8 +181,16 @@ class LinearOperator:
                 worst = max(worst, diff / bound if bound > 0 else diff)
         return worst
 
-    def gradcheck(self, dtype: torch.dtype = torch.float64, seed: int = 0, *, eps: float = 1e-6,
-                  atol: float = 1e-8, rtol: float = 1e-3, second_order: bool = False) -> bool:
+    def gradcheck(
+        self,
+        dtype: torch.dtype = torch.float64,
+        seed: int = 0,
+        *,
+        eps: float = 1e-6,
+        atol: float = 1e-8,
+        rtol: float = 1e-3,
+        second_order: bool = False,
+    ) -> bool:
         """Check the autograd wiring with :func:`torch.autograd.gradcheck` on ``A`` and ``A^T``.
 
         Compares the backward pass (the adjoint) with finite differences of the forward pass on
@@ -206,19 +215,22 @@ class LinearOperator:
         return True
 
     # ----- helpers ------------------------------------------------------------------------------
-    def _batched(self, t: torch.Tensor, shape_in: tuple, shape_out: tuple, *, adjoint: bool,
-                 name: str) -> torch.Tensor:
+    def _batched(self, t: torch.Tensor, shape_in: tuple, shape_out: tuple, *, adjoint: bool, name: str) -> torch.Tensor:
         check_tensor(t, name)
         nd = len(shape_in)
-        if t.dim() < nd or tuple(t.shape[t.dim() - nd:]) != shape_in:
+        if t.dim() < nd or tuple(t.shape[t.dim() - nd :]) != shape_in:
             what = self.space_names[1] if adjoint else self.space_names[0]
-            raise ValueError(f"{type(self).__name__}: {name} must end in the {what} shape {shape_in}, "
-                             f"got shape {tuple(t.shape)} (expected [*batch, {', '.join(map(str, shape_in))}])")
+            raise ValueError(
+                f"{type(self).__name__}: {name} must end in the {what} shape {shape_in}, "
+                f"got shape {tuple(t.shape)} (expected [*batch, {', '.join(map(str, shape_in))}])"
+            )
         if t.dtype not in self.supported_dtypes:
             raise TypeError(f"{type(self).__name__} supports dtypes {self.supported_dtypes}, got {t.dtype}")
         if t.device != self.device and not (t.device.type == self.device.type and self.device.index is None):
-            raise ValueError(f"{type(self).__name__} lives on {self.device} but {name} is on {t.device}; "
-                             f"move it with {name}.to('{self.device}') or build the operator there")
+            raise ValueError(
+                f"{type(self).__name__} lives on {self.device} but {name} is on {t.device}; "
+                f"move it with {name}.to('{self.device}') or build the operator there"
+            )
         lead = tuple(t.shape[: t.dim() - nd])
         flat = t.reshape((-1,) + shape_in).contiguous()
         out = _Apply.apply(flat, self, adjoint)

@@ -61,9 +61,16 @@ from .base import AdjointOperator, LinearOperator
 from .geometry import FanBeam2D, Geometry, ParallelBeam2D, _Beam2D, _Beam3D
 from .settings import set_threads, settings, torch_threads
 
-__all__ = ["CTProjector", "estimate_matrix_bytes", "system_matrix", "set_matrix_cache_limits", "set_matrix_threads",
-           "matrix_cache_info", "clear_matrix_cache", "default_projector_type"]
-
+__all__ = [
+    "CTProjector",
+    "estimate_matrix_bytes",
+    "system_matrix",
+    "set_matrix_cache_limits",
+    "set_matrix_threads",
+    "matrix_cache_info",
+    "clear_matrix_cache",
+    "default_projector_type",
+]
 
 
 def set_matrix_threads(n: int) -> int:
@@ -89,6 +96,7 @@ def default_projector_type(geometry: Geometry) -> str:
 def astra_projector(geometry: _Beam2D, projector_type: str | None = None):
     """Context manager yielding an ASTRA 2D CPU projector id for ``geometry``; always deleted."""
     import astra
+
     vol_geom, proj_geom = geometry.to_astra()
     pid = astra.create_projector(projector_type or default_projector_type(geometry), proj_geom, vol_geom)
     try:
@@ -151,19 +159,25 @@ def estimate_nnz(geometry: _Beam2D, projector_type: str | None = None) -> int:
 
 def _bytes_for(nnz: int, rows: int, cols: int, dtype: torch.dtype, transpose: bool) -> int:
     value = torch.empty((), dtype=dtype).element_size()
-    index = 4 if max(nnz, rows, cols) < 2 ** 31 - 1 else 8
+    index = 4 if max(nnz, rows, cols) < 2**31 - 1 else 8
     one = nnz * (value + index) + (rows + 1) * index
     return one + (nnz * (value + index) + (cols + 1) * index if transpose else 0)
 
 
-def estimate_matrix_bytes(geometry: _Beam2D, dtype: torch.dtype = torch.float32,
-                          projector_type: str | None = None) -> int:
+def estimate_matrix_bytes(
+    geometry: _Beam2D, dtype: torch.dtype = torch.float32, projector_type: str | None = None
+) -> int:
     """Predicted memory (bytes) of the cached ``W`` and ``W^T`` CSR pair for ``geometry``."""
     if not isinstance(geometry, _Beam2D):
         raise TypeError(f"system matrices exist for 2D geometries only, got {type(geometry).__name__}")
     h, w = geometry.image_shape
-    return _bytes_for(estimate_nnz(geometry, projector_type), geometry.num_views * geometry.detector_count,
-                      h * w, dtype, transpose=True)
+    return _bytes_for(
+        estimate_nnz(geometry, projector_type),
+        geometry.num_views * geometry.detector_count,
+        h * w,
+        dtype,
+        transpose=True,
+    )
 
 
 # ----- cache ----------------------------------------------------------------------------------------
@@ -172,7 +186,7 @@ class _MatrixCache:
     ``settings.max_total_bytes`` at the time of each insertion."""
 
     def __init__(self):
-        self.entries: "OrderedDict[tuple, tuple]" = OrderedDict()
+        self.entries: OrderedDict[tuple, tuple] = OrderedDict()
         self.lock = threading.Lock()
 
     @property
@@ -227,23 +241,26 @@ def clear_matrix_cache() -> None:
 
 
 def _to_torch_csr(m, dtype: torch.dtype) -> torch.Tensor:
-    idx = np.int32 if max(m.nnz, *m.shape) < 2 ** 31 - 1 else np.int64
+    idx = np.int32 if max(m.nnz, *m.shape) < 2**31 - 1 else np.int64
     with warnings.catch_warnings():  # "sparse CSR support is in beta": we rely only on CSR @ dense
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(torch.from_numpy(np.ascontiguousarray(m.indptr, dtype=idx)),
-                                       torch.from_numpy(np.ascontiguousarray(m.indices, dtype=idx)),
-                                       torch.from_numpy(np.ascontiguousarray(m.data)).to(dtype),
-                                       size=m.shape, check_invariants=False)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(np.ascontiguousarray(m.indptr, dtype=idx)),
+            torch.from_numpy(np.ascontiguousarray(m.indices, dtype=idx)),
+            torch.from_numpy(np.ascontiguousarray(m.data)).to(dtype),
+            size=m.shape,
+            check_invariants=False,
+        )
 
 
-def system_matrix(geometry: _Beam2D, dtype: torch.dtype = torch.float32,
-                  projector_type: str | None = None) -> tuple:
+def system_matrix(geometry: _Beam2D, dtype: torch.dtype = torch.float32, projector_type: str | None = None) -> tuple:
     """ASTRA's CPU system matrix of ``geometry`` as torch CSR tensors ``(W, W^T, nbytes)`` (cached).
 
     ``W`` has shape ``(views * detectors, H * W)``: row ``v * detectors + d`` holds the weights
     (mm, intersection lengths) of ray ``(v, d)``; image pixels are in row-major order.
     """
     import astra
+
     ptype = projector_type or default_projector_type(geometry)
     key = (geometry.to_json(), ptype, dtype, type(geometry).__name__, geometry.num_views)
     hit = _CACHE.get(key)
@@ -260,16 +277,19 @@ def system_matrix(geometry: _Beam2D, dtype: torch.dtype = torch.float32,
     m.data = m.data.astype(np.float32)  # ASTRA's weights are float32; keep them bit-identical
     w = _to_torch_csr(m, dtype)
     wt = _to_torch_csr(m.T.tocsr(), dtype)
-    nbytes = sum(t.values().element_size() * t.values().numel() + t.col_indices().element_size()
-                 * t.col_indices().numel() + t.crow_indices().element_size() * t.crow_indices().numel()
-                 for t in (w, wt))
+    nbytes = sum(
+        t.values().element_size() * t.values().numel()
+        + t.col_indices().element_size() * t.col_indices().numel()
+        + t.crow_indices().element_size() * t.crow_indices().numel()
+        for t in (w, wt)
+    )
     entry = (w, wt, nbytes)
     _CACHE.put(key, entry)
     return entry
 
 
 #: bytes of the dense right-hand side per sparse product, forward and adjoint (see _blocked_product)
-_BLOCK_BYTES = {"forward": 4 * 2 ** 20, "adjoint": 8 * 2 ** 20}
+_BLOCK_BYTES = {"forward": 4 * 2**20, "adjoint": 8 * 2**20}
 
 
 def _blocked_product(m: torch.Tensor, rows: torch.Tensor, budget: int) -> torch.Tensor:
@@ -286,7 +306,7 @@ def _blocked_product(m: torch.Tensor, rows: torch.Tensor, budget: int) -> torch.
     block = 1 << (fit.bit_length() - 1)  # largest power of two <= fit
     if block >= n:
         return m @ rows.T.contiguous()
-    return torch.cat([m @ rows[i:i + block].T.contiguous() for i in range(0, n, block)], dim=1)
+    return torch.cat([m @ rows[i : i + block].T.contiguous() for i in range(0, n, block)], dim=1)
 
 
 # ----- operator -------------------------------------------------------------------------------------
@@ -294,8 +314,10 @@ _BACKENDS = ("auto", "matrix", "astra", "cuda")
 # Measured on an NVIDIA H200 (2026-11-26): ASTRA's cone-beam back-projector weights each voxel by the
 # squared magnification (right for a 2D detector), so a fan beam run as a one-row cone is not
 # adjoint to its forward projection: <Ax, y> and <x, A^T y> differed by 55 %.
-_FAN_CUDA_MESSAGE = ("ASTRA's CUDA kernels have no matched 2D fan-beam back-projection (the cone-beam "
-                     "back-projector is weighted for a 2D detector: 55 % adjoint error measured)")
+_FAN_CUDA_MESSAGE = (
+    "ASTRA's CUDA kernels have no matched 2D fan-beam back-projection (the cone-beam "
+    "back-projector is weighted for a 2D detector: 55 % adjoint error measured)"
+)
 
 
 class CTProjector(LinearOperator):
@@ -333,12 +355,20 @@ class CTProjector(LinearOperator):
     kernels are matched only approximately (ray-driven FP, voxel-driven BP).
     """
 
-    def __init__(self, geometry: Geometry, device: str | torch.device = "cpu", backend: str = "auto",
-                 projector_type: str | None = None, max_matrix_bytes: int | None = None,
-                 num_threads: int | None = None):
+    def __init__(
+        self,
+        geometry: Geometry,
+        device: str | torch.device = "cpu",
+        backend: str = "auto",
+        projector_type: str | None = None,
+        max_matrix_bytes: int | None = None,
+        num_threads: int | None = None,
+    ):
         if not isinstance(geometry, (_Beam2D, _Beam3D)):
-            raise TypeError(f"geometry must be ParallelBeam2D, FanBeam2D, ParallelBeam3D or ConeBeam3D, "
-                            f"got {type(geometry).__name__}")
+            raise TypeError(
+                f"geometry must be ParallelBeam2D, FanBeam2D, ParallelBeam3D or ConeBeam3D, "
+                f"got {type(geometry).__name__}"
+            )
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         try:
@@ -361,6 +391,7 @@ class CTProjector(LinearOperator):
         self._device_matrices: dict = {}
         if self.backend == "cuda":
             from .cuda import AstraCudaProjector
+
             self._impl = AstraCudaProjector(geometry, self.device)
             self.supported_dtypes = (torch.float32, torch.float64)
         elif self.backend == "astra":
@@ -387,20 +418,22 @@ class CTProjector(LinearOperator):
                 if self.estimated_matrix_bytes() <= self._bound():
                     return "matrix"
                 if isinstance(g, FanBeam2D):
-                    raise ValueError(_FAN_CUDA_MESSAGE + f"; its matrix ({self.estimated_matrix_bytes() / 2**30:.1f} "
-                                     f"GiB) exceeds max_matrix_bytes: raise it (set_matrix_cache_limits)")
+                    raise ValueError(
+                        _FAN_CUDA_MESSAGE + f"; its matrix ({self.estimated_matrix_bytes() / 2**30:.1f} "
+                        f"GiB) exceeds max_matrix_bytes: raise it (set_matrix_cache_limits)"
+                    )
                 return "cuda"
             if isinstance(g, _Beam3D):
-                raise ValueError(f"{type(g).__name__} needs ASTRA's CUDA kernels: use device='cuda' "
-                                 f"(ASTRA has no CPU 3D projector)")
+                raise ValueError(
+                    f"{type(g).__name__} needs ASTRA's CUDA kernels: use device='cuda' (ASTRA has no CPU 3D projector)"
+                )
             return "matrix" if self.estimated_matrix_bytes() <= self._bound() else "astra"
         if backend == "cuda" and not is_cuda:
             raise ValueError("backend='cuda' needs device='cuda'")
         if backend == "cuda" and isinstance(g, FanBeam2D):
             raise ValueError(_FAN_CUDA_MESSAGE + "; use backend='matrix' (the default on CUDA)")
         if backend in ("matrix", "astra") and isinstance(g, _Beam3D):
-            raise ValueError(f"backend={backend!r} supports 2D geometries only; "
-                             f"{type(g).__name__} needs device='cuda'")
+            raise ValueError(f"backend={backend!r} supports 2D geometries only; {type(g).__name__} needs device='cuda'")
         if backend == "astra" and is_cuda:
             raise ValueError("backend='astra' (per-slice CPU calls) needs device='cpu'")
         return backend
@@ -415,8 +448,13 @@ class CTProjector(LinearOperator):
     @property
     def matrix_bytes(self) -> int | None:
         """Bytes of the float32 matrix pair if it is cached (built on first use), else ``None``."""
-        key = (self.geometry.to_json(), self.projector_type or default_projector_type(self.geometry),
-               torch.float32, type(self.geometry).__name__, self.geometry.num_views)
+        key = (
+            self.geometry.to_json(),
+            self.projector_type or default_projector_type(self.geometry),
+            torch.float32,
+            type(self.geometry).__name__,
+            self.geometry.num_views,
+        )
         hit = _CACHE.get(key) if isinstance(self.geometry, _Beam2D) else None
         return None if hit is None else hit[2]
 
@@ -478,6 +516,7 @@ class CTProjector(LinearOperator):
     def _astra_loop(self, t: torch.Tensor, forward: bool) -> torch.Tensor:
         """One ASTRA CPU call per slice, float32 (ASTRA computes in float32)."""
         import astra.experimental as ax
+
         src = t.detach().to(torch.float32).contiguous().numpy()
         out_shape = self.out_shape if forward else self.in_shape
         out = np.empty((src.shape[0],) + out_shape, dtype=np.float32)
@@ -490,8 +529,10 @@ class CTProjector(LinearOperator):
         return torch.from_numpy(out).to(t.dtype)
 
     def __repr__(self) -> str:
-        return (f"CTProjector({type(self.geometry).__name__}, in_shape={self.in_shape}, "
-                f"out_shape={self.out_shape}, device={self.device}, backend={self.backend!r})")
+        return (
+            f"CTProjector({type(self.geometry).__name__}, in_shape={self.in_shape}, "
+            f"out_shape={self.out_shape}, device={self.device}, backend={self.backend!r})"
+        )
 
 
 class _CTAdjoint(AdjointOperator):

@@ -47,6 +47,7 @@ def cuda_available() -> bool:
         return False
     try:
         import astra
+
         return bool(astra.use_cuda())
     except Exception:  # noqa: BLE001 - any ASTRA import/probe failure means "no CUDA"
         return False
@@ -61,10 +62,13 @@ def require_astra_cuda() -> None:
     if not torch.cuda.is_available():
         raise ValueError("device='cuda' requested but torch sees no CUDA device; use device='cpu'")
     import astra
+
     if not astra.use_cuda():
-        raise ValueError("device='cuda' requested but ASTRA has no usable CUDA support "
-                         "(astra.use_cuda() is False: ASTRA built without CUDA, or no GPU/driver); "
-                         "use device='cpu'")
+        raise ValueError(
+            "device='cuda' requested but ASTRA has no usable CUDA support "
+            "(astra.use_cuda() is False: ASTRA built without CUDA, or no GPU/driver); "
+            "use device='cpu'"
+        )
 
 
 # ----- vector geometries ----------------------------------------------------------------------------
@@ -79,8 +83,9 @@ def _parallel_vectors(angles: np.ndarray, det_spacing: float, row_spacing: float
     return vec
 
 
-def _fan_vectors(angles: np.ndarray, det_spacing: float, so: float, od: float, z: np.ndarray,
-                 row_spacing: float, mirror_y: bool) -> np.ndarray:
+def _fan_vectors(
+    angles: np.ndarray, det_spacing: float, so: float, od: float, z: np.ndarray, row_spacing: float, mirror_y: bool
+) -> np.ndarray:
     """``cone_vec`` rows ``(src, d, u, v)``: every (slice, angle) pair, slice-major."""
     zz, th = np.meshgrid(z, angles, indexing="ij")
     zz, th = zz.reshape(-1), th.reshape(-1)
@@ -99,16 +104,19 @@ class _Astra3D:
 
     def __init__(self, vol_geom: dict, proj_geom: dict):
         import astra
+
         self.pid = astra.create_projector("cuda3d", proj_geom, vol_geom)
 
     def fp(self, vol: torch.Tensor, proj: torch.Tensor) -> None:
         import astra.experimental as ax
+
         torch.cuda.synchronize(vol.device)  # ASTRA runs on its own stream: inputs must be ready
         ax.direct_FP3D(self.pid, vol, proj)
         torch.cuda.synchronize(vol.device)
 
     def bp(self, vol: torch.Tensor, proj: torch.Tensor) -> None:
         import astra.experimental as ax
+
         torch.cuda.synchronize(vol.device)
         ax.direct_BP3D(self.pid, vol, proj)
         torch.cuda.synchronize(vol.device)
@@ -116,6 +124,7 @@ class _Astra3D:
     def close(self) -> None:
         if self.pid is not None:
             import astra
+
             astra.projector3d.delete(self.pid)
             self.pid = None
 
@@ -143,6 +152,7 @@ def calibrate_orientation(device: torch.device) -> dict:
     if _ORIENTATION is not None:
         return _ORIENTATION
     import astra
+
     n, nd = 8, 17
     vol_geom = astra.create_vol_geom(n, n, 2, -n / 2, n / 2, -n / 2, n / 2, -1.0, 1.0)
     # angle pi/2: a point (x, y) lands at detector coordinate t = y (ASTRA 2D convention)
@@ -173,20 +183,24 @@ def astra_geometries_2d(g, batch: int, orient: dict) -> tuple:
     :func:`calibrate_orientation`'s result.
     """
     import astra
+
     h, w = g.image_shape
     p = g.pixel_spacing_mm
-    vol_geom = astra.create_vol_geom(h, w, batch, -w * p / 2, w * p / 2, -h * p / 2, h * p / 2,
-                                     -batch * p / 2, batch * p / 2)
+    vol_geom = astra.create_vol_geom(
+        h, w, batch, -w * p / 2, w * p / 2, -h * p / 2, h * p / 2, -batch * p / 2, batch * p / 2
+    )
     if isinstance(g, FanBeam2D):
         z = (np.arange(batch) + 0.5 - batch / 2) * p
         if not orient["rows_follow_slices"]:
             z = z[::-1]
-        vec = _fan_vectors(g.angles_array, g.detector_spacing_mm, g.source_origin_mm, g.origin_detector_mm,
-                           z, p, orient["mirror_y"])
+        vec = _fan_vectors(
+            g.angles_array, g.detector_spacing_mm, g.source_origin_mm, g.origin_detector_mm, z, p, orient["mirror_y"]
+        )
         proj_geom = astra.create_proj_geom("cone_vec", 1, g.detector_count, vec)
     else:
-        vec = _parallel_vectors(g.angles_array, g.detector_spacing_mm,
-                                p if orient["rows_follow_slices"] else -p, orient["mirror_y"])
+        vec = _parallel_vectors(
+            g.angles_array, g.detector_spacing_mm, p if orient["rows_follow_slices"] else -p, orient["mirror_y"]
+        )
         proj_geom = astra.create_proj_geom("parallel3d_vec", batch, g.detector_count, vec)
     return vol_geom, proj_geom
 
@@ -198,6 +212,7 @@ class AstraCudaProjector:
     def __init__(self, geometry, device: torch.device):
         require_astra_cuda()
         import astra
+
         self.geometry = geometry
         self.device = torch.device(device)
         if self.device.index is not None:

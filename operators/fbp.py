@@ -36,9 +36,18 @@ from .settings import settings, torch_threads
 __all__ = ["fbp", "FBP", "FILTERS", "filter_response"]
 
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
-_ALIASES = {"ramlak": "ram-lak", "ram_lak": "ram-lak", "ramp": "ram-lak", "ram-lak": "ram-lak",
-            "shepp-logan": "shepp-logan", "shepp_logan": "shepp-logan", "cosine": "cosine",
-            "hamming": "hamming", "hann": "hann", "hanning": "hann"}
+_ALIASES = {
+    "ramlak": "ram-lak",
+    "ram_lak": "ram-lak",
+    "ramp": "ram-lak",
+    "ram-lak": "ram-lak",
+    "shepp-logan": "shepp-logan",
+    "shepp_logan": "shepp-logan",
+    "cosine": "cosine",
+    "hamming": "hamming",
+    "hann": "hann",
+    "hanning": "hann",
+}
 
 #: elements of the [batch, views-chunk, pixels] temporaries in the back-projection
 _CHUNK_ELEMENTS = 1 << 23
@@ -55,8 +64,9 @@ def padded_length(detector_count: int) -> int:
     return max(64, 1 << int(math.ceil(math.log2(2 * detector_count))))
 
 
-def filter_response(n_pad: int, filter: str = "ram-lak", cutoff: float = 1.0,
-                    dtype: torch.dtype = torch.float64, device="cpu") -> torch.Tensor:
+def filter_response(
+    n_pad: int, filter: str = "ram-lak", cutoff: float = 1.0, dtype: torch.dtype = torch.float64, device="cpu"
+) -> torch.Tensor:
     """Frequency response (``n_pad // 2 + 1`` rfft bins) of the discrete ramp times the window.
 
     Units: for unit detector spacing; the caller divides by the spacing. At frequency ``f``
@@ -119,9 +129,12 @@ def _check_coverage(geometry: _Beam2D) -> None:
         # pi / V per view is right both for a half turn and for a uniform full turn
         ok, what = _covers_uniformly(a, np.pi), "[0, pi) (or a full turn)"
     if not ok:
-        warnings.warn(f"FBP assumes the {a.size} views cover {what} uniformly; these angles do not, "
-                      f"so the reconstruction is distorted and its scaling approximate "
-                      f"(short scans would need Parker weights, which are not implemented)", stacklevel=3)
+        warnings.warn(
+            f"FBP assumes the {a.size} views cover {what} uniformly; these angles do not, "
+            f"so the reconstruction is distorted and its scaling approximate "
+            f"(short scans would need Parker weights, which are not implemented)",
+            stacklevel=3,
+        )
 
 
 class FBP(torch.nn.Module):
@@ -144,8 +157,7 @@ class FBP(torch.nn.Module):
     returns mu in 1/mm, ``[..., H, W]``, differentiable, on the sinogram's device and dtype.
     """
 
-    def __init__(self, geometry: _Beam2D, filter: str = "ram-lak", cutoff: float = 1.0,
-                 num_threads: int | None = None):
+    def __init__(self, geometry: _Beam2D, filter: str = "ram-lak", cutoff: float = 1.0, num_threads: int | None = None):
         super().__init__()
         if num_threads is not None and int(num_threads) < 0:
             raise ValueError(f"num_threads must be >= 0 (0 = torch's setting), got {num_threads}")
@@ -206,7 +218,7 @@ class FBP(torch.nn.Module):
         fan = isinstance(g, FanBeam2D)
         inv_ds = 1.0 / g.detector_spacing_mm
         for v0 in range(0, nv, chunk):
-            th = angles[v0:v0 + chunk, None]
+            th = angles[v0 : v0 + chunk, None]
             c, s = torch.cos(th), torch.sin(th)
             if fan:
                 so, od = g.source_origin_mm, g.origin_detector_mm
@@ -241,8 +253,9 @@ class FBP(torch.nn.Module):
     def _reconstruct(self, sinogram: torch.Tensor) -> torch.Tensor:
         g = self.geometry
         if sinogram.dim() < 2 or tuple(sinogram.shape[-2:]) != g.sinogram_shape:
-            raise ValueError(f"FBP: sinogram must end in (views, detectors) = {g.sinogram_shape}, "
-                             f"got shape {tuple(sinogram.shape)}")
+            raise ValueError(
+                f"FBP: sinogram must end in (views, detectors) = {g.sinogram_shape}, got shape {tuple(sinogram.shape)}"
+            )
         lead = sinogram.shape[:-2]
         flat = sinogram.reshape((-1,) + g.sinogram_shape)
         q = self.filtered(flat)
@@ -253,8 +266,13 @@ class FBP(torch.nn.Module):
         return image.reshape(tuple(lead) + tuple(g.image_shape))
 
 
-def fbp(sinogram: torch.Tensor, geometry: _Beam2D, filter: str = "ram-lak", cutoff: float = 1.0,
-        num_threads: int | None = None) -> torch.Tensor:
+def fbp(
+    sinogram: torch.Tensor,
+    geometry: _Beam2D,
+    filter: str = "ram-lak",
+    cutoff: float = 1.0,
+    num_threads: int | None = None,
+) -> torch.Tensor:
     """Filtered back-projection: line integrals ``[..., views, detectors]`` -> mu [1/mm] ``[..., H, W]``.
 
     See :class:`FBP` (this builds one and applies it).

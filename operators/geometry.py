@@ -24,17 +24,24 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from .validation import positive_float, positive_int, positive_shape
 
 __all__ = [
-    "Geometry", "ParallelBeam2D", "FanBeam2D", "ParallelBeam3D", "ConeBeam3D",
-    "geometry_from_dict", "geometry_from_json",
+    "Geometry",
+    "ParallelBeam2D",
+    "FanBeam2D",
+    "ParallelBeam3D",
+    "ConeBeam3D",
+    "geometry_from_dict",
+    "geometry_from_json",
 ]
+
 
 # ----- validation helpers ---------------------------------------------------------------------------
 def _angles(value: Any) -> tuple:
@@ -82,7 +89,7 @@ class Geometry:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "Geometry":
+    def from_dict(cls, d: Mapping) -> Geometry:
         """Build from :meth:`to_dict` output (the ``"type"`` key, if present, must match)."""
         if not isinstance(d, Mapping):
             raise TypeError(f"{cls.__name__}.from_dict expects a mapping, got {type(d).__name__}")
@@ -103,14 +110,12 @@ class Geometry:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, s: str) -> "Geometry":
+    def from_json(cls, s: str) -> Geometry:
         """Inverse of :meth:`to_json`."""
         return cls.from_dict(json.loads(s))
 
     def _key(self) -> str:
         return self.to_json()
-
-
 
 
 # ----- 2D ----------------------------------------------------------------------------------------
@@ -150,6 +155,7 @@ class _Beam2D(Geometry):
     def astra_vol_geom(self) -> dict:
         """ASTRA 2D volume geometry with the physical window in mm, centred on the origin."""
         import astra
+
         h, w = self.image_shape
         hy, hx = h * self.pixel_spacing_mm / 2, w * self.pixel_spacing_mm / 2
         return astra.create_vol_geom(h, w, -hx, hx, -hy, hy)
@@ -183,8 +189,8 @@ class ParallelBeam2D(_Beam2D):
     def astra_proj_geom(self) -> dict:
         """ASTRA ``parallel`` projection geometry (mm)."""
         import astra
-        return astra.create_proj_geom("parallel", self.detector_spacing_mm, self.detector_count,
-                                      self.angles_array)
+
+        return astra.create_proj_geom("parallel", self.detector_spacing_mm, self.detector_count, self.angles_array)
 
 
 @dataclass(frozen=True)
@@ -214,12 +220,13 @@ class FanBeam2D(_Beam2D):
         if self.source_origin_mm is None or self.origin_detector_mm is None:
             raise ValueError("FanBeam2D needs source_origin_mm and origin_detector_mm")
         _set(self, "source_origin_mm", positive_float(self.source_origin_mm, "source_origin_mm"))
-        _set(self, "origin_detector_mm", positive_float(self.origin_detector_mm, "origin_detector_mm",
-                                                          allow_zero=True))
+        _set(self, "origin_detector_mm", positive_float(self.origin_detector_mm, "origin_detector_mm", allow_zero=True))
         half_diag = 0.5 * math.hypot(*self.extent_mm)
         if self.source_origin_mm <= half_diag:
-            raise ValueError(f"source_origin_mm={self.source_origin_mm} mm puts the source inside the image "
-                             f"(half-diagonal {half_diag:.1f} mm); move it further out")
+            raise ValueError(
+                f"source_origin_mm={self.source_origin_mm} mm puts the source inside the image "
+                f"(half-diagonal {half_diag:.1f} mm); move it further out"
+            )
 
     @property
     def magnification(self) -> float:
@@ -229,8 +236,15 @@ class FanBeam2D(_Beam2D):
     def astra_proj_geom(self) -> dict:
         """ASTRA ``fanflat`` projection geometry (mm)."""
         import astra
-        return astra.create_proj_geom("fanflat", self.detector_spacing_mm, self.detector_count,
-                                      self.angles_array, self.source_origin_mm, self.origin_detector_mm)
+
+        return astra.create_proj_geom(
+            "fanflat",
+            self.detector_spacing_mm,
+            self.detector_count,
+            self.angles_array,
+            self.source_origin_mm,
+            self.origin_detector_mm,
+        )
 
 
 # ----- 3D ----------------------------------------------------------------------------------------
@@ -259,8 +273,11 @@ class _Beam3D(Geometry):
             sp = []
         if len(sp) != 2:
             raise ValueError(f"detector_spacing_mm must be (row, col) in mm, got {self.detector_spacing_mm!r}")
-        _set(self, "detector_spacing_mm", (positive_float(sp[0], "detector_spacing_mm[0]"),
-                                           positive_float(sp[1], "detector_spacing_mm[1]")))
+        _set(
+            self,
+            "detector_spacing_mm",
+            (positive_float(sp[0], "detector_spacing_mm[0]"), positive_float(sp[1], "detector_spacing_mm[1]")),
+        )
         self._validate_extra()
 
     def _validate_extra(self):
@@ -279,6 +296,7 @@ class _Beam3D(Geometry):
     def astra_vol_geom(self) -> dict:
         """ASTRA 3D volume geometry with the physical window in mm, centred on the origin."""
         import astra
+
         d, h, w = self.volume_shape
         s = self.voxel_spacing_mm / 2
         return astra.create_vol_geom(h, w, d, -w * s, w * s, -h * s, h * s, -d * s, d * s)
@@ -312,9 +330,9 @@ class ParallelBeam3D(_Beam3D):
     def astra_proj_geom(self) -> dict:
         """ASTRA ``parallel3d`` projection geometry (mm)."""
         import astra
+
         row, col = self.detector_spacing_mm
-        return astra.create_proj_geom("parallel3d", col, row, self.detector_rows, self.detector_cols,
-                                      self.angles_array)
+        return astra.create_proj_geom("parallel3d", col, row, self.detector_rows, self.detector_cols, self.angles_array)
 
 
 @dataclass(frozen=True)
@@ -335,20 +353,30 @@ class ConeBeam3D(_Beam3D):
         if self.source_origin_mm is None or self.origin_detector_mm is None:
             raise ValueError("ConeBeam3D needs source_origin_mm and origin_detector_mm")
         _set(self, "source_origin_mm", positive_float(self.source_origin_mm, "source_origin_mm"))
-        _set(self, "origin_detector_mm", positive_float(self.origin_detector_mm, "origin_detector_mm",
-                                                          allow_zero=True))
-        d, h, w = self.volume_shape
+        _set(self, "origin_detector_mm", positive_float(self.origin_detector_mm, "origin_detector_mm", allow_zero=True))
+        _d, h, w = self.volume_shape
         half_diag = 0.5 * self.voxel_spacing_mm * math.hypot(h, w)
         if self.source_origin_mm <= half_diag:
-            raise ValueError(f"source_origin_mm={self.source_origin_mm} mm puts the source inside the volume "
-                             f"(in-plane half-diagonal {half_diag:.1f} mm)")
+            raise ValueError(
+                f"source_origin_mm={self.source_origin_mm} mm puts the source inside the volume "
+                f"(in-plane half-diagonal {half_diag:.1f} mm)"
+            )
 
     def astra_proj_geom(self) -> dict:
         """ASTRA ``cone`` projection geometry (mm)."""
         import astra
+
         row, col = self.detector_spacing_mm
-        return astra.create_proj_geom("cone", col, row, self.detector_rows, self.detector_cols,
-                                      self.angles_array, self.source_origin_mm, self.origin_detector_mm)
+        return astra.create_proj_geom(
+            "cone",
+            col,
+            row,
+            self.detector_rows,
+            self.detector_cols,
+            self.angles_array,
+            self.source_origin_mm,
+            self.origin_detector_mm,
+        )
 
 
 def _set(obj, name, value):
@@ -357,10 +385,18 @@ def _set(obj, name, value):
 
 # ----- dispatch ----------------------------------------------------------------------------------
 _TYPE_ALIASES = {
-    "ParallelBeam2D": ParallelBeam2D, "parallel2d": ParallelBeam2D, "parallel": ParallelBeam2D,
-    "FanBeam2D": FanBeam2D, "fanbeam2d": FanBeam2D, "fanbeam": FanBeam2D, "fanflat": FanBeam2D,
-    "ParallelBeam3D": ParallelBeam3D, "parallel3d": ParallelBeam3D,
-    "ConeBeam3D": ConeBeam3D, "cone3d": ConeBeam3D, "cone": ConeBeam3D,
+    "ParallelBeam2D": ParallelBeam2D,
+    "parallel2d": ParallelBeam2D,
+    "parallel": ParallelBeam2D,
+    "FanBeam2D": FanBeam2D,
+    "fanbeam2d": FanBeam2D,
+    "fanbeam": FanBeam2D,
+    "fanflat": FanBeam2D,
+    "ParallelBeam3D": ParallelBeam3D,
+    "parallel3d": ParallelBeam3D,
+    "ConeBeam3D": ConeBeam3D,
+    "cone3d": ConeBeam3D,
+    "cone": ConeBeam3D,
 }
 
 
@@ -369,11 +405,15 @@ def geometry_from_dict(d: Mapping) -> Geometry:
     if not isinstance(d, Mapping):
         raise TypeError(f"geometry_from_dict expects a mapping, got {type(d).__name__}")
     if "type" not in d:
-        raise ValueError(f"geometry dict has no 'type' key; expected one of {sorted(set(c.type_name for c in _TYPE_ALIASES.values()))}")
+        raise ValueError(
+            f"geometry dict has no 'type' key; expected one of {sorted(set(c.type_name for c in _TYPE_ALIASES.values()))}"
+        )
     cls = _TYPE_ALIASES.get(str(d["type"]))
     if cls is None:
-        raise ValueError(f"unknown geometry type {d['type']!r}; expected one of "
-                         f"{sorted(set(c.type_name for c in _TYPE_ALIASES.values()))}")
+        raise ValueError(
+            f"unknown geometry type {d['type']!r}; expected one of "
+            f"{sorted(set(c.type_name for c in _TYPE_ALIASES.values()))}"
+        )
     return cls.from_dict(d)
 
 

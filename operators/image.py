@@ -10,7 +10,7 @@ over its block divided by the block area.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +18,20 @@ import torch.nn.functional as F
 from .base import LinearOperator, check_tensor
 from .validation import positive_float, positive_int, positive_shape
 
-__all__ = ["Identity", "Convolution", "GaussianBlur", "MotionBlur", "Downsample", "Mask", "Inpaint", "Outpaint",
-           "box_mask", "random_mask", "gaussian_kernel", "motion_kernel"]
+__all__ = [
+    "Identity",
+    "Convolution",
+    "GaussianBlur",
+    "MotionBlur",
+    "Downsample",
+    "Mask",
+    "Inpaint",
+    "Outpaint",
+    "box_mask",
+    "random_mask",
+    "gaussian_kernel",
+    "motion_kernel",
+]
 
 
 class Identity(LinearOperator):
@@ -204,7 +216,7 @@ class Outpaint(Mask):
             raise ValueError(f"keep region {(kh, kw)} is larger than the image {shape}")
         mask = torch.zeros(shape, dtype=torch.bool)
         top, left = (shape[0] - kh) // 2, (shape[1] - kw) // 2
-        mask[top:top + kh, left:left + kw] = True
+        mask[top : top + kh, left : left + kw] = True
         self.keep = (kh, kw)
         super().__init__(mask, device)
 
@@ -218,7 +230,7 @@ def box_mask(shape: Sequence[int], box: Sequence[int]) -> torch.Tensor:
     if top < 0 or left < 0 or bh <= 0 or bw <= 0 or top + bh > h or left + bw > w:
         raise ValueError(f"box {tuple(box)} does not fit inside an image of shape {(h, w)}")
     mask = torch.ones(h, w, dtype=torch.bool)
-    mask[top:top + bh, left:left + bw] = False
+    mask[top : top + bh, left : left + bw] = False
     return mask
 
 

@@ -6,14 +6,22 @@ conjugate gradients, and the finite differences and shrinkage of total variation
 the diffusion solvers (:mod:`tomo.solvers`) and :meth:`operators.LinearOperator.norm` all call
 these, so each formula has one implementation.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["batch_dot", "random_start", "power_iteration", "conjugate_gradient", "gradient", "gradient_adjoint",
-           "shrink_isotropic"]
+__all__ = [
+    "batch_dot",
+    "random_start",
+    "power_iteration",
+    "conjugate_gradient",
+    "gradient",
+    "gradient_adjoint",
+    "shrink_isotropic",
+]
 
 
 def batch_dot(a: torch.Tensor, b: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
@@ -30,15 +38,15 @@ def _item_norms(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).norm(dim=1)
 
 
-def random_start(shape: Sequence[int], dtype: torch.dtype = torch.float32, device="cpu",
-                 seed: int = 0) -> torch.Tensor:
+def random_start(shape: Sequence[int], dtype: torch.dtype = torch.float32, device="cpu", seed: int = 0) -> torch.Tensor:
     """Standard-normal start vectors ``shape`` drawn on the CPU with ``seed`` (same on every device)."""
     g = torch.Generator(device="cpu").manual_seed(int(seed))
     return torch.randn(tuple(shape), generator=g, dtype=dtype).to(device)
 
 
-def power_iteration(apply_normal: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor,
-                    iterations: int) -> torch.Tensor:
+def power_iteration(
+    apply_normal: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, iterations: int
+) -> torch.Tensor:
     """Largest eigenvalue of a batched symmetric positive semi-definite map, per item, ``[B]``.
 
     For ``apply_normal = x -> M^T M x`` this is ``||M||_2^2`` (take the square root for the
@@ -69,8 +77,13 @@ def power_iteration(apply_normal: Callable[[torch.Tensor], torch.Tensor], x0: to
     return sigma2
 
 
-def conjugate_gradient(apply_matrix: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
-                       x0: torch.Tensor, iterations: int, tol: float = 0.0) -> torch.Tensor:
+def conjugate_gradient(
+    apply_matrix: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    x0: torch.Tensor,
+    iterations: int,
+    tol: float = 0.0,
+) -> torch.Tensor:
     """Batched conjugate gradients for ``M x = rhs`` with ``M`` symmetric positive semi-definite.
 
     Every item of the batch (first dimension) is an independent system with its own step
@@ -107,8 +120,9 @@ def conjugate_gradient(apply_matrix: Callable[[torch.Tensor], torch.Tensor], rhs
         mp = apply_matrix(p)
         pmp = batch_dot(p, mp, keepdim=True)
         # items that converged (or hit a null direction) keep their x: step 0
-        alpha = torch.where(active & (pmp > 0), rs / torch.where(pmp > 0, pmp, torch.ones_like(pmp)),
-                            torch.zeros_like(pmp))
+        alpha = torch.where(
+            active & (pmp > 0), rs / torch.where(pmp > 0, pmp, torch.ones_like(pmp)), torch.zeros_like(pmp)
+        )
         x = x + alpha * p
         r = r - alpha * mp
         rs_new = batch_dot(r, r, keepdim=True)

@@ -42,7 +42,9 @@ class GaussianNoise:
             raise ValueError(f"sigma must be finite and >= 0, got {sigma}")
         self.sigma = sigma
 
-    def sample(self, y: torch.Tensor, generator: torch.Generator | None = None, seed: int | None = None) -> torch.Tensor:
+    def sample(
+        self, y: torch.Tensor, generator: torch.Generator | None = None, seed: int | None = None
+    ) -> torch.Tensor:
         """Noisy copy of ``y`` (``y`` is not modified)."""
         check_tensor(y, "y")
         g = _generator(generator, seed)
@@ -52,7 +54,7 @@ class GaussianNoise:
     def variance(self, y: torch.Tensor) -> torch.Tensor:
         """Per-element variance (constant ``sigma**2``), shaped like ``y``."""
         check_tensor(y, "y")
-        return torch.full_like(y, self.sigma ** 2)
+        return torch.full_like(y, self.sigma**2)
 
     def __repr__(self):
         return f"GaussianNoise(sigma={self.sigma})"
@@ -74,8 +76,9 @@ class PoissonTransmissionNoise:
             raise ValueError(f"i0 (photons per bin) must be finite and > 0, got {i0}")
         self.i0 = i0
 
-    def sample(self, line_integrals: torch.Tensor, generator: torch.Generator | None = None,
-               seed: int | None = None) -> torch.Tensor:
+    def sample(
+        self, line_integrals: torch.Tensor, generator: torch.Generator | None = None, seed: int | None = None
+    ) -> torch.Tensor:
         """Noisy line integrals, same shape and dtype as ``line_integrals`` (not modified)."""
         check_tensor(line_integrals, "line_integrals")
         g = _generator(generator, seed)
@@ -94,8 +97,9 @@ class PoissonTransmissionNoise:
         return f"PoissonTransmissionNoise(i0={self.i0:g})"
 
 
-def transmission_weights(line_integrals: torch.Tensor, i0: float | None = None,
-                         model_error: float = 0.0) -> torch.Tensor:
+def transmission_weights(
+    line_integrals: torch.Tensor, i0: float | None = None, model_error: float = 0.0
+) -> torch.Tensor:
     """Data weights of post-log transmission CT: inverse variances with a model-error floor.
 
     ``w = 1 / (exp(y) / I0 + model_error^2)``. For counts ``N ~ Poisson(I0 exp(-p))`` and
@@ -135,7 +139,9 @@ def transmission_weights(line_integrals: torch.Tensor, i0: float | None = None,
         raise ValueError(f"model_error must be a number >= 0 (line-integral std), got {model_error!r}")
     if i0 is None:
         if model_error > 0:
-            raise ValueError("a model_error floor needs i0 (photons per bin): the weights exp(-y) "
-                             "without i0 are relative only; pass i0 or model_error=0")
+            raise ValueError(
+                "a model_error floor needs i0 (photons per bin): the weights exp(-y) "
+                "without i0 are relative only; pass i0 or model_error=0"
+            )
         return torch.exp(-line_integrals)
-    return 1.0 / (PoissonTransmissionNoise(i0).variance(line_integrals) + model_error ** 2)
+    return 1.0 / (PoissonTransmissionNoise(i0).variance(line_integrals) + model_error**2)

@@ -28,8 +28,14 @@ _ELLIPSES = (
 )
 
 
-def shepp_logan(shape=(256, 256), pixel_spacing_mm: float = 1.0, *, water_mu: float = MU_WATER_PER_MM,
-                supersample: int = 3, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def shepp_logan(
+    shape=(256, 256),
+    pixel_spacing_mm: float = 1.0,
+    *,
+    water_mu: float = MU_WATER_PER_MM,
+    supersample: int = 3,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Modified Shepp-Logan head phantom as linear attenuation mu in 1/mm.
 
     The phantom's outer ellipse spans 0.92 of the half-height of the smaller image side. The

@@ -24,6 +24,7 @@
 True
 >>> _ = operators.set_threads(old)
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ import torch
 
 __all__ = ["OperatorSettings", "settings", "set_threads", "torch_threads"]
 
-_GiB = 1024 ** 3
+_GiB = 1024**3
 
 
 def _check_threads(n) -> int | None:
@@ -55,8 +56,7 @@ class OperatorSettings:
 
     __slots__ = ("_max_matrix_bytes", "_max_total_bytes", "_threads")
 
-    def __init__(self, threads: int | None = 1, max_matrix_bytes: int = 2 * _GiB,
-                 max_total_bytes: int = 4 * _GiB):
+    def __init__(self, threads: int | None = 1, max_matrix_bytes: int = 2 * _GiB, max_total_bytes: int = 4 * _GiB):
         self.threads = threads
         self.max_matrix_bytes = max_matrix_bytes
         self.max_total_bytes = max_total_bytes
@@ -89,8 +89,11 @@ class OperatorSettings:
         self._max_total_bytes = _check_bytes(n, "max_total_bytes")
 
     def as_dict(self) -> dict:
-        return {"threads": self.threads, "max_matrix_bytes": self.max_matrix_bytes,
-                "max_total_bytes": self.max_total_bytes}
+        return {
+            "threads": self.threads,
+            "max_matrix_bytes": self.max_matrix_bytes,
+            "max_total_bytes": self.max_total_bytes,
+        }
 
     def __repr__(self) -> str:
         return "OperatorSettings(" + ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items()) + ")"

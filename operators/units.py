@@ -9,6 +9,7 @@ conversion. Both functions accept NumPy arrays or torch tensors and return the s
 >>> round(float(mu_to_hu(0.0192 * 2)), 6)
 1000.0
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,6 +34,7 @@ def check_finite(x, name: str) -> None:
     """``TypeError`` for non-real input, ``ValueError`` for NaN/Inf (NumPy or torch)."""
     if _is_torch(x):
         import torch
+
         if x.is_complex() or x.dtype == torch.bool:
             raise TypeError(f"{name} must be a real numeric tensor, got {x.dtype}")
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):

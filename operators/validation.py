@@ -4,6 +4,7 @@ Each check returns the value converted to a plain Python type and raises ``Value
 the argument's name and what is expected. Values may come from NumPy (e.g. 0-d or one-element
 arrays read from a ``.npz`` file), so NumPy scalars are accepted.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,9 @@ def positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:
 def positive_int(value: Any, name: str) -> int:
     """``value`` as an ``int`` > 0 (integral floats such as ``32.0`` are accepted), else ``ValueError``."""
     arr = np.asarray(value)
-    if arr.ndim != 0 or not (np.issubdtype(arr.dtype, np.integer)
-                             or (np.issubdtype(arr.dtype, np.floating) and float(arr) == int(arr))):
+    if arr.ndim != 0 or not (
+        np.issubdtype(arr.dtype, np.integer) or (np.issubdtype(arr.dtype, np.floating) and float(arr) == int(arr))
+    ):
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     v = int(arr)
     if v <= 0:

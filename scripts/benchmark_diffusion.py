@@ -19,6 +19,7 @@ Examples::
     python scripts/benchmark_diffusion.py --slices 2 --dds-steps 10 --dps-steps 10 --report /tmp/b.md
     python scripts/benchmark_diffusion.py tune --config parallel-30 --grid cg_iterations=3,5,10 eta=0.5,0.85
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,11 @@ DIFFUSION = ("dds", "dps")
 
 def tune(args) -> None:
     slices = read_slices(args.data, DIFFUSION_TUNE_SLICES[: args.slices or None])
-    base = dict(DDS_USER_SETTINGS) if args.method == "dds" else (
-        {"model_error": DEFAULT_MODEL_ERROR} if args.method == "dps" else {})
+    base = (
+        dict(DDS_USER_SETTINGS)
+        if args.method == "dds"
+        else ({"model_error": DEFAULT_MODEL_ERROR} if args.method == "dps" else {})
+    )
     fixed = {**base, **{k: v[0] for k, v in parse_grid(args.fixed).items()}}
     cases = {c: build_cases(slices, c, args.seed) for c in args.config}
     results = []
@@ -65,33 +69,56 @@ def tune(args) -> None:
             records = evaluate_registry(args.method, cases[config], settings, prior=args.prior, verbose=False)
             r = summarise(records)[0]
             results.append(r.as_dict())
-            print(f"{config:12s} {args.method} {settings}: PSNR {r.psnr:.2f} SSIM {r.ssim:.4f} "
-                  f"({r.seconds:.0f} s/slice, n={r.n}; each " + " ".join(f"{v:.2f}" for v in r.psnr_each) + ")",
-                  flush=True)
+            print(
+                f"{config:12s} {args.method} {settings}: PSNR {r.psnr:.2f} SSIM {r.ssim:.4f} "
+                f"({r.seconds:.0f} s/slice, n={r.n}; each " + " ".join(f"{v:.2f}" for v in r.psnr_each) + ")",
+                flush=True,
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 def benchmark(args) -> None:
     slices = load_dev_slices(args.data, args.slices)
-    settings = {"dds": dict(steps=args.dds_steps, cg_iterations=args.cg_iterations, eta=args.eta,
-                            weighted=args.weighted, model_error=args.model_error, bf16=args.bf16,
-                            samples=args.samples, spacing=args.spacing,
-                            init=args.init, start=args.start if args.init != "none" else 1.0),
-                "dps": dict(steps=args.dps_steps, zeta=args.zeta if args.zeta is not None else 1000.0 / args.dps_steps,
-                            weighted=args.weighted, model_error=args.model_error, bf16=args.bf16)}
+    settings = {
+        "dds": dict(
+            steps=args.dds_steps,
+            cg_iterations=args.cg_iterations,
+            eta=args.eta,
+            weighted=args.weighted,
+            model_error=args.model_error,
+            bf16=args.bf16,
+            samples=args.samples,
+            spacing=args.spacing,
+            init=args.init,
+            start=args.start if args.init != "none" else 1.0,
+        ),
+        "dps": dict(
+            steps=args.dps_steps,
+            zeta=args.zeta if args.zeta is not None else 1000.0 / args.dps_steps,
+            weighted=args.weighted,
+            model_error=args.model_error,
+            bf16=args.bf16,
+        ),
+    }
     records = []
     for config in args.config:
         cases = build_cases(slices, config, args.seed, progress=args.progress)
-        build_operators(cases)   # the one-off system matrix stays out of the timings
+        build_operators(cases)  # the one-off system matrix stays out of the timings
         for m in args.methods:
             chosen = cases[: args.dps_slices] if m == "dps" and args.dps_slices else cases
             records += evaluate_registry(m, chosen, settings.get(m, {}), prior=args.prior)
     machine = machine_info()
-    meta = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "data": str(args.data),
-            "slices": [s.name for s in slices], "prior": str(args.prior or "data/prior (shipped)"),
-            "prior_training": _prior_training(args.prior) if set(DIFFUSION) & set(args.methods) else None,
-            "machine": machine.describe(), "machine_info": machine.as_dict(), "date": machine.date}
+    meta = {
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "data": str(args.data),
+        "slices": [s.name for s in slices],
+        "prior": str(args.prior or "data/prior (shipped)"),
+        "prior_training": _prior_training(args.prior) if set(DIFFUSION) & set(args.methods) else None,
+        "machine": machine.describe(),
+        "machine_info": machine.as_dict(),
+        "date": machine.date,
+    }
     runs = summarise(records)
     if args.json:
         write_json(args.json, meta, runs, records)
@@ -102,17 +129,23 @@ def benchmark(args) -> None:
 
 def _prior_training(path):
     from tomo.priors import load_prior
+
     return getattr(load_prior(path), "config", {}).get("training")
 
 
 def report_markdown(meta: dict, runs: list[Summary]) -> str:
-    lines = ["## CT: the evaluation protocol", "",
-             f"Generated by `python scripts/{meta['command'].replace(' + ', '` + `python scripts/')}` on "
-             f"{meta['date']} ({meta['machine']}).",
-             f"Data: `{meta['data']}`, {len(meta['slices'])} slices; prior: `{meta['prior']}`.", "",
-             "Protocol: `/work/shared/docs/evaluation.md` (fine-grid projection, transmission Poisson "
-             "noise, 256 x 256 reconstruction, PSNR/SSIM on the [-1000, 1000] HU window, no per-image "
-             "normalisation). Mean over the slices each method ran on (`n`).", ""]
+    lines = [
+        "## CT: the evaluation protocol",
+        "",
+        f"Generated by `python scripts/{meta['command'].replace(' + ', '` + `python scripts/')}` on "
+        f"{meta['date']} ({meta['machine']}).",
+        f"Data: `{meta['data']}`, {len(meta['slices'])} slices; prior: `{meta['prior']}`.",
+        "",
+        "Protocol: `/work/shared/docs/evaluation.md` (fine-grid projection, transmission Poisson "
+        "noise, 256 x 256 reconstruction, PSNR/SSIM on the [-1000, 1000] HU window, no per-image "
+        "normalisation). Mean over the slices each method ran on (`n`).",
+        "",
+    ]
     lines += settings_table(runs) + ["", "Per-slice PSNR:", ""]
     for r in runs:
         init = r.settings.get("init", "")
@@ -143,22 +176,39 @@ def main(argv=None) -> None:
     p = parser
     p.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="shared data folder (its dev/dicom is used)")
     p.add_argument("--seed", type=int, default=0, help="noise seed of slice 0 (slice k: seed + k)")
-    p.add_argument("--weighted", type=lambda v: v.lower() == "true", default=True,
-                   help="transmission-Poisson data weights (true/false, default true; the registry's "
-                        "dds/dps support only true)")
-    p.add_argument("--model-error", type=float, default=DEFAULT_MODEL_ERROR,
-                   help=f"std floor of the Poisson weights ({DEFAULT_MODEL_ERROR}, as tomo reconstruct; "
-                        "the registry's dds/dps support only this value)")
-    p.add_argument("--init", default=DDS_DEFAULTS["init"],
-                   help=f"dds warm start from this registered method, or none ({DDS_DEFAULTS['init']})")
-    p.add_argument("--start", type=float, default=DDS_DEFAULTS["start"],
-                   help=f"dds warm start: fraction of the schedule ({DDS_DEFAULTS['start']})")
+    p.add_argument(
+        "--weighted",
+        type=lambda v: v.lower() == "true",
+        default=True,
+        help="transmission-Poisson data weights (true/false, default true; the registry's dds/dps support only true)",
+    )
+    p.add_argument(
+        "--model-error",
+        type=float,
+        default=DEFAULT_MODEL_ERROR,
+        help=f"std floor of the Poisson weights ({DEFAULT_MODEL_ERROR}, as tomo reconstruct; "
+        "the registry's dds/dps support only this value)",
+    )
+    p.add_argument(
+        "--init",
+        default=DDS_DEFAULTS["init"],
+        help=f"dds warm start from this registered method, or none ({DDS_DEFAULTS['init']})",
+    )
+    p.add_argument(
+        "--start",
+        type=float,
+        default=DDS_DEFAULTS["start"],
+        help=f"dds warm start: fraction of the schedule ({DDS_DEFAULTS['start']})",
+    )
     p.add_argument("--samples", type=int, default=1, help="dds: posterior mean of this many samples")
-    p.add_argument("--spacing", default=DDS_DEFAULTS["spacing"], choices=["trailing", "leading", "linspace"],
-                   help="dds timestep spacing")
+    p.add_argument(
+        "--spacing",
+        default=DDS_DEFAULTS["spacing"],
+        choices=["trailing", "leading", "linspace"],
+        help="dds timestep spacing",
+    )
     p.add_argument("--config", nargs="+", default=list(CONFIG_NAMES), choices=CONFIG_NAMES)
-    p.add_argument("--methods", nargs="+", default=["fbp", "tv", "dds", "dps"],
-                   choices=["fbp", "tv", "dds", "dps"])
+    p.add_argument("--methods", nargs="+", default=["fbp", "tv", "dds", "dps"], choices=["fbp", "tv", "dds", "dps"])
     p.add_argument("--slices", type=int, default=None, help="first N slices only")
     p.add_argument("--prior", default=None, help="prior checkpoint (default: shipped data/prior)")
     p.add_argument("--dds-steps", type=int, default=DDS_DEFAULTS["steps"])

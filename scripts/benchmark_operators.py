@@ -47,6 +47,7 @@ def _timeit(fn, reps: int) -> float:
 
 def _astra_fwd_bwd(images: np.ndarray, sinos: np.ndarray, pid) -> tuple:
     import astra
+
     fwd, bwd = [], []
     for img, sino in zip(images, sinos):
         sid, s = astra.create_sino(img, pid)
@@ -60,6 +61,7 @@ def _astra_fwd_bwd(images: np.ndarray, sinos: np.ndarray, pid) -> tuple:
 
 def _skimage_fwd_bwd(images: np.ndarray, theta_deg: np.ndarray) -> None:
     from skimage.transform import iradon, radon
+
     for img in images:
         s = radon(img, theta=theta_deg, circle=False)
         iradon(s, theta=theta_deg, filter_name=None, circle=False, output_size=img.shape[0])
@@ -81,7 +83,7 @@ def run(sizes, views_list, batches, reps: int, skimage_slices: int, skip_skimage
             t0 = time.perf_counter()
             op(torch.zeros(n, n))  # builds and caches the matrices
             build_s = time.perf_counter() - t0
-            cache_mb = op.matrix_bytes / 2 ** 20
+            cache_mb = op.matrix_bytes / 2**20
             with astra_projector(g) as pid:
                 for batch in batches:
                     rng = np.random.default_rng(0)
@@ -94,13 +96,24 @@ def run(sizes, views_list, batches, reps: int, skimage_slices: int, skip_skimage
                         return op(x), op.T(y)
 
                     t_ours = _timeit(ours, reps)
-                    t_astra = _timeit(lambda imgs=imgs, sinos=sinos: _astra_fwd_bwd(imgs, sinos, pid), max(1, reps // 2))
+                    t_astra = _timeit(
+                        lambda imgs=imgs, sinos=sinos: _astra_fwd_bwd(imgs, sinos, pid), max(1, reps // 2)
+                    )
                     fx, bty = ours()
                     ref_f, ref_b = _astra_fwd_bwd(imgs, sinos, pid)
                     diff_f = float(np.abs(fx.numpy() - ref_f).max() / np.abs(ref_f).max())
                     diff_b = float(np.abs(bty.numpy() - ref_b).max() / np.abs(ref_b).max())
-                    row = dict(size=n, views=views, batch=batch, cache_mb=cache_mb, build_s=build_s,
-                               matrix=batch / t_ours, astra=batch / t_astra, diff_fwd=diff_f, diff_bwd=diff_b)
+                    row = dict(
+                        size=n,
+                        views=views,
+                        batch=batch,
+                        cache_mb=cache_mb,
+                        build_s=build_s,
+                        matrix=batch / t_ours,
+                        astra=batch / t_astra,
+                        diff_fwd=diff_f,
+                        diff_bwd=diff_b,
+                    )
                     if not skip_skimage:
                         k = min(batch, skimage_slices)
                         theta = np.degrees(angles)
@@ -116,16 +129,20 @@ def run(sizes, views_list, batches, reps: int, skimage_slices: int, skip_skimage
     return rows
 
 
-HEADER = ("| image | views | batch | matrix (ours) slices/s | ASTRA per-slice slices/s | speed-up | "
-          "scikit-image slices/s | max rel. diff. vs ASTRA fwd / back | matrix cache MB | build s |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| image | views | batch | matrix (ours) slices/s | ASTRA per-slice slices/s | speed-up | "
+    "scikit-image slices/s | max rel. diff. vs ASTRA fwd / back | matrix cache MB | build s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def _format_row(r: dict) -> str:
     sk = f"{r['skimage']:.2f} ({r['skimage_slices']} sl.)" if "skimage" in r else "-"
-    return (f"| {r['size']}x{r['size']} | {r['views']} | {r['batch']} | {r['matrix']:.1f} | {r['astra']:.2f} | "
-            f"{r['matrix'] / r['astra']:.1f}x | {sk} | {r['diff_fwd']:.1e} / {r['diff_bwd']:.1e} | "
-            f"{r['cache_mb']:.0f} | {r['build_s']:.1f} |")
+    return (
+        f"| {r['size']}x{r['size']} | {r['views']} | {r['batch']} | {r['matrix']:.1f} | {r['astra']:.2f} | "
+        f"{r['matrix'] / r['astra']:.1f}x | {sk} | {r['diff_fwd']:.1e} / {r['diff_bwd']:.1e} | "
+        f"{r['cache_mb']:.0f} | {r['build_s']:.1f} |"
+    )
 
 
 def main(argv=None) -> int:
@@ -134,20 +151,31 @@ def main(argv=None) -> int:
     p.add_argument("--views", type=int, nargs="+", default=[30, 180])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (best is reported)")
-    p.add_argument("--skimage-slices", type=int, default=2,
-                   help="scikit-image is a per-slice loop and slow: time it on at most this many slices")
+    p.add_argument(
+        "--skimage-slices",
+        type=int,
+        default=2,
+        help="scikit-image is a per-slice loop and slow: time it on at most this many slices",
+    )
     p.add_argument("--no-skimage", action="store_true")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads of the matrix path (operators.set_matrix_threads; 0 = torch default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads of the matrix path (operators.set_matrix_threads; 0 = torch default)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny smoke run (64x64, 10 views, batch 1 and 4)")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.views, args.batches, args.reps = [64], [10], [1, 4], 1
     warnings.filterwarnings("ignore", category=UserWarning)
     from operators import set_matrix_threads
+
     set_matrix_threads(args.threads)
-    print(f"{describe_machine()}, load average at start {load_average()}; "
-          f"matrix path threads: {args.threads or torch.get_num_threads()}")
+    print(
+        f"{describe_machine()}, load average at start {load_average()}; "
+        f"matrix path threads: {args.threads or torch.get_num_threads()}"
+    )
     print(HEADER)
     run(args.sizes, args.views, args.batches, args.reps, args.skimage_slices, args.no_skimage)
     print(f"load average at end: {load_average()}")

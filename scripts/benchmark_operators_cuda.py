@@ -7,6 +7,7 @@ warm-up. Prints the machine, then one JSON line per case. Needs a CUDA GPU and A
 
 Usage: python scripts/benchmark_operators_cuda.py
 """
+
 import argparse
 import json
 import time

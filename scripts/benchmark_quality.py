@@ -13,6 +13,7 @@ Reproduce the committed numbers:
 
     python scripts/benchmark_quality.py --json /tmp/bq.json --markdown docs/benchmarks_quality.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,15 +66,18 @@ def report_markdown(meta: dict, summaries, records) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="shared data folder")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated standard configurations")
     ap.add_argument("--methods", default="fbp,sirt,cgls,tv", help="comma-separated registered methods")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N slices (0 = all; reports must use all)")
     ap.add_argument("--seed", type=int, default=0, help="noise seed of slice 0 (slice k uses seed + k)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on the busy 2-core machine)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1 is fastest on the busy 2-core machine)"
+    )
     ap.add_argument("--json", type=Path, help="write per-slice records and the summary here")
     ap.add_argument("--markdown", type=Path, help="write the summary table here (e.g. docs/benchmarks_quality.md)")
     args = ap.parse_args(argv)
@@ -89,19 +93,27 @@ def main(argv=None) -> int:
     for config in args.configs.split(","):
         print(f"configuration {config}: {CONFIGS[config].describe()}", flush=True)
         cases = build_cases(slices, config, args.seed, args.device)
-        matrix_seconds += build_operators(cases)   # outside the timings
+        matrix_seconds += build_operators(cases)  # outside the timings
         for m in methods:
             records += evaluate_registry(m, cases)
         clear_matrix_cache()
     summaries = summarise(records)
     print(f"\n{'configuration':14s} {'method':7s} slices  PSNR (std)      SSIM (std)        s/slice")
     for s in summaries:
-        print(f"{s.config:14s} {s.method:7s} {s.n:4d}  {s.psnr:6.2f} ({s.psnr_std:.2f})  "
-              f"{s.ssim:.4f} ({s.ssim_std:.4f})  {s.seconds:7.2f}")
-    meta = dict(machine=describe_machine(), load_start=load_start, load_end=load_average(),
-                slices=len(slices), seed=args.seed, matrix_seconds=float(np.mean(matrix_seconds)),
-                command="python scripts/benchmark_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                defaults=describe_defaults())
+        print(
+            f"{s.config:14s} {s.method:7s} {s.n:4d}  {s.psnr:6.2f} ({s.psnr_std:.2f})  "
+            f"{s.ssim:.4f} ({s.ssim_std:.4f})  {s.seconds:7.2f}"
+        )
+    meta = dict(
+        machine=describe_machine(),
+        load_start=load_start,
+        load_end=load_average(),
+        slices=len(slices),
+        seed=args.seed,
+        matrix_seconds=float(np.mean(matrix_seconds)),
+        command="python scripts/benchmark_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        defaults=describe_defaults(),
+    )
     if args.json:
         write_json(args.json, meta, summaries, records, summary_key="summary")
     if args.markdown:

@@ -21,6 +21,7 @@ Usage (numbers for the model card; dev/ is for reporting only, never for trainin
 
     python scripts/eval_prior.py --prior data/prior --out data/prior --card data/prior/MODEL_CARD.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -135,12 +136,13 @@ Command: `{eval_command}` ({eval_minutes:.1f} min).
 def load_slices(data: list[str], prior, max_slices: int | None):
     """Dev slices in model range (float32 [H, W]) with their group names."""
     from tomo.priors.training_data import SliceSampler, collect_slices
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         records, report = collect_slices(data, prior.hu_window, warn=False)
     sampler = SliceSampler(records, prior.config)
     idx = list(range(len(records)))
-    if max_slices and len(idx) > max_slices:     # evenly spread, deterministic
+    if max_slices and len(idx) > max_slices:  # evenly spread, deterministic
         idx = sorted(set(np.linspace(0, len(idx) - 1, max_slices).round().astype(int).tolist()))
     return [(sampler.image(i), records[i].group) for i in idx], report
 
@@ -158,8 +160,14 @@ def denoising_eval(prior, images, timesteps, seed: int = 0, gauss=(0.0, 1.0)) ->
     rows = []
     for t in timesteps:
         abar = float(prior.alphas_cumprod[t])
-        per = {"eps_mse": [], "zero_mse": [], "gauss_mse": [], "x0_rmse_hu": [], "x0_rmse_hu_zero": [],
-               "x0_rmse_hu_gauss": []}
+        per = {
+            "eps_mse": [],
+            "zero_mse": [],
+            "gauss_mse": [],
+            "x0_rmse_hu": [],
+            "x0_rmse_hu_zero": [],
+            "x0_rmse_hu_gauss": [],
+        }
         for k, (img, _) in enumerate(images):
             g = torch.Generator().manual_seed(seed * 100_003 + k * 1009 + t)
             x0 = torch.from_numpy(img)[None, None].to(prior.device)
@@ -172,75 +180,106 @@ def denoising_eval(prior, images, timesteps, seed: int = 0, gauss=(0.0, 1.0)) ->
             x0_gauss = (x_t - math.sqrt(1 - abar) * eps_gauss) / math.sqrt(abar)
             ref = prior.model_to_hu(x0).clamp(lo, hi)
             per["gauss_mse"].append(float((eps_gauss - eps).square().mean()))
-            per["x0_rmse_hu_gauss"].append(float((prior.model_to_hu(x0_gauss).clamp(lo, hi) - ref).square().mean().sqrt()))
+            per["x0_rmse_hu_gauss"].append(
+                float((prior.model_to_hu(x0_gauss).clamp(lo, hi) - ref).square().mean().sqrt())
+            )
             per["eps_mse"].append(float((eps_hat - eps).square().mean()))
             per["zero_mse"].append(float(eps.square().mean()))
             per["x0_rmse_hu"].append(float((prior.model_to_hu(x0_hat).clamp(lo, hi) - ref).square().mean().sqrt()))
-            per["x0_rmse_hu_zero"].append(float((prior.model_to_hu(x0_zero).clamp(lo, hi) - ref).square().mean().sqrt()))
+            per["x0_rmse_hu_zero"].append(
+                float((prior.model_to_hu(x0_zero).clamp(lo, hi) - ref).square().mean().sqrt())
+            )
         row = {"t": int(t), "sqrt_1_minus_abar": math.sqrt(1 - abar), "n_slices": len(images)}
         for key, values in per.items():
             row[key] = float(np.mean(values))
             row[key + "_sem"] = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
         row["ratio"] = row["eps_mse"] / row["zero_mse"]
         rows.append(row)
-        print(f"t={t:4d}  eps MSE {row['eps_mse']:.4f} +- {row['eps_mse_sem']:.4f}   zero {row['zero_mse']:.4f}"
-              f"   Gaussian {row['gauss_mse']:.4f}   ratio {row['ratio']:.3f}   x0 RMSE {row['x0_rmse_hu']:.1f} HU "
-              f"(zero {row['x0_rmse_hu_zero']:.1f}, Gaussian {row['x0_rmse_hu_gauss']:.1f})", flush=True)
+        print(
+            f"t={t:4d}  eps MSE {row['eps_mse']:.4f} +- {row['eps_mse_sem']:.4f}   zero {row['zero_mse']:.4f}"
+            f"   Gaussian {row['gauss_mse']:.4f}   ratio {row['ratio']:.3f}   x0 RMSE {row['x0_rmse_hu']:.1f} HU "
+            f"(zero {row['x0_rmse_hu_zero']:.1f}, Gaussian {row['x0_rmse_hu_gauss']:.1f})",
+            flush=True,
+        )
     return rows
 
 
 def table(rows) -> str:
-    lines = ["| t | noise std sqrt(1-abar) | eps MSE: prior | zero predictor | Gaussian pixels | "
-             "prior / zero | x0_hat RMSE (HU): prior | zero predictor | Gaussian pixels |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| t | noise std sqrt(1-abar) | eps MSE: prior | zero predictor | Gaussian pixels | "
+        "prior / zero | x0_hat RMSE (HU): prior | zero predictor | Gaussian pixels |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['t']} | {r['sqrt_1_minus_abar']:.3f} | {r['eps_mse']:.4f} ± {r['eps_mse_sem']:.4f} | "
-                     f"{r['zero_mse']:.4f} | {r['gauss_mse']:.4f} | {r['ratio']:.3f} | "
-                     f"{r['x0_rmse_hu']:.1f} ± {r['x0_rmse_hu_sem']:.1f} | {r['x0_rmse_hu_zero']:.1f} | "
-                     f"{r['x0_rmse_hu_gauss']:.1f} |")
+        lines.append(
+            f"| {r['t']} | {r['sqrt_1_minus_abar']:.3f} | {r['eps_mse']:.4f} ± {r['eps_mse_sem']:.4f} | "
+            f"{r['zero_mse']:.4f} | {r['gauss_mse']:.4f} | {r['ratio']:.3f} | "
+            f"{r['x0_rmse_hu']:.1f} ± {r['x0_rmse_hu_sem']:.1f} | {r['x0_rmse_hu_zero']:.1f} | "
+            f"{r['x0_rmse_hu_gauss']:.1f} |"
+        )
     return "\n".join(lines)
 
 
 def _mode_fields(config: dict, tr: dict, hardware: str) -> dict:
     """Card text that depends on patch vs whole-image mode and on where it was trained."""
     opt, patch, pixel = tr.get("optimizer", {}), config["patch_size"], config["pixel_size_mm"]
-    common = (f"--pixel-size {pixel} --hu-window=-1000,2000 --beta-schedule {config['schedule']['beta_schedule']} "
-              f"--batch-size {tr.get('batch_size_per_process')} --lr {opt.get('lr')} --lr-schedule "
-              f"{opt.get('lr_schedule')} --warmup-steps {opt.get('warmup_steps')} --ema-decay "
-              f"{tr.get('ema', {}).get('max_decay')} --seed {tr.get('seed')} --steps 100000")
+    common = (
+        f"--pixel-size {pixel} --hu-window=-1000,2000 --beta-schedule {config['schedule']['beta_schedule']} "
+        f"--batch-size {tr.get('batch_size_per_process')} --lr {opt.get('lr')} --lr-schedule "
+        f"{opt.get('lr_schedule')} --warmup-steps {opt.get('warmup_steps')} --ema-decay "
+        f"{tr.get('ema', {}).get('max_decay')} --seed {tr.get('seed')} --steps 100000"
+    )
     on_cpu = "CPU" in hardware
     if patch:
-        mode = (f"**Patch prior** (PaDIS): trained on {patch} x {patch} px patches with two extra x/y "
-                "position channels; the prediction for a whole image of any size is assembled from a "
-                "randomly shifted partition into patches (zero padding at the borders).")
+        mode = (
+            f"**Patch prior** (PaDIS): trained on {patch} x {patch} px patches with two extra x/y "
+            "position channels; the prediction for a whole image of any size is assembled from a "
+            "randomly shifted partition into patches (zero padding at the borders)."
+        )
         crop = "patches may hang over the slice border by half a patch"
-        limit = ("- Patch prior: long-range structure comes only from the position channels and the\n"
-                 "  randomly shifted partitions; unconditional samples are less coherent globally than those\n"
-                 "  of a whole-image model. In posterior sampling the measurements supply the global structure.")
+        limit = (
+            "- Patch prior: long-range structure comes only from the position channels and the\n"
+            "  randomly shifted partitions; unconditional samples are less coherent globally than those\n"
+            "  of a whole-image model. In posterior sampling the measurements supply the global structure."
+        )
         sample_note = " assembled from patches"
     else:
         size = config["image_size"]
-        mode = (f"**Whole-image prior**: trained on {size} x {size} px canvases ({size * pixel:.0f} mm field of "
-                "view) holding a randomly placed slice; it evaluates an image of any size in one pass "
-                "(zero padded to a multiple of the UNet's downsampling factor).")
+        mode = (
+            f"**Whole-image prior**: trained on {size} x {size} px canvases ({size * pixel:.0f} mm field of "
+            "view) holding a randomly placed slice; it evaluates an image of any size in one pass "
+            "(zero padded to a multiple of the UNet's downsampling factor)."
+        )
         crop = "the canvas is a random window of the slice, zero padded where it extends past the slice"
-        limit = (f"- Whole-image prior trained at {size} px: images much larger than {size} px, or fields of view\n"
-                 f"  far from {size * pixel:.0f} mm at {pixel} mm pixels, are outside what it has seen.")
+        limit = (
+            f"- Whole-image prior trained at {size} px: images much larger than {size} px, or fields of view\n"
+            f"  far from {size * pixel:.0f} mm at {pixel} mm pixels, are outside what it has seen."
+        )
         sample_note = ""
-    if tr.get("command"):              # recorded by tomo train since the command field exists
+    if tr.get("command"):  # recorded by tomo train since the command field exists
         command, note = f"`{tr['command']}`", ""
     elif on_cpu:
-        command = ("`scripts/train_prior.sh`, i.e. `tomo train ../shared/data/train/dicom --out runs/prior "
-                   f"--arch small --patch-size {patch} {common} --max-minutes 62 --threads 1 --cpu-bf16`")
+        command = (
+            "`scripts/train_prior.sh`, i.e. `tomo train ../shared/data/train/dicom --out runs/prior "
+            f"--arch small --patch-size {patch} {common} --max-minutes 62 --threads 1 --cpu-bf16`"
+        )
         note = " (a 2-core machine shared with other jobs, run at `nice 10`)"
     else:
-        command = ("`scripts/train_prior_gpu.sh`, i.e. `python scripts/pack_training_slices.py "
-                   "../shared/data/train/dicom --out PACKED` then `tomo train PACKED --out RUN --device cuda "
-                   f"--arch small --patch-size {patch or 0} --image-size {config['image_size']} {common} "
-                   f"--max-minutes {tr.get('wall_time_s', 0) / 60:.0f}`")
+        command = (
+            "`scripts/train_prior_gpu.sh`, i.e. `python scripts/pack_training_slices.py "
+            "../shared/data/train/dicom --out PACKED` then `tomo train PACKED --out RUN --device cuda "
+            f"--arch small --patch-size {patch or 0} --image-size {config['image_size']} {common} "
+            f"--max-minutes {tr.get('wall_time_s', 0) / 60:.0f}`"
+        )
         note = " (the only GPU time the project had: one 15-minute session)"
-    return {"mode_text": mode, "crop_text": crop, "mode_limit": limit, "train_command": command,
-            "hardware_note": note, "sample_note": sample_note}
+    return {
+        "mode_text": mode,
+        "crop_text": crop,
+        "mode_limit": limit,
+        "train_command": command,
+        "hardware_note": note,
+        "sample_note": sample_note,
+    }
 
 
 def readme_sources(readme: Path | None = None) -> list[tuple[str, str]]:
@@ -289,21 +328,27 @@ def _data_fields(data: dict) -> dict:
     counts = data.get("groups", {}).values()
     roots = ", ".join(f"`{_display_path(Path(r))}`" for r in data.get("roots", []))
     packed = f" Moved to the training machine packed: {data['packed']}." if data.get("packed") else ""
-    return {"roots": roots, "packed_text": packed, "collections": collections_table(data, readme_sources()),
-            "max_group": max(counts, default=0), "min_group": min(counts, default=0)}
+    return {
+        "roots": roots,
+        "packed_text": packed,
+        "collections": collections_table(data, readme_sources()),
+        "max_group": max(counts, default=0),
+        "min_group": min(counts, default=0),
+    }
 
 
 def _weights_fields(prior_dir: Path) -> dict:
     from tomo.priors.checkpoint import weight_files
+
     files = weight_files(prior_dir)
-    text = (f"`{files[0].name}`" if len(files) == 1 else
-            f"`{files[0].name}` + {len(files) - 1} safetensors shards")
-    return {"weights_text": text, "size_mb": sum(f.stat().st_size for f in files) / 2 ** 20}
+    text = f"`{files[0].name}`" if len(files) == 1 else f"`{files[0].name}` + {len(files) - 1} safetensors shards"
+    return {"weights_text": text, "size_mb": sum(f.stat().st_size for f in files) / 2**20}
 
 
 def _compute_fields(prior, tr: dict) -> dict:
     """Forward FLOPs of one training crop and the run's total (3 x forward per crop)."""
     from torch.utils.flop_counter import FlopCounterMode
+
     config = prior.config
     size = config["patch_size"] or config["image_size"]
     x = torch.zeros(1, config["architecture"]["in_channels"], size, size, device=prior.device)
@@ -322,45 +367,80 @@ def write_card(path: Path, prior_dir: Path, results: dict) -> None:
     steps = tr.get("steps")
     template = CARD_TEMPLATE
     hardware = tr.get("hardware", "?")
-    if "CPU" in hardware and "x86_64)" in hardware:      # records written before cpu_model() existed
+    if "CPU" in hardware and "x86_64)" in hardware:  # records written before cpu_model() existed
         from tomo.priors.training import cpu_model
+
         hardware = hardware.replace("x86_64)", f"{cpu_model()})")
     skip = config.get("gaussian_skip")
-    skip_text = ("network predicts eps directly" if skip is None else
-                 "Gaussian skip: eps_hat = c_skip(t) (x_t - sqrt(abar_t) mu) + c_out(t) F(x_t, t), the Gaussian-pixel "
-                 f"MMSE estimate plus the learned residual, mu = {skip['mean']:.4f}, s2 = {skip['variance']:.4f} "
-                 "(training pixels, model range); see docs/prior.md")
+    skip_text = (
+        "network predicts eps directly"
+        if skip is None
+        else "Gaussian skip: eps_hat = c_skip(t) (x_t - sqrt(abar_t) mu) + c_out(t) F(x_t, t), the Gaussian-pixel "
+        f"MMSE estimate plus the learned residual, mu = {skip['mean']:.4f}, s2 = {skip['variance']:.4f} "
+        "(training pixels, model range); see docs/prior.md"
+    )
     precision = tr.get("mixed_precision", "off")
     bf16_flag = " --cpu-bf16" if precision == "bfloat16" and "CPU" in hardware else ""
     precision = {"off": "none (float32)", "bfloat16": "bf16 autocast (weights and optimiser in float32)"}.get(
-        precision, precision)
+        precision, precision
+    )
     ev = results["eval"]
-    card = template.format(**_mode_fields(config, tr, hardware), **_data_fields(data), **_weights_fields(prior_dir),
-        **_compute_fields(prior, tr), prior_name=_display_path(prior_dir),
-        steps=steps, patches_seen=tr.get("patches_seen"), wall_min=tr.get("wall_time_s", 0) / 60,
-        hardware=hardware, software=json.dumps(tr.get("software")),
-        batch=tr.get("batch_size_per_process"), processes=tr.get("processes"),
-        lr=tr.get("optimizer", {}).get("lr"), lr_schedule=tr.get("optimizer", {}).get("lr_schedule"),
-        warmup=tr.get("optimizer", {}).get("warmup_steps"), wd=tr.get("optimizer", {}).get("weight_decay"),
-        clip=tr.get("optimizer", {}).get("grad_clip"), ema=tr.get("ema", {}).get("max_decay"),
-        seed=tr.get("seed"), skip_text=skip_text, bf16_flag=bf16_flag, precision=precision, n_params=n_params / 1e6,
-        blocks=arch["block_out_channels"], layers=arch["layers_per_block"], patch=config["patch_size"],
-        pixel=config["pixel_size_mm"], window=config["hu_window"], beta=config["schedule"]["beta_schedule"],
+    card = template.format(
+        **_mode_fields(config, tr, hardware),
+        **_data_fields(data),
+        **_weights_fields(prior_dir),
+        **_compute_fields(prior, tr),
+        prior_name=_display_path(prior_dir),
+        steps=steps,
+        patches_seen=tr.get("patches_seen"),
+        wall_min=tr.get("wall_time_s", 0) / 60,
+        hardware=hardware,
+        software=json.dumps(tr.get("software")),
+        batch=tr.get("batch_size_per_process"),
+        processes=tr.get("processes"),
+        lr=tr.get("optimizer", {}).get("lr"),
+        lr_schedule=tr.get("optimizer", {}).get("lr_schedule"),
+        warmup=tr.get("optimizer", {}).get("warmup_steps"),
+        wd=tr.get("optimizer", {}).get("weight_decay"),
+        clip=tr.get("optimizer", {}).get("grad_clip"),
+        ema=tr.get("ema", {}).get("max_decay"),
+        seed=tr.get("seed"),
+        skip_text=skip_text,
+        bf16_flag=bf16_flag,
+        precision=precision,
+        n_params=n_params / 1e6,
+        blocks=arch["block_out_channels"],
+        layers=arch["layers_per_block"],
+        patch=config["patch_size"],
+        pixel=config["pixel_size_mm"],
+        window=config["hu_window"],
+        beta=config["schedule"]["beta_schedule"],
         T=config["schedule"]["num_train_timesteps"],
-        n_slices=data.get("n_slices"), n_volumes=data.get("n_volumes"), n_groups=len(data.get("groups", {})),
+        n_slices=data.get("n_slices"),
+        n_volumes=data.get("n_volumes"),
+        n_groups=len(data.get("groups", {})),
         n_skipped=data.get("n_skipped"),
         skipped=", ".join(f"{n} {r}" for r, n in (data.get("skipped_reasons") or {}).items()) or "none",
-        spacing=data.get("pixel_spacing_range_mm"), groups=groups,
-        eval_data=", ".join(ev["data"]), eval_slices=ev["n_slices"], eval_groups=ev["n_groups"],
-        eval_table=table(ev["rows"]), eval_seed=ev["seed"], eval_command=ev["command"],
-        eval_minutes=ev["wall_s"] / 60, g_mean=ev["gauss_baseline"]["mean"], g_var=ev["gauss_baseline"]["variance"],
-        date=time.strftime("%Y-%m-%d"))
+        spacing=data.get("pixel_spacing_range_mm"),
+        groups=groups,
+        eval_data=", ".join(ev["data"]),
+        eval_slices=ev["n_slices"],
+        eval_groups=ev["n_groups"],
+        eval_table=table(ev["rows"]),
+        eval_seed=ev["seed"],
+        eval_command=ev["command"],
+        eval_minutes=ev["wall_s"] / 60,
+        g_mean=ev["gauss_baseline"]["mean"],
+        g_var=ev["gauss_baseline"]["variance"],
+        date=time.strftime("%Y-%m-%d"),
+    )
     path.write_text(card)
     print(f"wrote {path}")
 
 
 def _load(prior_dir):
     from tomo.priors import load_prior
+
     return load_prior(prior_dir)
 
 
@@ -368,8 +448,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prior", default=None, help="checkpoint folder (default: the shipped data/prior)")
     ap.add_argument("--data", nargs="+", default=[str(DEFAULT_DEV)], help="held-out CT (default dev/dicom)")
-    ap.add_argument("--baseline-data", nargs="+", default=[str(DEFAULT_TRAIN)],
-                    help="slices whose pixel mean/variance define the Gaussian baseline (default train/dicom)")
+    ap.add_argument(
+        "--baseline-data",
+        nargs="+",
+        default=[str(DEFAULT_TRAIN)],
+        help="slices whose pixel mean/variance define the Gaussian baseline (default train/dicom)",
+    )
     ap.add_argument("--t", nargs="+", type=int, default=[10, 50, 100, 250, 500, 750, 900])
     ap.add_argument("--max-slices", type=int, default=None, help="evaluate at most this many slices")
     ap.add_argument("--seed", type=int, default=0)
@@ -383,19 +467,30 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     from tomo.priors import default_prior_path, load_prior
+
     prior_dir = Path(args.prior) if args.prior else default_prior_path()
     prior = load_prior(prior_dir)
     t0 = time.time()
     images, report = load_slices(args.data, prior, args.max_slices)
     print(f"{len(images)} held-out slices ({report.summary()}); prior {prior_dir}", flush=True)
     gauss = pixel_moments(load_slices(args.baseline_data, prior, None)[0])
-    print(f"Gaussian baseline from {args.baseline_data}: mean {gauss[0]:.4f}, variance {gauss[1]:.4f} "
-          f"(model range)", flush=True)
+    print(
+        f"Gaussian baseline from {args.baseline_data}: mean {gauss[0]:.4f}, variance {gauss[1]:.4f} (model range)",
+        flush=True,
+    )
     rows = denoising_eval(prior, images, args.t, args.seed, gauss)
-    results = {"eval": {"gauss_baseline": {"data": args.baseline_data, "mean": gauss[0], "variance": gauss[1]},"data": args.data, "n_slices": len(images),
-                        "n_groups": len({g for _, g in images}), "seed": args.seed, "rows": rows,
-                        "wall_s": time.time() - t0,
-                        "command": "python scripts/eval_prior.py " + " ".join(argv or sys.argv[1:])}}
+    results = {
+        "eval": {
+            "gauss_baseline": {"data": args.baseline_data, "mean": gauss[0], "variance": gauss[1]},
+            "data": args.data,
+            "n_slices": len(images),
+            "n_groups": len({g for _, g in images}),
+            "seed": args.seed,
+            "rows": rows,
+            "wall_s": time.time() - t0,
+            "command": "python scripts/eval_prior.py " + " ".join(argv or sys.argv[1:]),
+        }
+    }
     print(table(rows))
     if args.out:
         out = Path(args.out)
@@ -404,6 +499,7 @@ def main(argv=None) -> int:
         print(f"wrote {out / 'eval_dev.json'}")
         if args.samples:
             from tomo.priors.sampling import sample_grid
+
             sample_grid(prior, out / "samples.png", n=args.samples, steps=args.sample_steps, seed=args.seed)
             print(f"wrote {out / 'samples.png'}")
     if args.card:

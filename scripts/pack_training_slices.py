@@ -21,6 +21,7 @@ Example::
     python scripts/pack_training_slices.py ../shared/data/train/dicom --out /tmp/train15
     tomo train /tmp/train15 --out runs/prior ...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,12 +70,22 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="new or empty output folder")
     parser.add_argument("--pixel-size", type=float, default=1.5, help="target pixel size, mm (1.5)")
     parser.add_argument("--hu-window", default="-1000,2000", help="HU clip window LO,HI (-1000,2000)")
-    parser.add_argument("--compression", choices=("deflate", "lzma"), default="deflate",
-                        help="zip compression of the .npz files (deflate; lzma is smaller and slower)")
-    parser.add_argument("--quantize-hu", type=int, default=1, metavar="Q",
-                        help="round HU to multiples of Q (1: plain rounding, lossless to 0.5 HU)")
-    parser.add_argument("--max-mb", type=float, default=None,
-                        help="fail when the packed set is larger than this many MiB")
+    parser.add_argument(
+        "--compression",
+        choices=("deflate", "lzma"),
+        default="deflate",
+        help="zip compression of the .npz files (deflate; lzma is smaller and slower)",
+    )
+    parser.add_argument(
+        "--quantize-hu",
+        type=int,
+        default=1,
+        metavar="Q",
+        help="round HU to multiples of Q (1: plain rounding, lossless to 0.5 HU)",
+    )
+    parser.add_argument(
+        "--max-mb", type=float, default=None, help="fail when the packed set is larger than this many MiB"
+    )
     args = parser.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()):
         parser.error(f"{args.out} is not empty; choose a new folder")
@@ -95,12 +106,17 @@ def main(argv=None) -> int:
         arrays = {"hu": hu[None], "spacing_mm": np.array([args.pixel_size, args.pixel_size, 1.0])}
         arrays.update({k: np.array(v) for k, v in meta.items()})
         write_npz(folder / f"{n:04d}.npz", arrays, args.compression)
-    size = sum(f.stat().st_size for f in args.out.rglob("*.npz")) / 2 ** 20
-    print(f"wrote {len(records)} slices in {len(counts)} groups to {args.out}: {size:.1f} MiB "
-          f"({args.compression}, HU step {args.quantize_hu})")
+    size = sum(f.stat().st_size for f in args.out.rglob("*.npz")) / 2**20
+    print(
+        f"wrote {len(records)} slices in {len(counts)} groups to {args.out}: {size:.1f} MiB "
+        f"({args.compression}, HU step {args.quantize_hu})"
+    )
     if args.max_mb is not None and size > args.max_mb:
-        print(f"error: the packed set is {size:.1f} MiB, over --max-mb {args.max_mb}: use --compression lzma "
-              f"or a larger --quantize-hu", file=sys.stderr)
+        print(
+            f"error: the packed set is {size:.1f} MiB, over --max-mb {args.max_mb}: use --compression lzma "
+            f"or a larger --quantize-hu",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -20,6 +20,7 @@ Data: training slices packed at the prior's pixel size by ``scripts/pack_trainin
 6 minutes, no channels-last or compilation; its data were ``train/dicom`` only).
 Runs on the CPU too (``--device cpu``), which the tests use with a tiny network.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))          # this checkout's tomo, installed or not
+sys.path.insert(0, str(REPO))  # this checkout's tomo, installed or not
 
 PRESETS = {
     "large": {"arch": "large", "batch_size": 64, "minutes": 8.0, "channels_last": True},
@@ -43,6 +44,7 @@ def forward_gflops(config: dict) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from tomo.priors.prior import build_unet
+
     model = build_unet(config).eval()
     size = config["patch_size"] or config["image_size"]
     x = torch.zeros(1, config["architecture"]["in_channels"], size, size)
@@ -54,6 +56,7 @@ def forward_gflops(config: dict) -> float:
 def throughput(log_path: Path, gflops: float) -> tuple[float, float]:
     """(training images/s, achieved TFLOP/s) from ``log.csv``: median of the rows after the first."""
     from tomo.priors.training import read_log
+
     rates = [r["patches_per_s"] for r in read_log(log_path)]
     rates = rates[1:] or rates
     ips = statistics.median(rates)
@@ -70,9 +73,10 @@ def export(run: Path, dest: Path) -> list[Path]:
     then check that the copy loads."""
     from tomo.priors import load_prior
     from tomo.priors.checkpoint import atomic_write_bytes, weight_files
+
     written = []
     for src in [*weight_files(run)[::-1], *(run / n for n in EXPORTED if (run / n).is_file())]:
-        atomic_write_bytes(dest / src.name, src.read_bytes())      # shards before their index
+        atomic_write_bytes(dest / src.name, src.read_bytes())  # shards before their index
         written.append(dest / src.name)
     load_prior(dest)
     return written
@@ -92,8 +96,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--image-size", type=int, default=256, help="training canvas, px (256 = 384 mm at 1.5 mm)")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--compile", action="store_true", help="torch.compile the network")
-    ap.add_argument("--shard-mb", type=float, default=16.0,
-                    help="largest weight shard, MiB (16; 0: one prior.safetensors)")
+    ap.add_argument(
+        "--shard-mb", type=float, default=16.0, help="largest weight shard, MiB (16; 0: one prior.safetensors)"
+    )
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--steps", type=int, default=10_000_000, help="step limit (the time budget stops it first)")
     ap.add_argument("--log-every", type=int, default=50)
@@ -112,27 +117,55 @@ def parse(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse(argv)
     from tomo.priors.training import TrainOptions, train
+
     command = "python scripts/train_prior_gpu.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     opts = TrainOptions(
-        data=args.data, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        lr_schedule="constant", warmup_steps=args.warmup_steps, ema_decay=0.999, seed=0,
-        checkpoint_every=1_000_000, checkpoint_minutes=5.0, log_every=args.log_every, arch=args.arch,
-        patch_size=0, image_size=args.image_size, pixel_size_mm=1.5, hu_window=(-1000.0, 2000.0),
-        beta_schedule="linear", device=args.device, channels_last=args.channels_last, compile=args.compile,
-        shard_mb=args.shard_mb or None, samples=args.samples, sample_steps=args.sample_steps,
-        max_minutes=args.minutes, threads=args.threads, progress=False, resume=args.resume, command=command)
+        data=args.data,
+        out=args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lr_schedule="constant",
+        warmup_steps=args.warmup_steps,
+        ema_decay=0.999,
+        seed=0,
+        checkpoint_every=1_000_000,
+        checkpoint_minutes=5.0,
+        log_every=args.log_every,
+        arch=args.arch,
+        patch_size=0,
+        image_size=args.image_size,
+        pixel_size_mm=1.5,
+        hu_window=(-1000.0, 2000.0),
+        beta_schedule="linear",
+        device=args.device,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        shard_mb=args.shard_mb or None,
+        samples=args.samples,
+        sample_steps=args.sample_steps,
+        max_minutes=args.minutes,
+        threads=args.threads,
+        progress=False,
+        resume=args.resume,
+        command=command,
+    )
     summary = train(opts)
     from tomo.priors.checkpoint import CONFIG_NAME, load_config
+
     config = load_config(Path(args.out) / CONFIG_NAME)
     gflops = forward_gflops(config)
     ips, tflops = throughput(Path(args.out) / "log.csv", gflops)
-    print(f"throughput: {ips:.1f} training images/s, {tflops:.2f} TFLOP/s achieved "
-          f"(3 x {gflops:.2f} GFLOPs per forward pass of one {config['image_size']} px image); "
-          f"{summary['steps']} steps x batch {args.batch_size} in {summary['wall_time_s'] / 60:.1f} min, "
-          f"last loss {summary['last_loss']}", flush=True)
+    print(
+        f"throughput: {ips:.1f} training images/s, {tflops:.2f} TFLOP/s achieved "
+        f"(3 x {gflops:.2f} GFLOPs per forward pass of one {config['image_size']} px image); "
+        f"{summary['steps']} steps x batch {args.batch_size} in {summary['wall_time_s'] / 60:.1f} min, "
+        f"last loss {summary['last_loss']}",
+        flush=True,
+    )
     if args.export:
         for path in export(Path(args.out), Path(args.export)):
-            print(f"exported {path} ({path.stat().st_size / 2 ** 20:.2f} MiB)")
+            print(f"exported {path} ({path.stat().st_size / 2**20:.2f} MiB)")
     return 0
 
 

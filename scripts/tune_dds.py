@@ -14,6 +14,7 @@ Example::
 
     python scripts/tune_dds.py --config parallel-8 --setting "" "dds_tv=1e-3" "steps=12,samples=4"
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,7 @@ TUNE_SLICES = (
 
 def load_slices(data_root: Path, count: int) -> list[Slice]:
     from skimage.transform import rescale
+
     out = []
     for name, index in TUNE_SLICES[:count]:
         with np.load(data_root / "train" / "ct-1.5mm" / name) as z:
@@ -73,9 +75,16 @@ def main(argv=None) -> int:
         for method, settings in runs:
             records = evaluate_registry(method, cases, settings, verbose=False)
             for s in summarise(records):
-                row = {"config": config, "method": method, "settings": settings, "psnr": round(s.psnr, 2),
-                       "ssim": round(s.ssim, 4), "seconds": round(s.seconds, 1),
-                       "nfe": s.network_evaluations, "psnr_each": [round(v, 2) for v in s.psnr_each]}
+                row = {
+                    "config": config,
+                    "method": method,
+                    "settings": settings,
+                    "psnr": round(s.psnr, 2),
+                    "ssim": round(s.ssim, 4),
+                    "seconds": round(s.seconds, 1),
+                    "nfe": s.network_evaluations,
+                    "psnr_each": [round(v, 2) for v in s.psnr_each],
+                }
                 print(json.dumps(row), flush=True)
                 if args.json:
                     with open(args.json, "a") as f:

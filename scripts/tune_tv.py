@@ -25,6 +25,7 @@ machine):
     python scripts/tune_tv.py --weights 5e-4,1.875e-3 --model-errors 0.05 --weighting poisson \
         --checkpoints 300 --sirt-checkpoints 150 --cgls-checkpoints 10,20,30,40 --json /tmp/tune_c.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,17 @@ def tune_config(name: str, slices, args) -> list[dict]:
     cgls_cp = set(int(c) for c in args.cgls_checkpoints.split(","))
 
     def add(method, params, iteration, slice_name, p, s):
-        records.append(dict(config=name, method=method, params=params, iteration=iteration,
-                            slice=slice_name, psnr=float(p), ssim=float(s)))
+        records.append(
+            dict(
+                config=name,
+                method=method,
+                params=params,
+                iteration=iteration,
+                slice=slice_name,
+                psnr=float(p),
+                ssim=float(s),
+            )
+        )
 
     for case in build_cases(slices, name, seed=args.seed):
         t0 = time.time()
@@ -78,14 +88,14 @@ def tune_config(name: str, slices, args) -> list[dict]:
                     p, s = _scores(x, ref)
                     for j in range(len(p)):
                         add(method, per_item_params[j] if per_item_params else params, it, slice_name, p[j], s[j])
+
             return callback
 
         sirt(op, y, iterations=max(sirt_cp), progress=False, callback=recorder("sirt", {}, sirt_cp))
         for weighting in ("none", "poisson"):
             w = poisson_weights(y, sf.i0, args.cgls_model_error) if weighting == "poisson" else None
             params = {"weighting": weighting} | ({"model_error": args.cgls_model_error} if w is not None else {})
-            cgls(op, y, iterations=max(cgls_cp), weights=w, progress=False,
-                 callback=recorder("cgls", params, cgls_cp))
+            cgls(op, y, iterations=max(cgls_cp), weights=w, progress=False, callback=recorder("cgls", params, cgls_cp))
         x0 = fbp_reconstruct(y, sf.geometry, filter=TV_START_FILTER).clamp_min(0.0)
         yb = y.expand((len(weights),) + tuple(y.shape)).contiguous()
         weightings = [("none", None)] if "none" in args.weighting.split(",") else []
@@ -93,10 +103,20 @@ def tune_config(name: str, slices, args) -> list[dict]:
             weightings += [("poisson", float(e)) for e in args.model_errors.split(",")]
         for weighting, model_error in weightings:
             wts = None if weighting == "none" else poisson_weights(yb, sf.i0, model_error)
-            items = [{"weight": w, "weighting": weighting} | ({} if model_error is None else
-                                                              {"model_error": model_error}) for w in weights]
-            tv_pdhg(op, yb, weight=weights, weights=wts, x0=x0, iterations=max(checkpoints), progress=False,
-                    callback=recorder("tv", None, checkpoints, items))
+            items = [
+                {"weight": w, "weighting": weighting} | ({} if model_error is None else {"model_error": model_error})
+                for w in weights
+            ]
+            tv_pdhg(
+                op,
+                yb,
+                weight=weights,
+                weights=wts,
+                x0=x0,
+                iterations=max(checkpoints),
+                progress=False,
+                callback=recorder("tv", None, checkpoints, items),
+            )
         print(f"  {name} slice {k + 1}/{len(slices)} {slice_name}: {time.time() - t0:.0f} s", flush=True)
     return records
 
@@ -107,9 +127,18 @@ def summarise(records: list[dict]) -> dict:
     for r in records:
         key = (r["config"], r["method"], json.dumps(r["params"], sort_keys=True), r["iteration"])
         groups.setdefault(key, []).append(r)
-    table = [dict(config=c, method=m, params=json.loads(p), iteration=i, slices=len(v),
-                  psnr=float(np.mean([x["psnr"] for x in v])), ssim=float(np.mean([x["ssim"] for x in v])))
-             for (c, m, p, i), v in sorted(groups.items())]
+    table = [
+        dict(
+            config=c,
+            method=m,
+            params=json.loads(p),
+            iteration=i,
+            slices=len(v),
+            psnr=float(np.mean([x["psnr"] for x in v])),
+            ssim=float(np.mean([x["ssim"] for x in v])),
+        )
+        for (c, m, p, i), v in sorted(groups.items())
+    ]
     best = {}
     for row in table:
         key = f"{row['config']}/{row['method']}"
@@ -119,28 +148,39 @@ def summarise(records: list[dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT,
-                    help="shared data folder (train/dicom is read; dev/ never)")
-    ap.add_argument("--slices", type=int, default=len(TV_TUNE_SLICES), help=f"number of train slices (max {len(TV_TUNE_SLICES)})")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA_ROOT, help="shared data folder (train/dicom is read; dev/ never)"
+    )
+    ap.add_argument(
+        "--slices", type=int, default=len(TV_TUNE_SLICES), help=f"number of train slices (max {len(TV_TUNE_SLICES)})"
+    )
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configurations")
     ap.add_argument("--weights", default="1e-4,2e-4,3e-4,5e-4,1e-3,2e-3,3e-3", help="TV weights to scan")
     ap.add_argument("--weighting", default="none,poisson", help="TV data weightings to scan")
-    ap.add_argument("--model-errors", default="0.02,0.03,0.05",
-                    help="model-error floors of the Poisson weights to scan (TV; CGLS uses the default)")
+    ap.add_argument(
+        "--model-errors",
+        default="0.02,0.03,0.05",
+        help="model-error floors of the Poisson weights to scan (TV; CGLS uses the default)",
+    )
     ap.add_argument("--checkpoints", default="100,200,300,400", help="TV iterations scored")
     ap.add_argument("--sirt-checkpoints", default="25,50,100,150,200,300,400")
     ap.add_argument("--cgls-checkpoints", default="5,10,15,20,30,40,60")
-    ap.add_argument("--cgls-model-error", type=float, default=DEFAULT_MODEL_ERROR,
-                    help="model-error floor of CGLS's Poisson weights (default: the library default)")
+    ap.add_argument(
+        "--cgls-model-error",
+        type=float,
+        default=DEFAULT_MODEL_ERROR,
+        help="model-error floor of CGLS's Poisson weights (default: the library default)",
+    )
     ap.add_argument("--seed", type=int, default=1000, help="noise seed of the first slice (then +1 per slice)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy 2-core machine)")
     ap.add_argument("--json", type=Path, help="write all records and the summary here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
-        slices = load_train_slices(args.data, TV_TUNE_SLICES[:args.slices])
+        slices = load_train_slices(args.data, TV_TUNE_SLICES[: args.slices])
     except FileNotFoundError as e:
         ap.error(str(e))
     print(f"{len(slices)} train slices: " + ", ".join(s[0] for s in slices), flush=True)
@@ -151,16 +191,29 @@ def main(argv=None) -> int:
         records += tune_config(name, slices, args)
     summary = summarise(records)
     for row in summary["table"]:
-        print(f"{row['config']:12s} {row['method']:5s} {json.dumps(row['params'], sort_keys=True):45s} "
-              f"it {row['iteration']:4d}  PSNR {row['psnr']:6.2f}  SSIM {row['ssim']:.4f}")
+        print(
+            f"{row['config']:12s} {row['method']:5s} {json.dumps(row['params'], sort_keys=True):45s} "
+            f"it {row['iteration']:4d}  PSNR {row['psnr']:6.2f}  SSIM {row['ssim']:.4f}"
+        )
     print("best by mean PSNR:")
     for key, row in summary["best"].items():
-        print(f"  {key:20s} {json.dumps(row['params'], sort_keys=True)} it {row['iteration']}: "
-              f"PSNR {row['psnr']:.2f} SSIM {row['ssim']:.4f}")
+        print(
+            f"  {key:20s} {json.dumps(row['params'], sort_keys=True)} it {row['iteration']}: "
+            f"PSNR {row['psnr']:.2f} SSIM {row['ssim']:.4f}"
+        )
     print(f"total {time.time() - t0:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps({"slices": [s[0] for s in slices], "args": {k: str(v) for k, v in vars(args).items()},
-                                         "records": records, **summary}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "slices": [s[0] for s in slices],
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "records": records,
+                    **summary,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

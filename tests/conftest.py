@@ -1,4 +1,5 @@
 """Shared fixtures: the real-CT folder ``../shared/data`` (tests needing it skip cleanly without it)."""
+
 import os
 from pathlib import Path
 

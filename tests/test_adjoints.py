@@ -10,6 +10,7 @@ operator class is added without a case here.
 ASTRA's CUDA kernels are not in this table (no GPU in the default test run): tests/test_operators_cuda.py
 measures their adjoint error on a GPU. FBP is a ``torch.nn.Module``, not an adjoint pair.
 """
+
 import inspect
 import math
 
@@ -111,8 +112,11 @@ def _package_operator_classes() -> set:
 
 def test_every_operator_class_is_covered():
     tested = {type(build()) for build, _, _ in CASES.values()}
-    exported = {obj for obj in vars(operators).values()
-                if inspect.isclass(obj) and issubclass(obj, LinearOperator) and obj is not LinearOperator}
+    exported = {
+        obj
+        for obj in vars(operators).values()
+        if inspect.isclass(obj) and issubclass(obj, LinearOperator) and obj is not LinearOperator
+    }
     missing = (exported | _package_operator_classes()) - tested
     assert not missing, f"add a case to tests/test_adjoints.py for: {sorted(c.__name__ for c in missing)}"
 

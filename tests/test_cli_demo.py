@@ -1,7 +1,6 @@
 """`tomo demo` end to end with the fast methods (the diffusion methods run in benchmarks)."""
-import csv
 
-import pytest
+import csv
 
 from tomo.cli.main import main
 

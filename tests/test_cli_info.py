@@ -1,4 +1,5 @@
 """`tomo info` on DICOM folders, an empty folder and .npz files."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,8 +38,12 @@ def test_info_non_ct_file_fails(shared_data, capsys):
 
 def test_info_npz(tmp_path, capsys):
     np.savez(tmp_path / "v.npz", hu=np.full((3, 8, 8), -1000, np.int16), spacing_mm=np.array([1, 1, 2.5], np.float32))
-    np.savez(tmp_path / "s.npz", sinogram=np.zeros((30, 40), np.float32), angles=np.linspace(0, np.pi, 30),
-             geometry="parallel")
+    np.savez(
+        tmp_path / "s.npz",
+        sinogram=np.zeros((30, 40), np.float32),
+        angles=np.linspace(0, np.pi, 30),
+        geometry="parallel",
+    )
     assert main(["info", str(tmp_path / "v.npz")]) == 0
     out = capsys.readouterr().out
     assert "hu: int16 [3, 8, 8]" in out and "CT volume: 3 slices, HU -1000 to -1000" in out

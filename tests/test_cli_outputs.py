@@ -3,6 +3,7 @@
 Most tests use ``fakestd``, a registered method that returns FBP and a known standard deviation
 (fast and exact); one runs the real DDS with a tiny random prior.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -31,8 +32,13 @@ def _fake_std(sinogram, problem, samples=None):
 
 @pytest.fixture
 def fakestd(monkeypatch):
-    entry = ReconMethod("fakestd", _fake_std, "FBP with a made-up posterior std (tests)",
-                        (MethodOption("--samples", "samples", int, "samples"),), batch_size=2)
+    entry = ReconMethod(
+        "fakestd",
+        _fake_std,
+        "FBP with a made-up posterior std (tests)",
+        (MethodOption("--samples", "samples", int, "samples"),),
+        batch_size=2,
+    )
     monkeypatch.setitem(default_registry(), "fakestd", entry)
     return entry
 
@@ -42,12 +48,31 @@ def volume_scan(tmp_path_factory):
     """A 5-slice parallel-beam scan of a 48 x 48 .npz volume (grid 24), with hu_reference."""
     folder = tmp_path_factory.mktemp("vol")
     yy, xx = np.mgrid[:48, :48]
-    hu = np.where((yy - 24) ** 2 + (xx - 22) ** 2 < 16 ** 2, 40, -1000).astype(np.int16)
-    np.savez(folder / "vol.npz", hu=np.stack([hu + 20 * k for k in range(5)]),
-             spacing_mm=np.array([1.0, 1.0, 2.5], np.float32))
+    hu = np.where((yy - 24) ** 2 + (xx - 22) ** 2 < 16**2, 40, -1000).astype(np.int16)
+    np.savez(
+        folder / "vol.npz",
+        hu=np.stack([hu + 20 * k for k in range(5)]),
+        spacing_mm=np.array([1.0, 1.0, 2.5], np.float32),
+    )
     scan = folder / "scan.npz"
-    assert main(["simulate", str(folder / "vol.npz"), "--geometry", "parallel", "--views", "20", "--grid", "24",
-                 "--out", str(scan), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                str(folder / "vol.npz"),
+                "--geometry",
+                "parallel",
+                "--views",
+                "20",
+                "--grid",
+                "24",
+                "--out",
+                str(scan),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return scan
 
 
@@ -60,12 +85,23 @@ def dicom_series(tmp_path_factory):
     hu = np.full((3, 40, 40), -1000.0, np.float32)
     hu[:, 10:30, 12:32] = 50.0
     c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
-    write_series(hu, folder / "src", pixel_spacing_mm=(1.2, 1.2), slice_spacing_mm=4.0, orientation=(c, s, 0, -s, c, 0),
-                 positions=[(-20.0, 5.0, 10.0 + 4.0 * k) for k in range(3)], description="rotated source",
-                 derivation="synthetic")
+    write_series(
+        hu,
+        folder / "src",
+        pixel_spacing_mm=(1.2, 1.2),
+        slice_spacing_mm=4.0,
+        orientation=(c, s, 0, -s, c, 0),
+        positions=[(-20.0, 5.0, 10.0 + 4.0 * k) for k in range(3)],
+        description="rotated source",
+        derivation="synthetic",
+    )
     scan = folder / "scan.npz"
-    assert main(["simulate", str(folder / "src"), "--geometry", "parallel", "--views", "20", "--out", str(scan),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            ["simulate", str(folder / "src"), "--geometry", "parallel", "--views", "20", "--out", str(scan), "--quiet"]
+        )
+        == 0
+    )
     return folder / "src", scan
 
 
@@ -79,6 +115,7 @@ def test_std_goes_into_npz_png_and_survives_resume(volume_scan, fakestd, tmp_pat
     def save_then_die(self, start, *a, **k):
         real(self, start, *a, **k)
         raise KeyboardInterrupt  # a kill after the first chunk
+
     monkeypatch.setattr(rec.PartialRun, "save", save_then_die)
     assert main(argv) == 130
     with np.load(tmp_path / "r.npz.partial" / "slices-000000.npz") as chunk:
@@ -99,8 +136,23 @@ def test_one_sample_or_a_classical_method_writes_no_std(volume_scan, fakestd, tm
     for method, extra in (("fakestd", ["--samples", "1"]), ("fbp", [])):
         out = tmp_path / f"{method}.nii.gz"
         pytest.importorskip("nibabel")
-        assert main(["reconstruct", str(volume_scan), "--method", method, *extra, "--slice-spacing", "2.5",
-                     "--out", str(out), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "reconstruct",
+                    str(volume_scan),
+                    "--method",
+                    method,
+                    *extra,
+                    "--slice-spacing",
+                    "2.5",
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         assert out.is_file() and (tmp_path / f"{method}.png").is_file()
         assert not list(tmp_path.glob("*_std*"))
     assert main(["reconstruct", str(volume_scan), "--out", str(tmp_path / "f.npz"), "--quiet"]) == 0
@@ -113,9 +165,14 @@ def test_dds_samples_std_is_the_methods_std_in_hu(volume_scan, tmp_path):
     from tomo.priors.checkpoint import save_config, save_tensors
 
     torch.manual_seed(0)
-    arch = {"class": "UNet2DModel", "block_out_channels": [8, 16], "layers_per_block": 1,
-            "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
-            "norm_num_groups": 4}
+    arch = {
+        "class": "UNet2DModel",
+        "block_out_channels": [8, 16],
+        "layers_per_block": 1,
+        "down_block_types": ["DownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 4,
+    }
     config = make_config(architecture=arch, patch_size=16, image_size=32)
     prior = tmp_path / "prior"
     prior.mkdir()
@@ -123,12 +180,34 @@ def test_dds_samples_std_is_the_methods_std_in_hu(volume_scan, tmp_path):
     save_tensors(prior / "prior.safetensors", build_unet(config).state_dict())
     options = dict(steps=2, samples=2, init="none", prior=str(prior))
     out = tmp_path / "d.npz"
-    assert main(["reconstruct", str(volume_scan), "--method", "dds", "--steps", "2", "--samples", "2", "--init", "none",
-                 "--prior", str(prior), "--batch-size", "5", "--out", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(volume_scan),
+                "--method",
+                "dds",
+                "--steps",
+                "2",
+                "--samples",
+                "2",
+                "--init",
+                "none",
+                "--prior",
+                str(prior),
+                "--batch-size",
+                "5",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     sf = load_sinogram(volume_scan)
-    _, std = reconstruct(sf.sinogram, sf.geometry, "dds", i0=sf.i0, batch_size=5, progress=False,
-                          return_std=True, **options)
+    _, std = reconstruct(
+        sf.sinogram, sf.geometry, "dds", i0=sf.i0, batch_size=5, progress=False, return_std=True, **options
+    )
     with np.load(out) as d:
         assert d["std_hu"].shape == (5, 24, 24) and (d["std_hu"] > 0).all()
         np.testing.assert_allclose(d["std_hu"], HU_PER_MU * std.numpy(), rtol=1e-5)
@@ -167,8 +246,11 @@ def _fov_centre(vol) -> np.ndarray:
     """LPS centre of a volume's field of view, mm (mid-way between its corner pixel centres)."""
     _, rows, cols = vol.hu.shape
     row_dir, col_dir = np.reshape(vol.orientation, (2, 3))
-    return (vol.positions.mean(0) + (cols - 1) / 2 * vol.pixel_spacing_mm[1] * row_dir
-            + (rows - 1) / 2 * vol.pixel_spacing_mm[0] * col_dir)
+    return (
+        vol.positions.mean(0)
+        + (cols - 1) / 2 * vol.pixel_spacing_mm[1] * row_dir
+        + (rows - 1) / 2 * vol.pixel_spacing_mm[0] * col_dir
+    )
 
 
 def test_nifti_std_beside_the_volume(volume_scan, fakestd, tmp_path):
@@ -176,8 +258,24 @@ def test_nifti_std_beside_the_volume(volume_scan, fakestd, tmp_path):
     from tomo.io.nifti import read_nifti_volume
 
     out = tmp_path / "v.nii"
-    assert main(["reconstruct", str(volume_scan), "--method", "fakestd", "--samples", "3", "--slice-spacing", "2.5",
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(volume_scan),
+                "--method",
+                "fakestd",
+                "--samples",
+                "3",
+                "--slice-spacing",
+                "2.5",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     image, std = read_nifti_volume(out), read_nifti_volume(tmp_path / "v_std.nii")
     np.testing.assert_array_equal(std.positions, image.positions)
     assert std.slice_spacing_mm == pytest.approx(2.5) and (tmp_path / "v_std.png").is_file()
@@ -191,13 +289,28 @@ def test_dicom_std_is_a_second_series_of_the_same_study(dicom_series, fakestd, t
 
     src, scan = dicom_series
     out = tmp_path / "dcm"
-    assert main(["reconstruct", str(scan), "--method", "fakestd", "--samples", "2", "--dicom-reference", str(src),
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(scan),
+                "--method",
+                "fakestd",
+                "--samples",
+                "2",
+                "--dicom-reference",
+                str(src),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     image, std = read_series(out), read_series(tmp_path / "dcm_std")
     h, s = image.header, std.header
     assert s.SeriesInstanceUID != h.SeriesInstanceUID
-    for keyword in ("StudyInstanceUID", "FrameOfReferenceUID", "PatientID", "ImageOrientationPatient",
-                    "PixelSpacing"):
+    for keyword in ("StudyInstanceUID", "FrameOfReferenceUID", "PatientID", "ImageOrientationPatient", "PixelSpacing"):
         assert s.get(keyword) == h.get(keyword), keyword
     np.testing.assert_array_equal(std.positions, image.positions)
     assert list(s.ImageType[:2]) == ["DERIVED", "SECONDARY"] and int(s.SeriesNumber) == int(h.SeriesNumber) + 1
@@ -210,15 +323,31 @@ def test_dicom_std_is_a_second_series_of_the_same_study(dicom_series, fakestd, t
     assert not (tmp_path / "dcm.png").exists()
     # an existing std series is refused like the image itself, before any work
     shutil.copytree(tmp_path / "dcm_std", tmp_path / "again_std")
-    assert main(["reconstruct", str(scan), "--method", "fakestd", "--samples", "2", "--dicom-reference", str(src),
-                 "--out", str(tmp_path / "again"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(scan),
+                "--method",
+                "fakestd",
+                "--samples",
+                "2",
+                "--dicom-reference",
+                str(src),
+                "--out",
+                str(tmp_path / "again"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "again").exists() and not (tmp_path / "again.partial").exists()
 
 
 def test_refusals_are_one_line(volume_scan, tmp_path, capsys, monkeypatch):
     cases = [
         (["--out", str(tmp_path / "a.npz"), "--slice-spacing", "2"], "NIfTI output only"),
-        (["--out", str(tmp_path / "a.nii.gz")], "--slice-spacing"),      # 5 slices, no distance known
+        (["--out", str(tmp_path / "a.nii.gz")], "--slice-spacing"),  # 5 slices, no distance known
         (["--out", str(tmp_path / "a.nii.gz"), "--slice-spacing", "-1"], "positive"),
     ]
     for extra, message in cases:
@@ -229,7 +358,10 @@ def test_refusals_are_one_line(volume_scan, tmp_path, capsys, monkeypatch):
     assert not list(tmp_path.iterdir())
     monkeypatch.setitem(sys.modules, "nibabel", None)  # as if it were not installed
     (tmp_path / "b.nii").write_bytes(b"")
-    for argv in (["reconstruct", str(volume_scan), "--out", str(tmp_path / "a.nii")], ["info", str(tmp_path / "b.nii")]):
+    for argv in (
+        ["reconstruct", str(volume_scan), "--out", str(tmp_path / "a.nii")],
+        ["info", str(tmp_path / "b.nii")],
+    ):
         capsys.readouterr()
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
@@ -241,5 +373,5 @@ def test_dicom_std_rescale_keeps_tenths():
 
     assert choose_rescale(0.0, 250.0, 0.1) == (0.1, 0.0)
     assert choose_rescale(-1000.0, 2000.0) == (1.0, -1024.0)  # images: unchanged
-    slope, intercept = choose_rescale(0.0, 5000.0, 0.1)       # 0.1 steps from 0 stop at 3276.7: the int16
+    slope, intercept = choose_rescale(0.0, 5000.0, 0.1)  # 0.1 steps from 0 stop at 3276.7: the int16
     assert round((0.0 - intercept) / slope) >= -32768 and round((5000.0 - intercept) / slope) <= 32767  # range spans it

@@ -1,4 +1,5 @@
 """``tomo restore`` end to end on tiny images with a tiny (random) prior checkpoint."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,9 +16,14 @@ from tomo.priors.checkpoint import save_config, save_tensors
 def tiny_prior_dir(tmp_path_factory):
     """A randomly initialised 2-level UNet patch prior saved like a real checkpoint."""
     torch.manual_seed(0)
-    arch = {"class": "UNet2DModel", "block_out_channels": [8, 16], "layers_per_block": 1,
-            "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
-            "norm_num_groups": 4}
+    arch = {
+        "class": "UNet2DModel",
+        "block_out_channels": [8, 16],
+        "layers_per_block": 1,
+        "down_block_types": ["DownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 4,
+    }
     config = make_config(architecture=arch, patch_size=16, image_size=32)
     folder = tmp_path_factory.mktemp("prior")
     save_config(folder / "prior.json", config)
@@ -29,18 +35,35 @@ def tiny_prior_dir(tmp_path_factory):
 def disk_png(tmp_path_factory):
     """A 40 x 40 grey disk on black, as an 8-bit PNG."""
     yy, xx = np.mgrid[:40, :40]
-    img = np.where((yy - 20) ** 2 + (xx - 20) ** 2 < 15 ** 2, 140, 0).astype(np.uint8)
+    img = np.where((yy - 20) ** 2 + (xx - 20) ** 2 < 15**2, 140, 0).astype(np.uint8)
     path = tmp_path_factory.mktemp("img") / "disk.png"
     Image.fromarray(img).save(path)
     return path
 
 
-@pytest.mark.parametrize("task,method", [("deblur", "dds"), ("superres", "dds"), ("inpaint", "dps"),
-                                         ("outpaint", "dds")])
+@pytest.mark.parametrize(
+    "task,method", [("deblur", "dds"), ("superres", "dds"), ("inpaint", "dps"), ("outpaint", "dds")]
+)
 def test_restore_writes_three_pngs_and_scores(tiny_prior_dir, disk_png, tmp_path, capsys, task, method):
     out = tmp_path / "out"
-    code = main(["restore", str(disk_png), "--task", task, "--method", method, "--steps", "2", "--size", "32",
-                 "--prior", str(tiny_prior_dir), "-o", str(out)])  # no --quiet: it silences the scores
+    code = main(
+        [
+            "restore",
+            str(disk_png),
+            "--task",
+            task,
+            "--method",
+            method,
+            "--steps",
+            "2",
+            "--size",
+            "32",
+            "--prior",
+            str(tiny_prior_dir),
+            "-o",
+            str(out),
+        ]
+    )  # no --quiet: it silences the scores
     assert code == 0
     text = capsys.readouterr().out
     assert "PSNR" in text and "SSIM" in text
@@ -59,14 +82,46 @@ def test_restore_reads_a_slice_of_an_npz_volume(tiny_prior_dir, tmp_path, capsys
     hu[:, 6:18, 6:18] = 40.0
     vol = tmp_path / "vol.npz"
     np.savez(vol, hu=hu, spacing_mm=np.array([1.5, 1.5, 3.0], dtype=np.float32))
-    assert main(["restore", str(vol), "--task", "deblur", "--slice", "2", "--size", "0", "--steps", "2",
-                 "--prior", str(tiny_prior_dir), "-o", str(tmp_path / "o")]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                str(vol),
+                "--task",
+                "deblur",
+                "--slice",
+                "2",
+                "--size",
+                "0",
+                "--steps",
+                "2",
+                "--prior",
+                str(tiny_prior_dir),
+                "-o",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     assert "slice 2 of 3" in capsys.readouterr().out
 
 
 def test_restore_refuses_to_overwrite_and_bad_input(tiny_prior_dir, disk_png, tmp_path, capsys):
-    args = ["restore", str(disk_png), "--task", "deblur", "--steps", "1", "--size", "16",
-            "--prior", str(tiny_prior_dir), "-o", str(tmp_path), "--quiet"]
+    args = [
+        "restore",
+        str(disk_png),
+        "--task",
+        "deblur",
+        "--steps",
+        "1",
+        "--size",
+        "16",
+        "--prior",
+        str(tiny_prior_dir),
+        "-o",
+        str(tmp_path),
+        "--quiet",
+    ]
     assert main(args) == 0
     capsys.readouterr()
     assert main(args) == 2
@@ -75,14 +130,35 @@ def test_restore_refuses_to_overwrite_and_bad_input(tiny_prior_dir, disk_png, tm
     assert "no such file" in capsys.readouterr().err
     assert main(args[:-3] + ["-o", str(tmp_path / "x"), "--noise-hu", "-1"]) == 2
     assert "--noise-hu" in capsys.readouterr().err
-    assert main(args[:-3] + ["-o", str(tmp_path / "y"), "--zeta", "1"]) == 2      # zeta is a DPS option
+    assert main(args[:-3] + ["-o", str(tmp_path / "y"), "--zeta", "1"]) == 2  # zeta is a DPS option
     assert "--zeta does not apply" in capsys.readouterr().err
 
 
 def test_restore_with_several_samples_writes_a_spread_map(tiny_prior_dir, disk_png, tmp_path):
     out = tmp_path / "s"
-    assert main(["restore", str(disk_png), "--task", "inpaint", "--steps", "2", "--size", "32", "--samples", "3",
-                 "--bf16", "--prior", str(tiny_prior_dir), "-o", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                str(disk_png),
+                "--task",
+                "inpaint",
+                "--steps",
+                "2",
+                "--size",
+                "32",
+                "--samples",
+                "3",
+                "--bf16",
+                "--prior",
+                str(tiny_prior_dir),
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     saved = np.load(out / "disk_inpaint.npz")
     assert saved["spread_hu"].shape == (32, 32) and (saved["spread_hu"] >= 0).all()
     assert (out / "disk_inpaint_spread.png").exists()

@@ -1,4 +1,5 @@
 """``tomo simulate`` and ``tomo reconstruct`` end to end on tiny inputs (32 x 32 grids)."""
+
 import numpy as np
 import pytest
 
@@ -9,8 +10,28 @@ from tomo.io.sinogram import geometry_name, load_sinogram
 @pytest.fixture(scope="module")
 def phantom_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("sim") / "phantom.npz"
-    assert main(["simulate", "shepp-logan", "--grid", "32", "--geometry", "parallel", "--views", "16",
-                 "--i0", "1e5", "--seed", "1", "--out", str(path), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "shepp-logan",
+                "--grid",
+                "32",
+                "--geometry",
+                "parallel",
+                "--views",
+                "16",
+                "--i0",
+                "1e5",
+                "--seed",
+                "1",
+                "--out",
+                str(path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return path
 
 
@@ -28,17 +49,22 @@ def test_simulate_config_shortcut_and_npz_volume(tmp_path):
     src = tmp_path / "vol.npz"
     np.savez(src, hu=hu, spacing_mm=np.array([2.0, 2.0, 3.0], np.float32))
     out = tmp_path / "s.npz"
-    assert main(["simulate", str(src), "--config", "fanbeam-60", "--slices", "0:2", "--out", str(out),
-                 "--quiet"]) == 0
+    assert main(["simulate", str(src), "--config", "fanbeam-60", "--slices", "0:2", "--out", str(out), "--quiet"]) == 0
     sf = load_sinogram(out)
     assert sf.sinogram.shape == (2, 60, 40) and sf.i0 == 1e5  # grid 20 (half of 40): 2 x 20 fan bins
     assert geometry_name(sf.geometry) == "fanbeam" and sf.hu_reference.shape == (2, 20, 20)
 
 
-@pytest.mark.parametrize("method, extra", [("fbp", ["--filter", "hann"]), ("sirt", ["--iterations", "30"]),
-                                           ("cgls", ["--iterations", "10"]),
-                                           ("tv", ["--iterations", "150", "--tv-weight", "1e-3"]),
-                                           ("tv", [])])  # tuned defaults, Poisson weights from the file's I0
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("fbp", ["--filter", "hann"]),
+        ("sirt", ["--iterations", "30"]),
+        ("cgls", ["--iterations", "10"]),
+        ("tv", ["--iterations", "150", "--tv-weight", "1e-3"]),
+        ("tv", []),
+    ],
+)  # tuned defaults, Poisson weights from the file's I0
 def test_reconstruct_writes_hu_and_preview(phantom_file, tmp_path, capsys, method, extra):
     out = tmp_path / f"{method}{len(extra)}.npz"
     assert main(["reconstruct", str(phantom_file), "--method", method, "--out", str(out), *extra]) == 0
@@ -58,13 +84,17 @@ def test_reconstruct_refuses_bad_requests(phantom_file, tmp_path, capsys):
     assert main(["reconstruct", str(phantom_file), "--out", str(out), "--quiet"]) == 0
     mtime = out.stat().st_mtime_ns
     cases = [
-        (["--out", str(out)], "exists"),                                  # no overwrite
-        (["--out", str(phantom_file)], "input"),                          # never the input
+        (["--out", str(out)], "exists"),  # no overwrite
+        (["--out", str(phantom_file)], "input"),  # never the input
         (["--out", str(tmp_path / "x.npz"), "--method", "sirt", "--tv-weight", "1"], "does not apply"),
         (["--out", str(tmp_path / "x.txt")], ".npz"),
         (["--out", str(tmp_path / "x.npz"), "--batch-size", "0"], "batch-size"),
-        (["--out", str(tmp_path / "x.npz"), "--device", "cuda:0"] if not _has_cuda() else
-         (["--out", str(tmp_path / "x.npz"), "--device", "tpu"]), "device"),
+        (
+            ["--out", str(tmp_path / "x.npz"), "--device", "cuda:0"]
+            if not _has_cuda()
+            else (["--out", str(tmp_path / "x.npz"), "--device", "tpu"]),
+            "device",
+        ),
     ]
     for extra, message in cases:
         capsys.readouterr()
@@ -82,6 +112,7 @@ def test_reconstruct_refuses_bad_requests(phantom_file, tmp_path, capsys):
 
 def _has_cuda():
     import torch
+
     return torch.cuda.is_available()
 
 
@@ -92,8 +123,10 @@ def test_simulate_refuses_bad_requests(tmp_path, capsys, phantom_file):
         (["no-such-thing", "--config", "parallel-8", "--out", str(tmp_path / "a.npz")], "phantom"),
         (["shepp-logan", "--config", "parallel-8", "--out", str(phantom_file)], "exists"),
         (["shepp-logan", "--config", "parallel-8", "--out", str(tmp_path / "a.txt")], ".npz"),
-        (["shepp-logan", "--geometry", "parallel", "--views", "4", "--i0", "-3", "--out", str(tmp_path / "a.npz")],
-         "i0"),
+        (
+            ["shepp-logan", "--geometry", "parallel", "--views", "4", "--i0", "-3", "--out", str(tmp_path / "a.npz")],
+            "i0",
+        ),
     ]
     for argv, message in cases:
         capsys.readouterr()
@@ -105,6 +138,7 @@ def test_simulate_refuses_bad_requests(tmp_path, capsys, phantom_file):
 def test_slice_spec_parsing():
     from tomo.cli.main import CommandError
     from tomo.cli.simulate import parse_slices
+
     assert parse_slices("all", 3) == [0, 1, 2]
     assert parse_slices("1:5:2", 6) == [1, 3]
     assert parse_slices("4,0", 6) == [4, 0]
@@ -121,39 +155,61 @@ def test_dicom_in_dicom_out(tmp_path):
     hu = np.full((2, 48, 48), -1000.0, np.float32)
     hu[:, 12:36, 12:36] = 40.0
     src = tmp_path / "src"
-    write_series(hu, src, pixel_spacing_mm=(1.5, 1.5), slice_spacing_mm=3.0, description="test source",
-                 derivation="synthetic")
+    write_series(
+        hu, src, pixel_spacing_mm=(1.5, 1.5), slice_spacing_mm=3.0, description="test source", derivation="synthetic"
+    )
     sino = tmp_path / "s.npz"
-    assert main(["simulate", str(src), "--geometry", "parallel", "--views", "20", "--out", str(sino),
-                 "--quiet"]) == 0
+    assert main(["simulate", str(src), "--geometry", "parallel", "--views", "20", "--out", str(sino), "--quiet"]) == 0
     out = tmp_path / "rec"
-    assert main(["reconstruct", str(sino), "--method", "fbp", "--dicom-reference", str(src), "--out", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(["reconstruct", str(sino), "--method", "fbp", "--dicom-reference", str(src), "--out", str(out), "--quiet"])
+        == 0
+    )
     vol = read_series(out)
     assert vol.hu.shape == (2, 24, 24) and vol.pixel_spacing_mm == pytest.approx((3.0, 3.0))
     assert "fbp" in str(vol.header.get("DerivationDescription", "")).lower()
     assert abs(float(np.median(vol.hu[:, 9:15, 9:15])) - 40.0) < 60.0  # water-ish square in HU
-    assert main(["reconstruct", str(sino), "--method", "fbp", "--dicom-reference", str(src), "--out", str(out),
-                 "--quiet"]) == 2  # exists, no --overwrite
+    assert (
+        main(["reconstruct", str(sino), "--method", "fbp", "--dicom-reference", str(src), "--out", str(out), "--quiet"])
+        == 2
+    )  # exists, no --overwrite
 
 
 def test_threads_option_reaches_the_projector(phantom_file, tmp_path, monkeypatch):
     """--threads N sets torch's threads and the operators' setting, which CTProjector and FBP honour."""
     import operators
     from operators.settings import settings
+
     seen = []
     real = operators.CTProjector._forward
 
     def spy(self, x):
         import torch
+
         seen.append(torch.get_num_threads())
         return real(self, x)
 
     monkeypatch.setattr(operators.CTProjector, "_forward", spy)
     old = operators.set_threads(1)
     try:
-        assert main(["reconstruct", str(phantom_file), "--method", "sirt", "--iterations", "2", "--threads", "2",
-                     "--out", str(tmp_path / "r.npz"), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "reconstruct",
+                    str(phantom_file),
+                    "--method",
+                    "sirt",
+                    "--iterations",
+                    "2",
+                    "--threads",
+                    "2",
+                    "--out",
+                    str(tmp_path / "r.npz"),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         assert settings.threads == 2 and seen and set(seen) == {2}
     finally:
         operators.set_threads(old)

@@ -1,9 +1,10 @@
 """DICOM reading: every file of shared/data/dicom-cases read correctly or refused with a reason."""
+
 from __future__ import annotations
 
 import io
-import re
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -11,8 +12,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from tomo.io.volume import VolumeReadError, CTVolume, read_volume
 from tomo.io.dicom_read import DicomReadError, find_series, read_series
+from tomo.io.volume import CTVolume, VolumeReadError, read_volume
 
 CASES = "dicom-cases"
 
@@ -40,15 +41,15 @@ def _wg04_reference(root: Path, name: str) -> np.ndarray:
 # Lossy copies: (largest allowed RMS error, largest allowed |mean error|) in HU against the
 # lossless reference; the values measured when this was written are in the comments.
 LOSSY_TOLERANCE = {
-    "J2KI": (45.0, 2.0),          # JPEG 2000 lossy, WG04: RMS 38.0 / 30.3 HU
-    "JLSN": (4.0, 1.0),           # JPEG-LS near-lossless: RMS 2.6, max 4 HU
-    "1.2.4.81": (2.0, 1.0),       # JPEG-LS near-lossless: RMS 0.8, max 1
-    "1.2.4.91": (2.0, 1.0),       # JPEG 2000 lossy: RMS 0.9, max 5
-    "1.2.4.50": (30.0, 25.0),     # 8-bit baseline with rewritten rescale (slope 32 HU): RMS 22
-    "1.2.4.51": (8.0, 2.0),       # 12-bit extended, rewritten rescale: RMS 5.2
-    "1.2.4.53": (8.0, 2.0),       # retired progressive syntax (libjpeg fallback): RMS 5.2
-    "1.2.4.55": (8.0, 2.0),       # idem
-    "jpeg_ls.81": (2.0, 1.0),     # enhanced CT, JPEG-LS near-lossless: max 2
+    "J2KI": (45.0, 2.0),  # JPEG 2000 lossy, WG04: RMS 38.0 / 30.3 HU
+    "JLSN": (4.0, 1.0),  # JPEG-LS near-lossless: RMS 2.6, max 4 HU
+    "1.2.4.81": (2.0, 1.0),  # JPEG-LS near-lossless: RMS 0.8, max 1
+    "1.2.4.91": (2.0, 1.0),  # JPEG 2000 lossy: RMS 0.9, max 5
+    "1.2.4.50": (30.0, 25.0),  # 8-bit baseline with rewritten rescale (slope 32 HU): RMS 22
+    "1.2.4.51": (8.0, 2.0),  # 12-bit extended, rewritten rescale: RMS 5.2
+    "1.2.4.53": (8.0, 2.0),  # retired progressive syntax (libjpeg fallback): RMS 5.2
+    "1.2.4.55": (8.0, 2.0),  # idem
+    "jpeg_ls.81": (2.0, 1.0),  # enhanced CT, JPEG-LS near-lossless: max 2
 }
 
 
@@ -59,8 +60,9 @@ def _expected(path: Path, root: Path):
         return ("refuse", "not a DICOM file")
     if name.startswith(("MR1_",)):
         return ("refuse", "not CT (modality MR")
-    if name.startswith(("TestPattern", "US-", "IM00001", "image_dfl", "report_dfl", "wave_dfl",
-                        "no-pixel-data", "no-pixel-spacing")):
+    if name.startswith(
+        ("TestPattern", "US-", "IM00001", "image_dfl", "report_dfl", "wave_dfl", "no-pixel-data", "no-pixel-spacing")
+    ):
         return ("refuse", "not CT")
     lossy = next((k for k in LOSSY_TOLERANCE if k in name or path.parent.name == k), None)
     if name.startswith("CT0012"):
@@ -121,7 +123,7 @@ def test_every_case_file_read_or_refused(shared_data, references):
             checked["lossless"] += 1
         else:
             max_rms, max_bias = LOSSY_TOLERANCE[lossy]
-            assert np.sqrt(np.mean(err ** 2)) <= max_rms, path
+            assert np.sqrt(np.mean(err**2)) <= max_rms, path
             assert abs(err.mean()) <= max_bias, path
             assert any("lossy" in w for w in vol.warnings), path
     assert checked["lossless"] >= 30 and checked["refuse"] >= 30
@@ -143,8 +145,14 @@ def test_case_folder_scan_groups_and_counts(shared_data):
 
 
 def test_enhanced_multiframe_geometry_and_rescale(shared_data, references):
-    path = (shared_data / CASES / "multiframe-and-fragments" / "encapsulated" / "multi-frame"
-            / "CT0012.not_fragmented_bot_rle.dcm")
+    path = (
+        shared_data
+        / CASES
+        / "multiframe-and-fragments"
+        / "encapsulated"
+        / "multi-frame"
+        / "CT0012.not_fragmented_bot_rle.dcm"
+    )
     vol = read_series(path)
     assert vol.hu.shape == (2, 512, 512)
     np.testing.assert_array_equal(vol.hu, references["CT0012"])
@@ -156,8 +164,14 @@ def test_enhanced_multiframe_geometry_and_rescale(shared_data, references):
 
 
 def test_per_frame_rescale_overrides_shared(shared_data, tmp_path):
-    src = (shared_data / CASES / "multiframe-and-fragments" / "encapsulated" / "multi-frame"
-           / "CT0012.explicit_little_endian.dcm")
+    src = (
+        shared_data
+        / CASES
+        / "multiframe-and-fragments"
+        / "encapsulated"
+        / "multi-frame"
+        / "CT0012.explicit_little_endian.dcm"
+    )
     ds = pydicom.dcmread(src)
     item = pydicom.Dataset()
     item.RescaleSlope, item.RescaleIntercept, item.RescaleType = "2", "-1000", "HU"
@@ -221,8 +235,12 @@ def test_several_series_listed_and_selectable(shared_data):
 
 @pytest.fixture
 def ct_file(shared_data) -> Path:
-    return (shared_data / CASES / "transfer-syntaxes"
-            / "CTImage.dcm_LittleEndianExplicitTransferSyntax_1.2.840.10008.1.2.1.dcm")
+    return (
+        shared_data
+        / CASES
+        / "transfer-syntaxes"
+        / "CTImage.dcm_LittleEndianExplicitTransferSyntax_1.2.840.10008.1.2.1.dcm"
+    )
 
 
 def test_damaged_ct_files_refused_with_reason(ct_file, tmp_path):

@@ -1,4 +1,5 @@
 """DICOM writing: round trip, geometry of a resampled grid, refusal to overwrite, dcmdump."""
+
 from __future__ import annotations
 
 import shutil
@@ -32,8 +33,9 @@ def _corner(positions, orientation, spacing):
 def test_round_trip_half_resolution_same_field_of_view(reference, tmp_path):
     small = reference.hu[:, ::2, ::2]  # 256 x 256 of the 512 x 512 slices
     spacing = (2 * reference.pixel_spacing_mm[0], 2 * reference.pixel_spacing_mm[1])
-    files = write_series(small, tmp_path / "out", reference, pixel_spacing_mm=spacing,
-                         description="tomo test", derivation=DERIVATION)
+    files = write_series(
+        small, tmp_path / "out", reference, pixel_spacing_mm=spacing, description="tomo test", derivation=DERIVATION
+    )
     assert [f.name for f in files] == ["CT000001.dcm", "CT000002.dcm", "CT000003.dcm"]
     back = read_series(tmp_path / "out")
     np.testing.assert_array_equal(back.hu, small)  # integer HU: exact with slope 1
@@ -41,9 +43,11 @@ def test_round_trip_half_resolution_same_field_of_view(reference, tmp_path):
     assert back.slice_spacing_mm == pytest.approx(reference.slice_spacing_mm)
     assert back.orientation == pytest.approx(reference.orientation)
     # same field of view: the outer corner stays, the first pixel centre moves
-    np.testing.assert_allclose(_corner(back.positions, back.orientation, spacing),
-                               _corner(reference.positions, reference.orientation, reference.pixel_spacing_mm),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        _corner(back.positions, back.orientation, spacing),
+        _corner(reference.positions, reference.orientation, reference.pixel_spacing_mm),
+        atol=1e-5,
+    )
     assert np.abs(back.positions - reference.positions).max() > 0.3
     h, r = back.header, reference.header
     assert h.SOPClassUID == pydicom.uid.CTImageStorage
@@ -62,8 +66,9 @@ def test_round_trip_half_resolution_same_field_of_view(reference, tmp_path):
 @pytest.mark.parametrize("low, high", [(-1024.0, 3000.0), (-5e4, 8e4), (-1e-3, 1e-3)])
 def test_round_trip_within_quantisation(tmp_path, low, high):
     hu = np.random.default_rng(1).uniform(low, high, size=(2, 12, 10))
-    write_series(hu, tmp_path / "o", None, pixel_spacing_mm=(0.7, 0.8), slice_spacing_mm=2.5,
-                 description="x", derivation="test")
+    write_series(
+        hu, tmp_path / "o", None, pixel_spacing_mm=(0.7, 0.8), slice_spacing_mm=2.5, description="x", derivation="test"
+    )
     back = read_series(tmp_path / "o")
     slope, _ = choose_rescale(hu.min(), hu.max())
     # half a storage step, plus float32 rounding of the result
@@ -105,8 +110,15 @@ def test_never_writes_over_the_reference(reference, tmp_path):
         shutil.copy(f, src / f.name)
     local = read_series(src)
     with pytest.raises(ValueError, match="holds the reference"):
-        write_series(local.hu, src, local, pixel_spacing_mm=local.pixel_spacing_mm,
-                     description="a", derivation=DERIVATION, overwrite=True)
+        write_series(
+            local.hu,
+            src,
+            local,
+            pixel_spacing_mm=local.pixel_spacing_mm,
+            description="a",
+            derivation=DERIVATION,
+            overwrite=True,
+        )
     assert sorted(p.name for p in src.iterdir()) == sorted(f.name for f in reference.files)
 
 
@@ -120,8 +132,14 @@ def test_interrupted_write_leaves_nothing(reference, tmp_path, monkeypatch):
 
     monkeypatch.setattr(dicom_write, "_slice_dataset", failing)
     with pytest.raises(KeyboardInterrupt):
-        write_series(reference.hu, tmp_path / "out", reference, pixel_spacing_mm=reference.pixel_spacing_mm,
-                     description="a", derivation=DERIVATION)
+        write_series(
+            reference.hu,
+            tmp_path / "out",
+            reference,
+            pixel_spacing_mm=reference.pixel_spacing_mm,
+            description="a",
+            derivation=DERIVATION,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -144,8 +162,9 @@ def test_dcmdump_parses_without_warnings(reference, tmp_path):
     dcmdump = shutil.which("dcmdump")
     if dcmdump is None:
         pytest.skip("dcmtk's dcmdump not installed")
-    files = write_series(reference.hu[:1, :64, :64], tmp_path / "o", None, pixel_spacing_mm=0.5,
-                         description="a", derivation=DERIVATION)
+    files = write_series(
+        reference.hu[:1, :64, :64], tmp_path / "o", None, pixel_spacing_mm=0.5, description="a", derivation=DERIVATION
+    )
     result = subprocess.run([dcmdump, "-dc", str(files[0])], capture_output=True, text=True)
     assert result.returncode == 0
     bad = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith(("W:", "E:", "F:"))]

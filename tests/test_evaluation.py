@@ -1,4 +1,5 @@
 """The evaluation library: cases, runner, report schema, baselines, tuning grids, machine (tiny data)."""
+
 import json
 
 import numpy as np
@@ -34,7 +35,7 @@ from tomo.methods import MethodOption, MethodRegistry
 
 def _disk(n=32, radius=0.35, hu_in=0.0):
     yy, xx = np.mgrid[:n, :n] / n - 0.5
-    return np.where(xx ** 2 + yy ** 2 < radius ** 2, hu_in, -1000.0).astype(np.float32)
+    return np.where(xx**2 + yy**2 < radius**2, hu_in, -1000.0).astype(np.float32)
 
 
 @pytest.fixture
@@ -61,9 +62,15 @@ def test_loaders_refuse_a_folder_without_the_slices(tmp_path):
 
 def test_load_dev_slices_reads_every_dicom_sorted(tmp_path):
     from tomo.io.dicom_write import write_series
+
     for study in ("p2", "p1"):
-        write_series(_disk()[None], tmp_path / "dev" / "dicom" / study, pixel_spacing_mm=0.8,
-                     description="test", derivation="test")
+        write_series(
+            _disk()[None],
+            tmp_path / "dev" / "dicom" / study,
+            pixel_spacing_mm=0.8,
+            description="test",
+            derivation="test",
+        )
     got = load_dev_slices(tmp_path)
     assert [s.name for s in got] == ["p1/CT000001.dcm", "p2/CT000001.dcm"]
     assert got[0].hu.shape == (32, 32) and got[0].pixel_spacing_mm == pytest.approx((0.8, 0.8))
@@ -79,14 +86,15 @@ def test_real_dev_set_is_the_18_slices(shared_data):
 def test_task_reference_longer_side_and_multiple():
     ref = task_reference(np.full((300, 200), 5000.0, np.float32), size=256, multiple=4)
     assert ref.shape == (256, 172) and ref.dtype == np.float32
-    assert ref.max() == pytest.approx(3071.0)   # clipped to the HU range before resizing
+    assert ref.max() == pytest.approx(3071.0)  # clipped to the HU range before resizing
 
 
 # ----- runner ------------------------------------------------------------------------------------
 def test_evaluate_scores_against_the_reference(slices):
     cases = build_cases(slices, "parallel-8")
-    perfect = evaluate(lambda sino, case: torch.from_numpy(hu_to_mu(case.data.hu_reference)), cases,
-                       name="oracle", verbose=False)
+    perfect = evaluate(
+        lambda sino, case: torch.from_numpy(hu_to_mu(case.data.hu_reference)), cases, name="oracle", verbose=False
+    )
     assert all(r.psnr > 60 and r.ssim == pytest.approx(1.0, abs=1e-4) for r in perfect)
     fbp = evaluate_registry("fbp", cases, verbose=False)
     assert [r.case for r in fbp] == ["a", "b"] and all(np.isfinite(r.psnr) and r.psnr < 60 for r in fbp)
@@ -101,8 +109,12 @@ def test_evaluate_registry_passes_settings_and_seeds_each_case(slices):
         seen.append((seed, level))
         return torch.full((sinogram.shape[0],) + problem.geometry.image_shape, level)
 
-    registry.register("const", run, help="constant", options=(MethodOption("--seed", "seed", int),
-                                                              MethodOption("--level", "level", float)))
+    registry.register(
+        "const",
+        run,
+        help="constant",
+        options=(MethodOption("--seed", "seed", int), MethodOption("--level", "level", float)),
+    )
     cases = build_cases(slices, "parallel-8")
     records = evaluate_registry("const", cases, {"level": 0.01}, registry=registry, verbose=False)
     assert seen == [(0, 0.01), (1, 0.01)]
@@ -112,29 +124,33 @@ def test_evaluate_registry_passes_settings_and_seeds_each_case(slices):
 
 
 def test_registry_options_for_the_diffusion_solvers():
-    opts = registry_options("dds", {"bf16": True, "weighted": True, "model_error": 0.05, "init": None,
-                                    "start": 0.2, "steps": 5})
+    opts = registry_options(
+        "dds", {"bf16": True, "weighted": True, "model_error": 0.05, "init": None, "start": 0.2, "steps": 5}
+    )
     assert opts == {"autocast_dtype": torch.bfloat16, "init": "none", "start": 1.0, "steps": 5}
     with pytest.raises(ValueError, match="weighted=false"):
         registry_options("dds", {"weighted": False})
     with pytest.raises(ValueError, match="model_error"):
         registry_options("dps", {"model_error": 0.1})
-    assert registry_options("tv", {"model_error": 0.1}) == {"model_error": 0.1}   # TV's own option
+    assert registry_options("tv", {"model_error": 0.1}) == {"model_error": 0.1}  # TV's own option
 
 
 def test_wiener_baseline_beats_the_blurred_image():
     hu = _disk(64, 0.3, 400.0)
     hu[20:28, 30:34] = 1000.0
     [case] = task_cases([Slice("s", hu, (1.0, 1.0))], "deblur", noise_hu=2.0, size=64)
-    rec, = evaluate_task("wiener", [case], {"balance": 0.005}, verbose=False)
+    (rec,) = evaluate_task("wiener", [case], {"balance": 0.005}, verbose=False)
     assert rec.psnr > psnr(case.measurement.numpy(), case.reference) + 1.0
     assert rec.config == "deblur" and rec.network_evaluations == 0
 
 
 # ----- report ------------------------------------------------------------------------------------
 def _records():
-    return [Record("s1", "p30", "fbp", 20.0, 0.5, 1.0), Record("s2", "p30", "fbp", 22.0, 0.7, 3.0),
-            Record("s1", "p30", "dds", 25.0, 0.8, 10.0, 50, {"steps": 50})]
+    return [
+        Record("s1", "p30", "fbp", 20.0, 0.5, 1.0),
+        Record("s2", "p30", "fbp", 22.0, 0.7, 3.0),
+        Record("s1", "p30", "dds", 25.0, 0.8, 10.0, 50, {"steps": 50}),
+    ]
 
 
 def test_summarise_means_and_order():

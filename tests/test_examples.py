@@ -3,6 +3,7 @@
 Each runs as its users run it: ``python examples/NAME.py ...`` in a subprocess.
 (examples/operators_quickstart.py is covered by tests/test_operators_demo.py.)
 """
+
 import importlib.util
 import subprocess
 import sys
@@ -14,8 +15,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def _run(name: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -28,18 +28,20 @@ def _value(stdout: str, key: str) -> float:
 def test_python_quickstart_of_the_readme():
     out = _run("python_quickstart.py", "--size", "32", "--views", "30")
     assert "sinogram (1, 1, 30, 48), back-projection (1, 1, 32, 32)" in out
-    assert _value(out, "adjoint_rel_error") < 1e-12     # float64 adjoint test
-    assert _value(out, "fbp_rel_error") < 0.25          # 32 x 32 from 30 views: about 0.13
+    assert _value(out, "adjoint_rel_error") < 1e-12  # float64 adjoint test
+    assert _value(out, "fbp_rel_error") < 0.25  # 32 x 32 from 30 views: about 0.13
 
 
 def test_dicom_quickstart_tv_beats_fbp_and_writes_dicom(tmp_path):
     out = _run("dicom_quickstart.py", "--grid", "32", "--iterations", "20", "--out", str(tmp_path / "tv"))
-    rows = {ln.split()[0]: [float(v) for v in ln.split()[1:]] for ln in out.splitlines()
-            if ln.startswith(("fbp ", "tv "))}
+    rows = {
+        ln.split()[0]: [float(v) for v in ln.split()[1:]] for ln in out.splitlines() if ln.startswith(("fbp ", "tv "))
+    }
     assert set(rows) == {"fbp", "tv"}
-    assert rows["fbp"][0] > 20 and rows["tv"][0] > rows["fbp"][0]   # PSNR dB: TV denoises 30 views
-    assert 0 < rows["fbp"][1] <= rows["tv"][1] <= 1                  # SSIM
+    assert rows["fbp"][0] > 20 and rows["tv"][0] > rows["fbp"][0]  # PSNR dB: TV denoises 30 views
+    assert 0 < rows["fbp"][1] <= rows["tv"][1] <= 1  # SSIM
     from tomo.io.dicom_read import read_series
+
     vol = read_series(tmp_path / "tv")
     assert vol.hu.shape == (1, 32, 32)
     assert vol.pixel_spacing_mm[0] == pytest.approx(128 * 0.661468 / 32, rel=1e-5)

@@ -6,6 +6,7 @@ or 130, never 1 (an internal error) or an escaping exception; a refusal is one l
 and never a traceback. Most examples run in-process under an address-space limit; a few run as
 subprocesses under ``RLIMIT_AS`` (those commands do not import torch, so they start quickly).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,30 +50,93 @@ def pool(tmp_path_factory) -> dict[str, Path]:
     (d / "empty.npz").write_bytes(b"")
     (d / "garbage.npz").write_bytes(np.random.default_rng(0).bytes(3000))
     (d / "garbage.dcm").write_bytes(b"DICM" * 100)
-    np.savez(d / "huge_grid.npz", sinogram=np.zeros((8, 12), np.float32),
-             angles=np.linspace(0, np.pi, 8, endpoint=False).astype(np.float32), geometry=np.str_("parallel"),
-             detector_spacing_mm=1.0, pixel_spacing_mm=1.0, image_shape=np.array([10 ** 6, 10 ** 6]))
-    np.savez(d / "nan.npz", sinogram=np.full((8, 12), np.nan, np.float32),
-             angles=np.linspace(0, np.pi, 8, endpoint=False).astype(np.float32), geometry=np.str_("parallel"),
-             detector_spacing_mm=1.0, pixel_spacing_mm=1.0, image_shape=np.array([8, 8]))
+    np.savez(
+        d / "huge_grid.npz",
+        sinogram=np.zeros((8, 12), np.float32),
+        angles=np.linspace(0, np.pi, 8, endpoint=False).astype(np.float32),
+        geometry=np.str_("parallel"),
+        detector_spacing_mm=1.0,
+        pixel_spacing_mm=1.0,
+        image_shape=np.array([10**6, 10**6]),
+    )
+    np.savez(
+        d / "nan.npz",
+        sinogram=np.full((8, 12), np.nan, np.float32),
+        angles=np.linspace(0, np.pi, 8, endpoint=False).astype(np.float32),
+        geometry=np.str_("parallel"),
+        detector_spacing_mm=1.0,
+        pixel_spacing_mm=1.0,
+        image_shape=np.array([8, 8]),
+    )
     np.savez(d / "volume.npz", hu=np.zeros((2, 16, 16), np.int16), spacing_mm=np.array([2.0, 2.0, 3.0]))
     np.savez(d / "bad_volume.npz", hu=np.zeros((2, 16), np.float32), spacing_mm=np.array([0.0, 2.0]))
-    assert main(["simulate", str(d / "volume.npz"), "--geometry", "parallel", "--views", "8", "--grid", "8",
-                 "--out", str(d / "scan.npz"), "--quiet"]) == 0
-    for name in ("empty.npz", "garbage.npz", "garbage.dcm", "huge_grid.npz", "nan.npz", "volume.npz",
-                 "bad_volume.npz", "scan.npz"):
+    assert (
+        main(
+            [
+                "simulate",
+                str(d / "volume.npz"),
+                "--geometry",
+                "parallel",
+                "--views",
+                "8",
+                "--grid",
+                "8",
+                "--out",
+                str(d / "scan.npz"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    for name in (
+        "empty.npz",
+        "garbage.npz",
+        "garbage.dcm",
+        "huge_grid.npz",
+        "nan.npz",
+        "volume.npz",
+        "bad_volume.npz",
+        "scan.npz",
+    ):
         files[name] = d / name
     return files
 
 
-_VALUES = st.one_of(st.integers(-10, 10), st.sampled_from(["0", "-1", "1e300", "nan", "inf", "-inf", "", "x", "1:0",
-                                                           "0:0:0", "5,5", "999999999", "hann", "cuda", "all"]))
+_VALUES = st.one_of(
+    st.integers(-10, 10),
+    st.sampled_from(
+        ["0", "-1", "1e300", "nan", "inf", "-inf", "", "x", "1:0", "0:0:0", "5,5", "999999999", "hann", "cuda", "all"]
+    ),
+)
 _OPTIONS = {
     "info": ["--no-pixels"],
-    "simulate": ["--config", "--geometry", "--views", "--i0", "--slices", "--series", "--grid", "--phantom-size",
-                 "--phantom-fov", "--seed", "--overwrite"],
-    "reconstruct": ["--method", "--batch-size", "--device", "--threads", "--filter", "--iterations", "--tv-weight",
-                    "--series", "--no-preview", "--overwrite", "--resume", "--dicom-reference"],
+    "simulate": [
+        "--config",
+        "--geometry",
+        "--views",
+        "--i0",
+        "--slices",
+        "--series",
+        "--grid",
+        "--phantom-size",
+        "--phantom-fov",
+        "--seed",
+        "--overwrite",
+    ],
+    "reconstruct": [
+        "--method",
+        "--batch-size",
+        "--device",
+        "--threads",
+        "--filter",
+        "--iterations",
+        "--tv-weight",
+        "--series",
+        "--no-preview",
+        "--overwrite",
+        "--resume",
+        "--dicom-reference",
+    ],
 }
 _FLAGS = {"--no-pixels", "--overwrite", "--no-preview", "--resume"}
 
@@ -115,13 +179,18 @@ def _check_outcome(code, err: str) -> None:
         assert len(lines) == 1 or lines[0].startswith("usage:"), err
 
 
-@settings(max_examples=40, deadline=20000, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow], derandomize=True)
+@settings(
+    max_examples=40,
+    deadline=20000,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    derandomize=True,
+)
 @given(data=st.data())
 def test_command_lines_in_process(pool, tmp_path, data):
     names = sorted(k for k in pool if k != "folder") + ["folder"]
     argv = data.draw(command_lines(names))
     import tempfile
+
     out_dir = Path(tempfile.mkdtemp(dir=tmp_path))  # a fresh output folder per example
     before = {p: p.stat().st_mtime_ns for p in pool.values() if p.is_file()}
     err = io.StringIO()
@@ -135,8 +204,10 @@ def test_command_lines_in_process(pool, tmp_path, data):
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], derandomize=True)
-@given(name=st.sampled_from(["empty.npz", "garbage.npz", "garbage.dcm", "huge_grid.npz", "bad_volume.npz", "missing"]),
-       no_pixels=st.booleans())
+@given(
+    name=st.sampled_from(["empty.npz", "garbage.npz", "garbage.dcm", "huge_grid.npz", "bad_volume.npz", "missing"]),
+    no_pixels=st.booleans(),
+)
 def test_info_in_a_subprocess_under_rlimit(pool, name, no_pixels):
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))

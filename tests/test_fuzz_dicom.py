@@ -6,6 +6,7 @@ Property: :func:`tomo.io.dicom_read.find_series` never raises (but FileNotFoundE
 carries. Each example runs under an address-space limit and a deadline. Inputs are pydicom's own
 test files (``CT_small.dcm``, ``MR_small.dcm``), so no data folder is needed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,9 @@ from pydicom.uid import RLELossless
 from tomo.io.dicom_read import DicomReadError, find_series, read_series
 
 EXAMPLE_MEMORY = 1 << 30
-FUZZ = settings(max_examples=50, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture],
-                derandomize=True)
+FUZZ = settings(
+    max_examples=50, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture], derandomize=True
+)
 CT_SOP = "1.2.840.10008.5.1.4.1.1.2"
 
 
@@ -99,8 +101,33 @@ def _element_offsets(blob: bytes) -> list[tuple[int, int]]:
 
 
 _OFFSETS = {k: _element_offsets(v) for k, v in SOURCES.items() if k != "ct_rle"}
-_VRS = [vr.encode() for vr in ("AE", "AS", "CS", "DA", "DS", "FD", "FL", "IS", "LO", "OB", "OW", "SH", "SL",
-                              "SQ", "SS", "UI", "UL", "UN", "US", "UT", "XX", "\x00\x00")]
+_VRS = [
+    vr.encode()
+    for vr in (
+        "AE",
+        "AS",
+        "CS",
+        "DA",
+        "DS",
+        "FD",
+        "FL",
+        "IS",
+        "LO",
+        "OB",
+        "OW",
+        "SH",
+        "SL",
+        "SQ",
+        "SS",
+        "UI",
+        "UL",
+        "UN",
+        "US",
+        "UT",
+        "XX",
+        "\x00\x00",
+    )
+]
 
 
 @FUZZ
@@ -118,7 +145,7 @@ def test_bit_flips(tmp_path, source, data):
 @given(source=st.sampled_from(sorted(SOURCES)), fraction=st.floats(0, 1, exclude_max=True))
 def test_truncation(tmp_path, source, fraction):
     blob = SOURCES[source]
-    (tmp_path / "t.dcm").write_bytes(blob[:int(fraction * len(blob))])
+    (tmp_path / "t.dcm").write_bytes(blob[: int(fraction * len(blob))])
     _check(tmp_path / "t.dcm", from_mr=source == "mr")
 
 
@@ -129,14 +156,19 @@ def test_wrong_vrs(tmp_path, source, data):
     offsets = _OFFSETS[source]
     for _ in range(data.draw(st.integers(1, 4))):
         at, _ = data.draw(st.sampled_from(offsets))
-        blob[at:at + 2] = data.draw(st.sampled_from(_VRS))
+        blob[at : at + 2] = data.draw(st.sampled_from(_VRS))
     (tmp_path / "v.dcm").write_bytes(bytes(blob))
     _check(tmp_path / "v.dcm", from_mr=source == "mr")
 
 
 @FUZZ
-@given(source=st.sampled_from(sorted(SOURCES)), rows=st.integers(0, 65535), cols=st.integers(0, 65535),
-       frames=st.one_of(st.none(), st.integers(-3, 10 ** 12)), bits=st.sampled_from([None, 1, 8, 12, 16, 32, 64]))
+@given(
+    source=st.sampled_from(sorted(SOURCES)),
+    rows=st.integers(0, 65535),
+    cols=st.integers(0, 65535),
+    frames=st.one_of(st.none(), st.integers(-3, 10**12)),
+    bits=st.sampled_from([None, 1, 8, 12, 16, 32, 64]),
+)
 def test_absurd_dimensions(tmp_path, source, rows, cols, frames, bits):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -151,10 +183,14 @@ def test_absurd_dimensions(tmp_path, source, rows, cols, frames, bits):
 
 
 @FUZZ
-@given(modality=st.sampled_from([None, "CT", "ct", "MR", "OT", ""]), sop=st.sampled_from([None, CT_SOP, "1.2.3"]),
-       meta_sop=st.sampled_from([None, CT_SOP, "keep"]),
-       drop=st.sets(st.sampled_from(["EchoTime", "RepetitionTime", "ScanningSequence", "ImagingFrequency",
-                                     "MagneticFieldStrength"])))
+@given(
+    modality=st.sampled_from([None, "CT", "ct", "MR", "OT", ""]),
+    sop=st.sampled_from([None, CT_SOP, "1.2.3"]),
+    meta_sop=st.sampled_from([None, CT_SOP, "keep"]),
+    drop=st.sets(
+        st.sampled_from(["EchoTime", "RepetitionTime", "ScanningSequence", "ImagingFrequency", "MagneticFieldStrength"])
+    ),
+)
 def test_relabelled_mr_is_never_ct(tmp_path, modality, sop, meta_sop, drop):
     """Any mix of CT labels on an MR image; MR attributes partly removed."""
     with warnings.catch_warnings():
@@ -172,9 +208,18 @@ def test_relabelled_mr_is_never_ct(tmp_path, modality, sop, meta_sop, drop):
         for keyword in drop:
             ds.pop(keyword, None)
         ds.save_as(tmp_path / "r.dcm", enforce_file_format=False)
-    every_mr_mark_gone = drop >= {"EchoTime", "RepetitionTime", "ScanningSequence", "ImagingFrequency",
-                                  "MagneticFieldStrength"}
-    fully_relabelled = (modality in (None, "CT", "ct") and sop in (None, CT_SOP) and meta_sop != "keep"
-                        and (modality, sop) != (None, None))
+    every_mr_mark_gone = drop >= {
+        "EchoTime",
+        "RepetitionTime",
+        "ScanningSequence",
+        "ImagingFrequency",
+        "MagneticFieldStrength",
+    }
+    fully_relabelled = (
+        modality in (None, "CT", "ct")
+        and sop in (None, CT_SOP)
+        and meta_sop != "keep"
+        and (modality, sop) != (None, None)
+    )
     # an MR image stripped of every MR attribute and every MR label is indistinguishable from CT
     _check(tmp_path / "r.dcm", from_mr=not (every_mr_mark_gone and fully_relabelled))

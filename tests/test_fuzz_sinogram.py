@@ -5,6 +5,7 @@ returns a valid file or raises :class:`SinogramFormatError`; no other exception,
 beyond a fixed budget (an address-space limit is set around every example), no example slower
 than its deadline.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,9 @@ from tomo.io.sinogram import SinogramFormatError, load_sinogram, open_sinogram, 
 
 #: extra address space an example may use beyond what the test process already maps
 EXAMPLE_MEMORY = 1 << 30
-FUZZ = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture],
-                derandomize=True)
+FUZZ = settings(
+    max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture], derandomize=True
+)
 
 
 @contextlib.contextmanager
@@ -41,16 +43,28 @@ def memory_limit(extra_bytes: int = EXAMPLE_MEMORY):
 
 
 def _valid_bytes() -> bytes:
-    geometry = ParallelBeam2D(image_shape=(8, 8), pixel_spacing_mm=1.0, angles=np.linspace(0, np.pi, 6, endpoint=False),
-                              detector_count=12, detector_spacing_mm=1.0)
+    geometry = ParallelBeam2D(
+        image_shape=(8, 8),
+        pixel_spacing_mm=1.0,
+        angles=np.linspace(0, np.pi, 6, endpoint=False),
+        detector_count=12,
+        detector_spacing_mm=1.0,
+    )
     buf = io.BytesIO()
     path_free = np.random.default_rng(0).random((3, 6, 12)).astype(np.float32)
     # save_sinogram writes a path; write to a BytesIO the same arrays it would
     import tempfile
     from pathlib import Path
+
     with tempfile.TemporaryDirectory() as d:
-        p = save_sinogram(Path(d) / "s.npz", path_free, geometry, i0=1e5,
-                          hu_reference=np.zeros((3, 8, 8), np.float32), description="fuzz")
+        p = save_sinogram(
+            Path(d) / "s.npz",
+            path_free,
+            geometry,
+            i0=1e5,
+            hu_reference=np.zeros((3, 8, 8), np.float32),
+            description="fuzz",
+        )
         buf.write(p.read_bytes())
     return buf.getvalue()
 
@@ -96,16 +110,36 @@ _DTYPES = st.sampled_from(["<f4", ">f8", "<i2", "|u1", "<c8", "|b1", "<U3", "|S4
 @st.composite
 def npy_members(draw):
     """A mapping key -> raw .npy bytes whose header may promise any shape (up to 10^15 elements)."""
-    keys = draw(st.lists(st.sampled_from(["sinogram", "angles", "geometry", "detector_spacing_mm", "pixel_spacing_mm",
-                                          "image_shape", "i0", "hu_reference", "description",
-                                          "source_origin_mm", "extra"]), min_size=1, max_size=11, unique=True))
+    keys = draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    "sinogram",
+                    "angles",
+                    "geometry",
+                    "detector_spacing_mm",
+                    "pixel_spacing_mm",
+                    "image_shape",
+                    "i0",
+                    "hu_reference",
+                    "description",
+                    "source_origin_mm",
+                    "extra",
+                ]
+            ),
+            min_size=1,
+            max_size=11,
+            unique=True,
+        )
+    )
     members = {}
     for key in keys:
-        shape = tuple(draw(st.lists(st.one_of(st.integers(0, 8), st.integers(10 ** 4, 10 ** 5)), max_size=3)))
+        shape = tuple(draw(st.lists(st.one_of(st.integers(0, 8), st.integers(10**4, 10**5)), max_size=3)))
         dtype = np.dtype(draw(_DTYPES))
         header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                                      "fortran_order": draw(st.booleans()), "shape": shape})
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": draw(st.booleans()), "shape": shape}
+        )
         payload = draw(st.binary(max_size=256))  # usually far less than the header promises
         members[key] = header.getvalue() + payload
     return members
@@ -122,13 +156,22 @@ def test_arbitrary_headers_and_absurd_shapes(tmp_path, members):
 
 
 @FUZZ
-@given(image_shape=st.tuples(st.integers(-5, 10 ** 6), st.integers(-5, 10 ** 6)),
-       pixel=st.floats(allow_nan=True, allow_infinity=True), kind=st.sampled_from(["parallel", "fanbeam", "cone", ""]),
-       angles=st.integers(0, 8), i0=st.one_of(st.none(), st.floats()))
+@given(
+    image_shape=st.tuples(st.integers(-5, 10**6), st.integers(-5, 10**6)),
+    pixel=st.floats(allow_nan=True, allow_infinity=True),
+    kind=st.sampled_from(["parallel", "fanbeam", "cone", ""]),
+    angles=st.integers(0, 8),
+    i0=st.one_of(st.none(), st.floats()),
+)
 def test_wrong_field_values(tmp_path, image_shape, pixel, kind, angles, i0):
-    fields = dict(sinogram=np.zeros((6, 12), np.float32), angles=np.linspace(0, np.pi, angles).astype(np.float32),
-                  geometry=np.str_(kind), detector_spacing_mm=1.0, pixel_spacing_mm=pixel,
-                  image_shape=np.array(image_shape))
+    fields = dict(
+        sinogram=np.zeros((6, 12), np.float32),
+        angles=np.linspace(0, np.pi, angles).astype(np.float32),
+        geometry=np.str_(kind),
+        detector_spacing_mm=1.0,
+        pixel_spacing_mm=pixel,
+        image_shape=np.array(image_shape),
+    )
     if i0 is not None:
         fields["i0"] = np.float64(i0)
     np.savez(tmp_path / "w.npz", **fields)
@@ -137,7 +180,7 @@ def test_wrong_field_values(tmp_path, image_shape, pixel, kind, angles, i0):
 
 def test_a_header_promising_a_petabyte_is_refused_before_reading(tmp_path):
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 6, 10 ** 6, 300)})
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6, 300)})
     buf = io.BytesIO(VALID)
     with zipfile.ZipFile(buf, "a") as zf:
         names = [n for n in zf.namelist() if n != "sinogram.npy"]

@@ -1,5 +1,6 @@
 """NIfTI volumes (tomo.io.nifti): geometry through the affine, HU scaling, refusals, round trips,
 and agreement with tomo's DICOM reader on series converted by dcm2niix."""
+
 import copy
 import shutil
 import subprocess
@@ -14,8 +15,7 @@ from tomo.io.volume import CTVolume, read_volume
 nib = pytest.importorskip("nibabel")
 from nibabel import orientations as ornt  # noqa: E402
 
-from tomo.io.nifti import (NiftiDependencyError, NiftiReadError, read_nifti_volume,  # noqa: E402
-                           write_nifti_volume)
+from tomo.io.nifti import NiftiReadError, read_nifti_volume, write_nifti_volume  # noqa: E402
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
@@ -49,8 +49,13 @@ def _axial_volume(shape=(3, 5, 7), seed=0) -> CTVolume:
     hu = rng.integers(-1024, 2000, size=shape).astype(np.float32)
     n = shape[0]
     positions = np.array([[-20.0, -30.0, 10.0 + 2.5 * k] for k in range(n)])
-    return CTVolume(hu=hu, pixel_spacing_mm=(0.7, 0.8), slice_spacing_mm=2.5, positions=positions,
-                    orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
+    return CTVolume(
+        hu=hu,
+        pixel_spacing_mm=(0.7, 0.8),
+        slice_spacing_mm=2.5,
+        positions=positions,
+        orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    )
 
 
 def _save_lps(path, data_ijk, affine_lps, slope=None, inter=None):
@@ -66,8 +71,10 @@ def _save_lps(path, data_ijk, affine_lps, slope=None, inter=None):
 
 # ----------------------------------------------------------------------------- reading
 
-@pytest.mark.parametrize("axcodes", [("L", "P", "S"), ("R", "A", "S"), ("L", "A", "I"),
-                                     ("P", "R", "S"), ("A", "L", "I"), ("R", "P", "S")])
+
+@pytest.mark.parametrize(
+    "axcodes", [("L", "P", "S"), ("R", "A", "S"), ("L", "A", "I"), ("P", "R", "S"), ("A", "L", "I"), ("R", "P", "S")]
+)
 def test_any_axial_storage_order_reads_as_the_dicom_layout(tmp_path, axcodes):
     """The same axial volume stored with flipped/swapped in-plane axes reads back identically."""
     ref = _axial_volume()
@@ -92,14 +99,20 @@ def test_any_axial_storage_order_reads_as_the_dicom_layout(tmp_path, axcodes):
 def test_coronal_and_sagittal_files_keep_their_plane(tmp_path):
     """Slices follow the third voxel axis; rows point to the feet as in DICOM's display."""
     rng = np.random.default_rng(1)
-    data = rng.integers(-1000, 1000, size=(4, 6, 3)).astype(np.int16)   # i, j, k
+    data = rng.integers(-1000, 1000, size=(4, 6, 3)).astype(np.int16)  # i, j, k
     for plane, affine, expected in [
         # i -> +x (left), j -> +z (head), k -> -y (anterior): a coronal stack
-        ("coronal", np.array([[0.9, 0, 0, 5], [0, 0, -3.0, 7], [0, 1.1, 0, -9], [0, 0, 0, 1]]),
-         (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)),
+        (
+            "coronal",
+            np.array([[0.9, 0, 0, 5], [0, 0, -3.0, 7], [0, 1.1, 0, -9], [0, 0, 0, 1]]),
+            (1.0, 0.0, 0.0, 0.0, 0.0, -1.0),
+        ),
         # i -> +y (posterior), j -> -z (feet), k -> +x: a sagittal stack
-        ("sagittal", np.array([[0, 0, 2.0, 5], [0.9, 0, 0, 7], [0, -1.1, 0, -9], [0, 0, 0, 1]]),
-         (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)),
+        (
+            "sagittal",
+            np.array([[0, 0, 2.0, 5], [0.9, 0, 0, 7], [0, -1.1, 0, -9], [0, 0, 0, 1]]),
+            (0.0, 1.0, 0.0, 0.0, 0.0, -1.0),
+        ),
     ]:
         path = _save_lps(tmp_path / f"{plane}.nii", data, affine)
         vol = read_nifti_volume(path)
@@ -107,10 +120,13 @@ def test_coronal_and_sagittal_files_keep_their_plane(tmp_path):
         np.testing.assert_allclose(vol.orientation, expected, atol=1e-6)
         # the slices step along the normal, as the DICOM reader orders them
         assert np.all(np.diff(vol.positions @ vol.normal) > 0)
-        stored = CTVolume(hu=data.transpose(2, 1, 0).astype(np.float32),
-                          pixel_spacing_mm=(1.1, 0.9), slice_spacing_mm=abs(affine[:3, 2]).max(),
-                          positions=np.array([affine[:3, 3] + k * affine[:3, 2] for k in range(3)]),
-                          orientation=(*(affine[:3, 0] / 0.9), *(affine[:3, 1] / 1.1)))
+        stored = CTVolume(
+            hu=data.transpose(2, 1, 0).astype(np.float32),
+            pixel_spacing_mm=(1.1, 0.9),
+            slice_spacing_mm=abs(affine[:3, 2]).max(),
+            positions=np.array([affine[:3, 3] + k * affine[:3, 2] for k in range(3)]),
+            orientation=(*(affine[:3, 0] / 0.9), *(affine[:3, 1] / 1.1)),
+        )
         _same_voxels(stored, vol)
 
 
@@ -134,7 +150,7 @@ def test_scl_slope_and_inter_give_hu(tmp_path):
     path = _save_lps(tmp_path / "s.nii.gz", stored, np.diag([1.0, 1.0, 1.0, 1.0]), slope=0.5, inter=-1024)
     vol = read_nifti_volume(path)
     np.testing.assert_array_equal(vol.hu[0], [[-1024.0, -524.0], [-24.0, 511.5]])
-    assert vol.slice_spacing_mm is None   # one slice, as the DICOM reader reports it
+    assert vol.slice_spacing_mm is None  # one slice, as the DICOM reader reports it
 
 
 def test_values_that_are_not_hu_are_flagged(tmp_path):
@@ -158,8 +174,8 @@ def test_refusals_say_why(tmp_path):
         read_nifti_volume(_save_lps(tmp_path / "nan.nii", nan, np.eye(4)))
     flat = _save_lps(tmp_path / "flat.nii", np.zeros((2, 2, 2), np.float32), np.eye(4))
     raw = bytearray(flat.read_bytes())
-    assert nib.load(str(flat)).header["sform_code"] > 0      # nibabel reads the sform
-    raw[312:328] = np.zeros(4, "<f4").tobytes()             # srow_z = 0: slices of no thickness
+    assert nib.load(str(flat)).header["sform_code"] > 0  # nibabel reads the sform
+    raw[312:328] = np.zeros(4, "<f4").tobytes()  # srow_z = 0: slices of no thickness
     flat.write_bytes(bytes(raw))
     with pytest.raises(NiftiReadError, match="affine"):
         read_nifti_volume(flat)
@@ -168,7 +184,7 @@ def test_refusals_say_why(tmp_path):
 def test_absurd_header_size_is_refused_before_reading(tmp_path):
     path = _save_lps(tmp_path / "big.nii", np.zeros((2, 2, 2), np.int16), np.eye(4))
     header = bytearray(path.read_bytes())
-    header[40:48] = np.array([3, 4096, 4096, 4096], "<i2").tobytes()   # dim[0..3]
+    header[40:48] = np.array([3, 4096, 4096, 4096], "<i2").tobytes()  # dim[0..3]
     path.write_bytes(bytes(header))
     with pytest.raises(NiftiReadError, match="implausible size"):
         read_nifti_volume(path)
@@ -193,7 +209,8 @@ def test_without_nibabel_tomo_imports_and_says_what_to_install(tmp_path):
         "    assert isinstance(e, ImportError) and isinstance(e, ValueError)\n"
         "    print(e)\n"
         "sys.exit(tomo.cli.main.main(['simulate', "
-        f"{str(tmp_path / 'x.nii')!r}, '--config', 'parallel-30', '--out', {str(tmp_path / 's.npz')!r}, '--quiet']))\n")
+        f"{str(tmp_path / 'x.nii')!r}, '--config', 'parallel-30', '--out', {str(tmp_path / 's.npz')!r}, '--quiet']))\n"
+    )
     (tmp_path / "x.nii").write_bytes(b"\0" * 400)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
@@ -202,6 +219,7 @@ def test_without_nibabel_tomo_imports_and_says_what_to_install(tmp_path):
 
 
 # ----------------------------------------------------------------------------- writing
+
 
 def test_round_trip_without_reference(tmp_path):
     hu = np.random.default_rng(2).normal(0, 300, size=(2, 4, 6)).astype(np.float32)
@@ -218,8 +236,7 @@ def test_round_trip_without_reference(tmp_path):
 
 def test_round_trip_with_reference_keeps_its_geometry(tmp_path):
     ref = _axial_volume()
-    vol = read_nifti_volume(write_nifti_volume(tmp_path / "same.nii.gz", ref.hu, ref.pixel_spacing_mm,
-                                               None, ref))
+    vol = read_nifti_volume(write_nifti_volume(tmp_path / "same.nii.gz", ref.hu, ref.pixel_spacing_mm, None, ref))
     np.testing.assert_array_equal(vol.hu, ref.hu)
     np.testing.assert_allclose(vol.positions, ref.positions, atol=1e-4)
     # a coarser reconstruction grid over the same field: same field-of-view centre
@@ -236,9 +253,13 @@ def test_round_trip_of_an_oblique_coronal_reference(tmp_path):
     row, col = np.array([c, s, 0.0]), np.array([0.0, 0.0, -1.0])
     normal = np.cross(row, col)
     hu = np.random.default_rng(3).integers(-1000, 1000, (3, 4, 5)).astype(np.float32)
-    ref = CTVolume(hu=hu, pixel_spacing_mm=(0.9, 0.8), slice_spacing_mm=2.0,
-                   positions=np.array([[4.0, 5.0, 6.0] + 2.0 * k * normal for k in range(3)]),
-                   orientation=(*row, *col))
+    ref = CTVolume(
+        hu=hu,
+        pixel_spacing_mm=(0.9, 0.8),
+        slice_spacing_mm=2.0,
+        positions=np.array([[4.0, 5.0, 6.0] + 2.0 * k * normal for k in range(3)]),
+        orientation=(*row, *col),
+    )
     vol = read_nifti_volume(write_nifti_volume(tmp_path / "cor.nii", hu, (0.9, 0.8), 2.0, ref))
     np.testing.assert_allclose(vol.orientation, ref.orientation, atol=1e-6)
     np.testing.assert_allclose(vol.positions, ref.positions, atol=1e-4)
@@ -249,10 +270,14 @@ def test_round_trip_of_a_tilted_reference_keeps_positions_and_reports_tilt(tmp_p
     """Gantry tilt: slices step off the normal; NIfTI's sheared affine keeps the true positions."""
     tilt = np.radians(15.0)
     hu = np.random.default_rng(4).integers(-1000, 1000, (4, 3, 3)).astype(np.float32)
-    step = 2.0 * np.array([0.0, np.tan(tilt), 1.0])          # plane distance 2 mm along z
-    ref = CTVolume(hu=hu, pixel_spacing_mm=(0.5, 0.5), slice_spacing_mm=2.0,
-                   positions=np.array([[1.0, 2.0, 3.0] + k * step for k in range(4)]),
-                   orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
+    step = 2.0 * np.array([0.0, np.tan(tilt), 1.0])  # plane distance 2 mm along z
+    ref = CTVolume(
+        hu=hu,
+        pixel_spacing_mm=(0.5, 0.5),
+        slice_spacing_mm=2.0,
+        positions=np.array([[1.0, 2.0, 3.0] + k * step for k in range(4)]),
+        orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    )
     vol = read_nifti_volume(write_nifti_volume(tmp_path / "tilt.nii", hu, 0.5, None, ref))
     np.testing.assert_allclose(vol.positions, ref.positions, atol=1e-4)
     assert vol.slice_spacing_mm == pytest.approx(2.0)
@@ -281,14 +306,19 @@ def test_writer_refuses_and_leaves_no_partial_file(tmp_path):
 
 # ----------------------------------------------------------------------------- dcm2niix
 
-needs_dcm2niix = pytest.mark.skipif(shutil.which("dcm2niix") is None,
-                                    reason="dcm2niix not installed (apt-get install dcm2niix)")
+needs_dcm2niix = pytest.mark.skipif(
+    shutil.which("dcm2niix") is None, reason="dcm2niix not installed (apt-get install dcm2niix)"
+)
 
 
 def _dcm2niix(series: Path, out: Path) -> list[Path]:
     out.mkdir()
-    done = subprocess.run(["dcm2niix", "-z", "y", "-b", "n", "-f", "%j", "-o", str(out), str(series)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["dcm2niix", "-z", "y", "-b", "n", "-f", "%j", "-o", str(out), str(series)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return sorted(out.glob("*.nii.gz"))
 
@@ -300,7 +330,7 @@ def _assert_same_geometry(dicom: CTVolume, nifti: CTVolume):
         assert nifti.slice_spacing_mm is None
     else:
         assert nifti.slice_spacing_mm == pytest.approx(dicom.slice_spacing_mm, abs=1e-4)
-    np.testing.assert_allclose(nifti.positions, dicom.positions, atol=1e-3)   # NIfTI stores float32
+    np.testing.assert_allclose(nifti.positions, dicom.positions, atol=1e-3)  # NIfTI stores float32
     np.testing.assert_allclose(nifti.orientation, dicom.orientation, atol=1e-5)
 
 
@@ -322,7 +352,7 @@ def _small_series(folder: Path, n=4, step_mm=2.5) -> Path:
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.PixelData = (np.roll(src.pixel_array, 7 * k, axis=0) + k).astype(np.int16).tobytes()
-        ds.save_as(folder / f"s{n - k}.dcm")   # file order opposite to slice order
+        ds.save_as(folder / f"s{n - k}.dcm")  # file order opposite to slice order
     return folder
 
 

@@ -1,11 +1,21 @@
 """CTProjector on the CPU: units, agreement with ASTRA, exact adjoints, gradients, memory bound, bad input."""
+
 import astra
 import numpy as np
 import pytest
 import torch
 
-from operators import (CTProjector, ConeBeam3D, FanBeam2D, ParallelBeam2D, ParallelBeam3D, clear_matrix_cache,
-                       estimate_matrix_bytes, matrix_cache_info, set_matrix_cache_limits)
+from operators import (
+    ConeBeam3D,
+    CTProjector,
+    FanBeam2D,
+    ParallelBeam2D,
+    ParallelBeam3D,
+    clear_matrix_cache,
+    estimate_matrix_bytes,
+    matrix_cache_info,
+    set_matrix_cache_limits,
+)
 from operators.ct import astra_projector, default_projector_type
 
 
@@ -14,8 +24,7 @@ def par(n=32, views=12, px=0.8):
 
 
 def fan(n=32, views=16, px=0.8):
-    return FanBeam2D((n, n), px, np.linspace(0, 2 * np.pi, views, endpoint=False), 2 * n, 1.5 * px,
-                     2 * n * px, n * px)
+    return FanBeam2D((n, n), px, np.linspace(0, 2 * np.pi, views, endpoint=False), 2 * n, 1.5 * px, 2 * n * px, n * px)
 
 
 GEOMETRIES = {"parallel": par, "fan": fan}
@@ -29,7 +38,7 @@ def disk(g, radius_mm, mu):
     ss = 8
     y = (h / 2 - (np.arange(h * ss) + 0.5) / ss) * p
     x = ((np.arange(w * ss) + 0.5) / ss - w / 2) * p
-    inside = (x[None, :] ** 2 + y[:, None] ** 2) <= radius_mm ** 2
+    inside = (x[None, :] ** 2 + y[:, None] ** 2) <= radius_mm**2
     return torch.from_numpy(inside.reshape(h, ss, w, ss).mean(axis=(1, 3)) * mu)
 
 
@@ -40,10 +49,10 @@ def test_uniform_disk_gives_2_r_mu_through_centre(name, backend):
     r, mu = 10.0, 0.0192
     s = CTProjector(g, backend=backend)(disk(g, r, mu))
     c = g.detector_count // 2  # even count: the centre lies between bins c-1 and c
-    centre = s[:, c - 1:c + 1].mean(dim=1)
+    centre = s[:, c - 1 : c + 1].mean(dim=1)
     # chord at the bin centres (+-half a bin width from the axis), at the rotation axis for fan beam
     half_bin = 0.5 * g.detector_spacing_mm / (g.magnification if name == "fan" else 1.0)
-    expected = 2 * mu * np.sqrt(r ** 2 - half_bin ** 2)
+    expected = 2 * mu * np.sqrt(r**2 - half_bin**2)
     assert torch.allclose(centre, torch.full_like(centre, expected), rtol=0.01), (centre, expected)
 
 
@@ -203,6 +212,7 @@ def test_cuda_request_without_gpu_raises_clear_error():
 
 def test_matrix_threads_setting_is_restored():
     from operators import set_matrix_threads
+
     before = torch.get_num_threads()
     old = set_matrix_threads(1)
     try:
@@ -247,8 +257,8 @@ def test_thread_setting_reaches_the_projector_and_fbp(monkeypatch):
     old = set_threads(other)
     try:
         assert threads_seen(CTProjector(g)) == [other] * 4
-        assert torch.get_num_threads() == outside            # restored after each call
-        set_threads(None)                                     # follow torch's own setting
+        assert torch.get_num_threads() == outside  # restored after each call
+        set_threads(None)  # follow torch's own setting
         torch.set_num_threads(other)
         assert threads_seen(CTProjector(g)) == [other] * 4
         # a per-operator setting wins over the global one (FBP keeps the global: the 4th entry)
@@ -263,6 +273,7 @@ def test_thread_setting_reaches_the_projector_and_fbp(monkeypatch):
 def test_blocked_products_equal_one_product(monkeypatch):
     """Batches go through the sparse product in cache-sized blocks; the result must not change."""
     import operators.ct as ct
+
     A = CTProjector(par())
     x = torch.rand(5, 32, 32, generator=torch.Generator().manual_seed(4))
     y = torch.rand(5, *A.out_shape, generator=torch.Generator().manual_seed(5))

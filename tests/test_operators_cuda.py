@@ -5,12 +5,13 @@ needs a CUDA GPU and ASTRA's CUDA build and is skipped otherwise. Run on an NVID
 2026-11-26 (torch 2.11.0+cu130, astra-toolbox 2.5.0): the fan-beam ASTRA kernels failed the adjoint
 test (55 %), so fan beam on CUDA now uses the matrix backend; the rest passed.
 """
+
 import astra
 import numpy as np
 import pytest
 import torch
 
-from operators import CTProjector, ConeBeam3D, FanBeam2D, ParallelBeam2D, ParallelBeam3D, fbp, shepp_logan
+from operators import ConeBeam3D, CTProjector, FanBeam2D, ParallelBeam2D, ParallelBeam3D, fbp, shepp_logan
 from operators.cuda import _fan_vectors, _parallel_vectors, astra_geometries_2d, cuda_available
 
 CUDA = cuda_available()
@@ -22,8 +23,7 @@ def par(n=32, views=12):
 
 
 def fan(n=32, views=16):
-    return FanBeam2D((n, n), 0.8, np.linspace(0, 2 * np.pi, views, endpoint=False), 2 * n, 1.2, 2 * n * 0.8,
-                     n * 0.8)
+    return FanBeam2D((n, n), 0.8, np.linspace(0, 2 * np.pi, views, endpoint=False), 2 * n, 1.2, 2 * n * 0.8, n * 0.8)
 
 
 def par3d():
@@ -31,8 +31,16 @@ def par3d():
 
 
 def cone3d():
-    return ConeBeam3D((8, 24, 24), 1.0, np.linspace(0, 2 * np.pi, 12, endpoint=False), 16, 48, (1.5, 1.5),
-                      source_origin_mm=60.0, origin_detector_mm=30.0)
+    return ConeBeam3D(
+        (8, 24, 24),
+        1.0,
+        np.linspace(0, 2 * np.pi, 12, endpoint=False),
+        16,
+        48,
+        (1.5, 1.5),
+        source_origin_mm=60.0,
+        origin_detector_mm=30.0,
+    )
 
 
 # ----- runs everywhere --------------------------------------------------------------------------------
@@ -127,7 +135,7 @@ def test_cuda_2d_matches_cpu_orientation_and_scale(make, backend, tol):
 def test_cuda_units_3d_parallel():
     g = ParallelBeam3D((8, 64, 64), 0.5, [0.0, 1.0], 8, 96, (0.5, 0.5))
     c = (np.arange(64) + 0.5 - 32) * 0.5
-    disk = torch.from_numpy((c[None, :] ** 2 + c[:, None] ** 2 <= 10.0 ** 2).astype(np.float32) * 0.02)
+    disk = torch.from_numpy((c[None, :] ** 2 + c[:, None] ** 2 <= 10.0**2).astype(np.float32) * 0.02)
     vol = disk.expand(8, 64, 64).contiguous().cuda()
     p = CTProjector(g, device="cuda")(vol).cpu()  # (rows, views, cols)
     centre = p[4, :, 47:49].mean()

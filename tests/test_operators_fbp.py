@@ -1,4 +1,5 @@
 """FBP: scaling in 1/mm on phantoms, filters, differentiability, batching, bad input."""
+
 import numpy as np
 import pytest
 import torch
@@ -15,8 +16,10 @@ def pair(kind, n=64, views=180):
         angles = np.linspace(0, np.pi, views, endpoint=False)
         return (ParallelBeam2D((2 * n, 2 * n), 0.5, angles, 96, 1.0), ParallelBeam2D((n, n), 1.0, angles, 96, 1.0))
     angles = np.linspace(0, 2 * np.pi, views, endpoint=False)
-    return (FanBeam2D((2 * n, 2 * n), 0.5, angles, 128, 1.5, 2.0 * n, 1.0 * n),
-            FanBeam2D((n, n), 1.0, angles, 128, 1.5, 2.0 * n, 1.0 * n))
+    return (
+        FanBeam2D((2 * n, 2 * n), 0.5, angles, 128, 1.5, 2.0 * n, 1.0 * n),
+        FanBeam2D((n, n), 1.0, angles, 128, 1.5, 2.0 * n, 1.0 * n),
+    )
 
 
 @pytest.mark.parametrize("kind", ["parallel", "fan"])
@@ -44,13 +47,13 @@ def test_uniform_disk_value_and_position(kind):
     c = (np.arange(h) + 0.5 - h / 2) * p
     x, y = np.meshgrid(c, -c)  # y up
     mu = 0.03
-    img = torch.from_numpy(((x - 8) ** 2 + (y - 12) ** 2 <= 9 ** 2) * mu)
+    img = torch.from_numpy(((x - 8) ** 2 + (y - 12) ** 2 <= 9**2) * mu)
     rec = fbp(CTProjector(fine)(img), g, filter="shepp-logan")
     n = g.image_shape[0]
     cc = (np.arange(n) + 0.5 - n / 2) * g.pixel_spacing_mm
     X, Y = np.meshgrid(cc, -cc)
-    inner = torch.from_numpy((X - 8) ** 2 + (Y - 12) ** 2 <= 6 ** 2)
-    outer = torch.from_numpy((X - 8) ** 2 + (Y - 12) ** 2 >= 12 ** 2)
+    inner = torch.from_numpy((X - 8) ** 2 + (Y - 12) ** 2 <= 6**2)
+    outer = torch.from_numpy((X - 8) ** 2 + (Y - 12) ** 2 >= 12**2)
     assert abs(float(rec[inner].mean()) / mu - 1) < 0.02
     assert float(rec[outer].abs().mean()) < 0.02 * mu
 
@@ -131,6 +134,7 @@ def test_full_turn_parallel_scan_has_the_same_scale():
     full = ParallelBeam2D((32, 32), 1.0, np.linspace(0, 2 * np.pi, 120, endpoint=False), 48, 1.0)
     x = shepp_logan((32, 32), 1.0, dtype=torch.float64)
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # neither geometry may warn
         a = fbp(CTProjector(half)(x), half)

@@ -1,32 +1,54 @@
 """Geometry dataclasses: validation, JSON round trip, sinogram-file fields, ASTRA conversion."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from operators import (ConeBeam3D, CTProjector, FanBeam2D, ParallelBeam2D, ParallelBeam3D, geometry_from_dict,
-                       geometry_from_json, shepp_logan)
+from operators import (
+    ConeBeam3D,
+    CTProjector,
+    FanBeam2D,
+    ParallelBeam2D,
+    ParallelBeam3D,
+    geometry_from_dict,
+    geometry_from_json,
+    shepp_logan,
+)
 from tomo.io.sinogram import geometry_from_fields, geometry_to_fields
 
 
 def par(**kw):
-    args = dict(image_shape=(32, 32), pixel_spacing_mm=0.8, angles=np.linspace(0, np.pi, 12, endpoint=False),
-                detector_count=48, detector_spacing_mm=0.8)
+    args = dict(
+        image_shape=(32, 32),
+        pixel_spacing_mm=0.8,
+        angles=np.linspace(0, np.pi, 12, endpoint=False),
+        detector_count=48,
+        detector_spacing_mm=0.8,
+    )
     args.update(kw)
     return ParallelBeam2D(**args)
 
 
 def fan(**kw):
-    args = dict(image_shape=(32, 32), pixel_spacing_mm=0.8, angles=np.linspace(0, 2 * np.pi, 16, endpoint=False),
-                detector_count=64, detector_spacing_mm=1.2, source_origin_mm=51.2, origin_detector_mm=25.6)
+    args = dict(
+        image_shape=(32, 32),
+        pixel_spacing_mm=0.8,
+        angles=np.linspace(0, 2 * np.pi, 16, endpoint=False),
+        detector_count=64,
+        detector_spacing_mm=1.2,
+        source_origin_mm=51.2,
+        origin_detector_mm=25.6,
+    )
     args.update(kw)
     return FanBeam2D(**args)
 
 
 def cone():
-    return ConeBeam3D((4, 16, 16), 1.0, [0.0, 0.5, 1.0], 6, 24, (1.5, 1.5), source_origin_mm=40.0,
-                      origin_detector_mm=20.0)
+    return ConeBeam3D(
+        (4, 16, 16), 1.0, [0.0, 0.5, 1.0], 6, 24, (1.5, 1.5), source_origin_mm=40.0, origin_detector_mm=20.0
+    )
 
 
 def par3d():
@@ -59,8 +81,15 @@ def test_sinogram_fields_round_trip_through_npz(make, tmp_path):
     with np.load(path) as d:
         g2 = geometry_from_fields(d)
     assert g2 == g
-    assert set(geometry_to_fields(g)) <= {"geometry", "angles", "detector_spacing_mm", "pixel_spacing_mm",
-                                            "image_shape", "source_origin_mm", "origin_detector_mm"}
+    assert set(geometry_to_fields(g)) <= {
+        "geometry",
+        "angles",
+        "detector_spacing_mm",
+        "pixel_spacing_mm",
+        "image_shape",
+        "source_origin_mm",
+        "origin_detector_mm",
+    }
     assert geometry_to_fields(g)["angles"].dtype == np.float32
 
 
@@ -81,16 +110,25 @@ def test_sinogram_fields_need_detector_count_or_sinogram():
 def test_file_written_with_astra_directly_is_read_correctly(make, tmp_path):
     """An outside tool writes a sinogram with ASTRA's own calls; we read it and agree."""
     import astra
+
     g_ref = make()
     h, w = g_ref.image_shape
     p = g_ref.pixel_spacing_mm
     angles = np.asarray(g_ref.angles, np.float32)
     vol_geom = astra.create_vol_geom(h, w, -w * p / 2, w * p / 2, -h * p / 2, h * p / 2)
     if isinstance(g_ref, FanBeam2D):
-        proj_geom = astra.create_proj_geom("fanflat", g_ref.detector_spacing_mm, g_ref.detector_count, angles,
-                                           g_ref.source_origin_mm, g_ref.origin_detector_mm)
-        ptype, extra = "line_fanflat", {"source_origin_mm": g_ref.source_origin_mm,
-                                        "origin_detector_mm": g_ref.origin_detector_mm}
+        proj_geom = astra.create_proj_geom(
+            "fanflat",
+            g_ref.detector_spacing_mm,
+            g_ref.detector_count,
+            angles,
+            g_ref.source_origin_mm,
+            g_ref.origin_detector_mm,
+        )
+        ptype, extra = (
+            "line_fanflat",
+            {"source_origin_mm": g_ref.source_origin_mm, "origin_detector_mm": g_ref.origin_detector_mm},
+        )
     else:
         proj_geom = astra.create_proj_geom("parallel", g_ref.detector_spacing_mm, g_ref.detector_count, angles)
         ptype, extra = "linear", {}
@@ -103,9 +141,16 @@ def test_file_written_with_astra_directly_is_read_correctly(make, tmp_path):
         astra.data2d.delete(sid)
     finally:
         astra.projector.delete(pid)
-    np.savez(tmp_path / "astra.npz", sinogram=sino.astype(np.float32), angles=angles,
-             geometry="fanbeam" if extra else "parallel", detector_spacing_mm=g_ref.detector_spacing_mm,
-             pixel_spacing_mm=p, image_shape=np.array([h, w]), **extra)
+    np.savez(
+        tmp_path / "astra.npz",
+        sinogram=sino.astype(np.float32),
+        angles=angles,
+        geometry="fanbeam" if extra else "parallel",
+        detector_spacing_mm=g_ref.detector_spacing_mm,
+        pixel_spacing_mm=p,
+        image_shape=np.array([h, w]),
+        **extra,
+    )
     with np.load(tmp_path / "astra.npz") as d:
         g = geometry_from_fields(d)
         file_sino = torch.from_numpy(d["sinogram"])
@@ -114,18 +159,21 @@ def test_file_written_with_astra_directly_is_read_correctly(make, tmp_path):
     assert rel < 1e-5, rel  # measured: ~4e-7 (float32 rounding of the same ASTRA weights)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(angles=[]), "empty"),
-    (dict(angles=[0.0, np.nan]), "NaN or Inf"),
-    (dict(angles=[[0.0, 1.0]]), "one-dimensional"),
-    (dict(image_shape=(32, 0)), "positive integer"),
-    (dict(image_shape=(32,)), "2 entries"),
-    (dict(pixel_spacing_mm=0.0), "> 0"),
-    (dict(pixel_spacing_mm=np.inf), "finite"),
-    (dict(detector_count=-3), "positive integer"),
-    (dict(detector_count=2.5), "positive integer"),
-    (dict(detector_spacing_mm=-1.0), "> 0"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(angles=[]), "empty"),
+        (dict(angles=[0.0, np.nan]), "NaN or Inf"),
+        (dict(angles=[[0.0, 1.0]]), "one-dimensional"),
+        (dict(image_shape=(32, 0)), "positive integer"),
+        (dict(image_shape=(32,)), "2 entries"),
+        (dict(pixel_spacing_mm=0.0), "> 0"),
+        (dict(pixel_spacing_mm=np.inf), "finite"),
+        (dict(detector_count=-3), "positive integer"),
+        (dict(detector_count=2.5), "positive integer"),
+        (dict(detector_spacing_mm=-1.0), "> 0"),
+    ],
+)
 def test_bad_parallel_geometry(bad, match):
     with pytest.raises(ValueError, match=match):
         par(**bad)

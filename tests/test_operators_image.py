@@ -1,10 +1,11 @@
 """Image-domain operators: exact adjoints, kernels, shapes, masks, bad input."""
+
 import math
 
 import pytest
 import torch
 
-from operators import (Downsample, GaussianBlur, Identity, Inpaint, MotionBlur, Outpaint, box_mask, random_mask)
+from operators import Downsample, GaussianBlur, Identity, Inpaint, MotionBlur, Outpaint, box_mask, random_mask
 from operators.image import Convolution, gaussian_kernel, motion_kernel
 
 SHAPE = (32, 32)

@@ -1,4 +1,5 @@
 """Noise models: exact formula, statistics, determinism, bad input."""
+
 import math
 
 import pytest
@@ -61,8 +62,8 @@ def test_transmission_weights_are_inverse_variances_with_a_floor():
     y = torch.tensor([0.0, 1.0, 5.0])
     torch.testing.assert_close(transmission_weights(y, 1e4), 1e4 * torch.exp(-y))
     floored = transmission_weights(y, 1e4, model_error=0.03)
-    torch.testing.assert_close(floored, 1 / (torch.exp(y) / 1e4 + 0.03 ** 2))
-    torch.testing.assert_close(transmission_weights(y), torch.exp(-y))   # relative, without I0
+    torch.testing.assert_close(floored, 1 / (torch.exp(y) / 1e4 + 0.03**2))
+    torch.testing.assert_close(transmission_weights(y), torch.exp(-y))  # relative, without I0
     with pytest.raises(ValueError, match="i0"):
         transmission_weights(y, 0.0)
     with pytest.raises(ValueError, match="model_error"):

@@ -1,8 +1,8 @@
 """The diffusion prior: interface, patch assembly, checkpoints and bad input, data pipeline."""
+
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 
@@ -13,8 +13,8 @@ import torch
 from tomo.priors import DiffusionPrior, PriorCheckpointError, build_unet, default_prior_path, load_prior, make_config
 from tomo.priors.checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_config, save_tensors
 from tomo.priors.config import tiny_architecture
-from tomo.priors.training_data import SliceSampler, collect_slices, resample
 from tomo.priors.patches import position_grid
+from tomo.priors.training_data import SliceSampler, collect_slices, resample
 
 
 def tiny_prior(patch_size=16, seed=0) -> DiffusionPrior:
@@ -35,7 +35,7 @@ def phantom_volume(n=3, size=40, seed=0) -> np.ndarray:
     yy, xx = np.mgrid[:size, :size] / size - 0.5
     body = (xx / 0.45) ** 2 + (yy / 0.35) ** 2 < 1
     lungs = ((np.abs(xx) - 0.18) / 0.12) ** 2 + (yy / 0.2) ** 2 < 1
-    bone = xx ** 2 + (yy - 0.25) ** 2 < 0.05 ** 2
+    bone = xx**2 + (yy - 0.25) ** 2 < 0.05**2
     img = np.where(body, 40.0, -1000.0)
     img[lungs & body] = -800
     img[bone] = 1200
@@ -45,9 +45,11 @@ def phantom_volume(n=3, size=40, seed=0) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- interface
 
+
 def test_schedule_and_hu_map_follow_the_config():
     prior = tiny_prior()
     from diffusers import DDPMScheduler
+
     ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
     assert prior.alphas_cumprod.dtype == torch.float64 and prior.alphas_cumprod.shape == (1000,)
     assert prior.num_train_timesteps == 1000
@@ -55,7 +57,7 @@ def test_schedule_and_hu_map_follow_the_config():
     assert prior.hu_window == (-1000.0, 2000.0) and prior.pixel_size_mm == 1.5
     hu = torch.tensor([-1000.0, 500.0, 2000.0, -3000.0, 3000.0])
     x = prior.hu_to_model(hu)
-    assert torch.allclose(x, torch.tensor([-1.0, 0.0, 1.0, -7 / 3, 5 / 3]))      # no clipping
+    assert torch.allclose(x, torch.tensor([-1.0, 0.0, 1.0, -7 / 3, 5 / 3]))  # no clipping
     assert torch.allclose(prior.model_to_hu(x), hu)
 
 
@@ -90,22 +92,22 @@ def test_patch_assembly_equals_per_patch_network_calls():
     x = torch.randn(1, 1, 20, 24)
     shift = (5, 3)
     out = prior.eps(x, 250, shift=shift)
-    padded = torch.zeros(1, 1, 32, 32)                       # ceil((20+5)/16)*16, ceil((24+3)/16)*16
+    padded = torch.zeros(1, 1, 32, 32)  # ceil((20+5)/16)*16, ceil((24+3)/16)*16
     padded[:, :, 5:25, 3:27] = x
     for top in (0, 16):
         for left in (0, 16):
-            patch = padded[:, :, top:top + 16, left:left + 16]
+            patch = padded[:, :, top : top + 16, left : left + 16]
             pos = position_grid(top - 5, left - 3, 16, 20, 24)
             ref = prior.unet(torch.cat([patch, pos], 1), torch.tensor([250])).sample
             ys, ye = max(top, 5), min(top + 16, 25)
             xs, xe = max(left, 3), min(left + 16, 27)
-            got = out[:, :, ys - 5:ye - 5, xs - 3:xe - 3]
-            torch.testing.assert_close(got, ref[:, :, ys - top:ye - top, xs - left:xe - left])
+            got = out[:, :, ys - 5 : ye - 5, xs - 3 : xe - 3]
+            torch.testing.assert_close(got, ref[:, :, ys - top : ye - top, xs - left : xe - left])
 
 
 def test_position_grid_convention():
     pos = position_grid(0, 0, 4, 4, 8)
-    assert torch.allclose(pos[0, 0, 0], torch.tensor([-7, -5, -3, -1]) / 8)   # x along columns, W = 8
+    assert torch.allclose(pos[0, 0, 0], torch.tensor([-7, -5, -3, -1]) / 8)  # x along columns, W = 8
     assert torch.allclose(pos[0, 1, :, 0], torch.tensor([-3, -1, 1, 3]) / 4)  # y along rows, H = 4
     assert torch.allclose(position_grid(-2, 6, 4, 4, 8)[0, 0, 0], torch.tensor([5, 7, 9, 11]) / 8)
 
@@ -133,23 +135,27 @@ def test_whole_image_mode_any_size():
     assert x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("x, t, err, match", [
-    (torch.randn(1, 16, 16), 5, ValueError, r"\[B, 1, H, W\]"),
-    (torch.randn(1, 2, 16, 16), 5, ValueError, r"\[B, 1, H, W\]"),
-    (torch.zeros(1, 1, 16, 16, dtype=torch.long), 5, TypeError, "floating"),
-    (torch.full((1, 1, 16, 16), float("nan")), 5, ValueError, "NaN"),
-    (torch.randn(1, 1, 16, 16), 1000, ValueError, r"\[0, 999\]"),
-    (torch.randn(1, 1, 16, 16), -1, ValueError, r"\[0, 999\]"),
-    (torch.randn(2, 1, 16, 16), torch.tensor([1, 2, 3]), ValueError, "3 entries"),
-    (torch.randn(1, 1, 16, 16), 5.0, TypeError, "int"),
-    (torch.randn(1, 1, 16, 16), torch.tensor([0.5]), TypeError, "integer"),
-])
+@pytest.mark.parametrize(
+    "x, t, err, match",
+    [
+        (torch.randn(1, 16, 16), 5, ValueError, r"\[B, 1, H, W\]"),
+        (torch.randn(1, 2, 16, 16), 5, ValueError, r"\[B, 1, H, W\]"),
+        (torch.zeros(1, 1, 16, 16, dtype=torch.long), 5, TypeError, "floating"),
+        (torch.full((1, 1, 16, 16), float("nan")), 5, ValueError, "NaN"),
+        (torch.randn(1, 1, 16, 16), 1000, ValueError, r"\[0, 999\]"),
+        (torch.randn(1, 1, 16, 16), -1, ValueError, r"\[0, 999\]"),
+        (torch.randn(2, 1, 16, 16), torch.tensor([1, 2, 3]), ValueError, "3 entries"),
+        (torch.randn(1, 1, 16, 16), 5.0, TypeError, "int"),
+        (torch.randn(1, 1, 16, 16), torch.tensor([0.5]), TypeError, "integer"),
+    ],
+)
 def test_eps_rejects_bad_input(x, t, err, match):
     with pytest.raises(err, match=match):
         tiny_prior().eps(x, t)
 
 
 # ----------------------------------------------------------------------------- checkpoints
+
 
 def test_save_load_round_trip(tmp_path):
     prior = tiny_prior(seed=1)
@@ -158,7 +164,7 @@ def test_save_load_round_trip(tmp_path):
     x = torch.randn(1, 1, 24, 24)
     torch.testing.assert_close(loaded.eps(x, 40, shift=(1, 2)), prior.eps(x, 40, shift=(1, 2)), rtol=0, atol=0)
     assert not any(p.requires_grad for p in loaded.parameters())
-    assert load_prior(tmp_path / WEIGHTS_NAME).config == prior.config     # either file works too
+    assert load_prior(tmp_path / WEIGHTS_NAME).config == prior.config  # either file works too
 
 
 def test_env_var_overrides_default_path(tmp_path, monkeypatch):
@@ -175,13 +181,13 @@ def test_missing_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="TOMO_PRIOR"):
         load_prior()
     with pytest.raises(FileNotFoundError, match="config"):
-        load_prior(tmp_path)                           # empty folder
+        load_prior(tmp_path)  # empty folder
 
 
 def test_corrupt_weights(tmp_path):
     save_prior(tiny_prior(), tmp_path)
     data = (tmp_path / WEIGHTS_NAME).read_bytes()
-    (tmp_path / WEIGHTS_NAME).write_bytes(data[: len(data) // 2])          # truncated download
+    (tmp_path / WEIGHTS_NAME).write_bytes(data[: len(data) // 2])  # truncated download
     with pytest.raises(PriorCheckpointError, match="corrupt or truncated"):
         load_prior(tmp_path)
     (tmp_path / WEIGHTS_NAME).write_bytes(b"\x00" * 64)
@@ -205,7 +211,7 @@ def test_corrupt_or_foreign_config(tmp_path):
 
 def test_weights_from_an_incompatible_config(tmp_path):
     save_prior(tiny_prior(), tmp_path)
-    config = make_config(patch_size=64)                     # the 'small' architecture
+    config = make_config(patch_size=64)  # the 'small' architecture
     save_config(tmp_path / CONFIG_NAME, config)
     with pytest.raises(PriorCheckpointError, match="different config"):
         load_prior(tmp_path)
@@ -223,6 +229,7 @@ def test_weights_with_nan_are_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------- data
+
 
 def test_collect_slices_counts_and_skips_bad_files(tmp_path):
     root = tmp_path / "data"
@@ -258,7 +265,7 @@ def test_empty_or_unreadable_folder_is_a_clear_error(tmp_path):
 def test_resample_to_target_pixel_size():
     img = np.zeros((100, 60), np.float32)
     img[40:60, 20:40] = 1000.0
-    out = resample(img, (0.75, 1.5), 1.5)            # rows at 0.75 mm, columns already at 1.5 mm
+    out = resample(img, (0.75, 1.5), 1.5)  # rows at 0.75 mm, columns already at 1.5 mm
     assert out.shape == (50, 60)
     assert abs(out.sum() * 1.5 * 1.5 - img.sum() * 0.75 * 1.5) / (img.sum() * 0.75 * 1.5) < 0.02  # HU*area kept
 
@@ -266,22 +273,24 @@ def test_resample_to_target_pixel_size():
 def test_sampler_crops_masks_and_positions():
     hu = phantom_volume(1, size=40)[0]
     from tomo.priors.training_data import SliceRecord
+
     rec = SliceRecord(np.clip(hu, -1000, 2000).astype(np.int16), (1.5, 1.5), "g", "s")
     config = make_config(architecture=tiny_architecture(), patch_size=16)
     sampler = SliceSampler([rec], config, hflip=False)
     x0, mask, pos = sampler.sample(64, torch.Generator().manual_seed(0))
     assert x0.shape == mask.shape == (64, 1, 16, 16) and pos.shape == (64, 2, 16, 16)
     assert torch.all(x0[mask == 0] == 0) and x0.min() >= -1 and x0.max() <= 1
-    assert (mask == 0).any() and (mask == 1).any()          # some patches hang over the border
+    assert (mask == 0).any() and (mask == 1).any()  # some patches hang over the border
     # a fully inside pixel's value and position identify where it came from
     img = torch.from_numpy(sampler.image(0))
     b = int(torch.nonzero(mask.flatten(1).all(1))[0])
     col = int(round(((float(pos[b, 0, 0, 0]) + 1) * 40 / 2) - 0.5))
     row = int(round(((float(pos[b, 1, 0, 0]) + 1) * 40 / 2) - 0.5))
-    torch.testing.assert_close(x0[b, 0], img[row:row + 16, col:col + 16])
+    torch.testing.assert_close(x0[b, 0], img[row : row + 16, col : col + 16])
 
 
 # ----------------------------------------------------------------------------- the shipped prior
+
 
 def _shipped_config() -> dict:
     path = Path(__file__).resolve().parents[1] / "data" / "prior" / CONFIG_NAME
@@ -295,7 +304,7 @@ def test_shipped_prior_loads_by_default(monkeypatch):
     config = _shipped_config()
     prior = load_prior()
     assert prior.config == config
-    assert (default_prior_path() / WEIGHTS_NAME).stat().st_size <= 30 * 2 ** 20
+    assert (default_prior_path() / WEIGHTS_NAME).stat().st_size <= 30 * 2**20
     assert 1.0 <= prior.pixel_size_mm <= 2.0
 
 
@@ -306,6 +315,7 @@ def test_shipped_prior_denoises_real_ct_better_than_zero(shared_data, monkeypatc
     if config.get("training", {}).get("placeholder"):
         pytest.skip("data/prior holds the untrained placeholder")
     from tomo.io.dicom_read import read_series
+
     folder = shared_data / "train" / "dicom" / "lung-pet-ct-dx-a0002"
     vol = read_series(folder)
     prior = load_prior()
@@ -323,20 +333,22 @@ def test_shipped_prior_denoises_real_ct_better_than_zero(shared_data, monkeypatc
 
 # ----------------------------------------------------------------------------- Gaussian skip
 
+
 def test_gaussian_skip_is_the_gaussian_mmse_and_c_out_its_residual_std():
     """With a zero network output, eps equals the MMSE estimate for N(mu, s2) pixels, whose
     error variance is c_out^2 (checked by Monte Carlo on 200k pixels)."""
     from tomo.priors.prior import skip_coefficients
+
     torch.manual_seed(0)
     mu, s2 = -0.7, 0.1
     config = make_config(architecture=tiny_architecture(), patch_size=16, gaussian_skip=(mu, s2))
     prior = DiffusionPrior(build_unet(config), config).eval()
-    with torch.no_grad():                      # network output F = 0
+    with torch.no_grad():  # network output F = 0
         prior.unet.conv_out.weight.zero_()
         prior.unet.conv_out.bias.zero_()
-    c_skip, c_out, mean = skip_coefficients(config, prior.alphas_cumprod)
+    c_skip, c_out, _mean = skip_coefficients(config, prior.alphas_cumprod)
     g = torch.Generator().manual_seed(1)
-    x0 = mu + s2 ** 0.5 * torch.randn(1, 1, 400, 500, generator=g, dtype=torch.float64)
+    x0 = mu + s2**0.5 * torch.randn(1, 1, 400, 500, generator=g, dtype=torch.float64)
     noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
     for t in (5, 300, 900):
         abar = prior.alphas_cumprod[t]
@@ -352,6 +364,7 @@ def test_gaussian_skip_is_the_gaussian_mmse_and_c_out_its_residual_std():
 
 def test_no_gaussian_skip_means_plain_epsilon():
     from tomo.priors.prior import skip_coefficients
+
     prior = tiny_prior()
     assert prior.config["gaussian_skip"] is None
     c_skip, c_out, mean = skip_coefficients(prior.config, prior.alphas_cumprod)
@@ -366,6 +379,7 @@ def test_training_data_reads_nifti_volumes(tmp_path):
     pytest.importorskip("nibabel")
     from tomo.io.nifti import write_nifti_volume
     from tomo.priors.training_data import collect_slices
+
     hu = phantom_volume(3, size=40)
     write_nifti_volume(tmp_path / "vol.nii.gz", hu.astype(np.float32), (1.25, 1.25), 2.0)
     np.savez(tmp_path / "other.npz", hu=hu[:2], spacing_mm=np.array([1.0, 1.0, 2.0], np.float32))
@@ -373,4 +387,6 @@ def test_training_data_reads_nifti_volumes(tmp_path):
     assert report.n_slices == 5 and report.n_volumes == 2 and not report.skipped
     nifti = [r for r in records if "vol.nii.gz" in r.source]
     assert len(nifti) == 3 and nifti[0].spacing_mm == (1.25, 1.25)
-    assert np.abs(np.sort(nifti[0].hu.ravel()) - np.sort(np.clip(hu, -1000, 2000).astype(np.int16)[0].ravel())).max() <= 1
+    assert (
+        np.abs(np.sort(nifti[0].hu.ravel()) - np.sort(np.clip(hu, -1000, 2000).astype(np.int16)[0].ravel())).max() <= 1
+    )

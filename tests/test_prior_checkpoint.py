@@ -1,4 +1,5 @@
 """Prior checkpoints: shipped priors by name (source tree and wheel layout), sharded weights."""
+
 from __future__ import annotations
 
 import json
@@ -7,13 +8,20 @@ import sys
 import pytest
 import torch
 
+from tests.test_prior import tiny_prior
 from tomo.priors import PriorCheckpointError, load_prior, shipped_prior_path
 from tomo.priors import prior as prior_module
-from tomo.priors.checkpoint import (CONFIG_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, has_weights, load_weights,
-                                    save_config, save_weights, weight_files)
+from tomo.priors.checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    has_weights,
+    load_weights,
+    save_config,
+    save_weights,
+    weight_files,
+)
 from tomo.priors.export import export_prior
-
-from tests.test_prior import tiny_prior
 
 
 def _save(prior, folder, shard_mb=None):
@@ -29,6 +37,7 @@ def _same_output(a, b) -> None:
 
 
 # ----------------------------------------------------------------------------- names
+
 
 def test_default_name_is_the_shipped_prior(monkeypatch):
     monkeypatch.delenv("TOMO_PRIOR", raising=False)
@@ -56,7 +65,7 @@ def test_large_prior_not_shipped_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_names_resolve_in_a_wheel_install(tmp_path, monkeypatch):
     """Without the repository's data/, names find <sys.prefix>/share/tomo/<folder> (setup.cfg data_files)."""
-    monkeypatch.setattr(prior_module, "REPO_DATA", tmp_path / "repo-data")      # no source tree
+    monkeypatch.setattr(prior_module, "REPO_DATA", tmp_path / "repo-data")  # no source tree
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
     monkeypatch.delenv("TOMO_PRIOR", raising=False)
     share = tmp_path / "venv" / "share" / "tomo"
@@ -78,19 +87,20 @@ def test_an_existing_folder_wins_over_a_name(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- shards
 
+
 def test_sharded_weights_round_trip_and_respect_the_limit(tmp_path):
     prior = tiny_prior(seed=3)
-    limit_mb = 0.04                                    # the tiny UNet is ~0.2 MB: several shards
+    limit_mb = 0.04  # the tiny UNet is ~0.2 MB: several shards
     files = save_weights(tmp_path, prior.unet.state_dict(), shard_mb=limit_mb)
     save_config(tmp_path / CONFIG_NAME, prior.config)
     shards = files[1:]
     assert files[0].name == WEIGHTS_INDEX_NAME and len(shards) >= 3
-    assert all(f.stat().st_size <= limit_mb * 2 ** 20 for f in shards)
+    assert all(f.stat().st_size <= limit_mb * 2**20 for f in shards)
     assert not (tmp_path / WEIGHTS_NAME).exists() and has_weights(tmp_path)
     assert weight_files(tmp_path) == files
     _same_output(load_prior(tmp_path), prior)
     _same_output(load_prior(tmp_path / WEIGHTS_INDEX_NAME), prior)
-    _same_output(load_prior(shards[0]), prior)          # a shard file means its checkpoint too
+    _same_output(load_prior(shards[0]), prior)  # a shard file means its checkpoint too
     tensors, meta = load_weights(tmp_path)
     assert tensors.keys() == prior.unet.state_dict().keys() and meta["format"] == "tomo-diffusion-prior-weights"
 
@@ -99,11 +109,11 @@ def test_resaving_replaces_old_shards_and_layouts(tmp_path):
     a, b = tiny_prior(seed=4), tiny_prior(seed=5)
     first = save_weights(tmp_path, a.unet.state_dict(), shard_mb=0.04)
     second = save_weights(tmp_path, b.unet.state_dict(), shard_mb=0.08)
-    assert not set(first[1:]) & set(second[1:])         # content-named: never written over
-    assert sorted(tmp_path.glob("prior-*.safetensors")) == sorted(second[1:])   # old ones removed
+    assert not set(first[1:]) & set(second[1:])  # content-named: never written over
+    assert sorted(tmp_path.glob("prior-*.safetensors")) == sorted(second[1:])  # old ones removed
     save_config(tmp_path / CONFIG_NAME, b.config)
     _same_output(load_prior(tmp_path), b)
-    save_weights(tmp_path, a.unet.state_dict())         # back to one file: the shards go
+    save_weights(tmp_path, a.unet.state_dict())  # back to one file: the shards go
     assert not list(tmp_path.glob("prior-*.safetensors")) and not (tmp_path / WEIGHTS_INDEX_NAME).exists()
     _same_output(load_prior(tmp_path), a)
 
@@ -117,7 +127,7 @@ def test_missing_or_foreign_shard_is_a_clear_error(tmp_path):
         load_prior(tmp_path)
     (tmp_path / "elsewhere.bin").rename(files[2])
     index = json.loads(files[0].read_text())
-    index["weight_map"] = {k: files[1].name for k in index["weight_map"]}    # everything in shard 1
+    index["weight_map"] = {k: files[1].name for k in index["weight_map"]}  # everything in shard 1
     files[0].write_text(json.dumps(index))
     with pytest.raises(PriorCheckpointError, match="does not hold the tensors"):
         load_prior(tmp_path)

@@ -2,6 +2,8 @@
 
 Small problems (32 x 32 Shepp-Logan, a few tens of views) so the whole file runs in seconds.
 """
+
+import itertools
 import math
 
 import numpy as np
@@ -10,17 +12,21 @@ import torch
 
 from operators import CTProjector, ParallelBeam2D, shepp_logan
 from operators.base import LinearOperator
+from tomo.methods import classical as methods_module
 from tomo.methods.registry import MethodOption, MethodRegistry, default_registry, get_method, reconstruct
 from tomo.recon import cgls, fbp_reconstruct, gradient, gradient_adjoint, sirt, total_variation, tv_pdhg
-from tomo.methods import classical as methods_module
 
 N, PX = 32, 2.0
 
 
 def _geometry(views=24, det=48):
-    return ParallelBeam2D(image_shape=(N, N), pixel_spacing_mm=PX,
-                          angles=np.linspace(0, np.pi, views, endpoint=False),
-                          detector_count=det, detector_spacing_mm=PX)
+    return ParallelBeam2D(
+        image_shape=(N, N),
+        pixel_spacing_mm=PX,
+        angles=np.linspace(0, np.pi, views, endpoint=False),
+        detector_count=det,
+        detector_spacing_mm=PX,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +60,29 @@ def test_total_variation_of_a_step():
 def test_sirt_converges_and_stays_non_negative(problem):
     _, op, x, y = problem
     residuals = []
-    rec = sirt(op, y, iterations=200, progress=False,
-               callback=lambda k, xk: residuals.append(float((op(xk) - y).norm())) and None)
+    rec = sirt(
+        op,
+        y,
+        iterations=200,
+        progress=False,
+        callback=lambda k, xk: residuals.append(float((op(xk) - y).norm())) and None,
+    )
     assert rec.shape == x.shape and float(rec.min()) >= 0.0
     assert residuals[-1] < 0.1 * residuals[0]
-    assert all(b <= a * (1 + 1e-4) for a, b in zip(residuals, residuals[1:])), "SIRT residual must not grow"
+    assert all(b <= a * (1 + 1e-4) for a, b in itertools.pairwise(residuals)), "SIRT residual must not grow"
     assert _rel(rec, x) < 0.25  # measured 0.17 after 200 iterations (slowly converging)
 
 
 def test_cgls_converges_on_consistent_data(problem):
     _, op, x, y = problem
     normal_res = []
-    rec = cgls(op, y, iterations=60, progress=False,
-               callback=lambda k, xk: normal_res.append(float(op.adjoint(y - op(xk)).norm())) and None)
+    rec = cgls(
+        op,
+        y,
+        iterations=60,
+        progress=False,
+        callback=lambda k, xk: normal_res.append(float(op.adjoint(y - op(xk)).norm())) and None,
+    )
     assert normal_res[-1] < 1e-2 * normal_res[0]
     assert _rel(rec, x) < 0.15  # measured 0.09 (24 views x 48 bins for 32 x 32 unknowns)
 
@@ -103,12 +119,19 @@ def test_tv_objective_decreases(problem):
     c = op.norm() * 0.0192
 
     def objective(mu):
-        return float(0.5 * ((op(mu) - y) ** 2).sum() / c ** 2 + weight * total_variation(mu[None] / 0.0192))
+        return float(0.5 * ((op(mu) - y) ** 2).sum() / c**2 + weight * total_variation(mu[None] / 0.0192))
 
     start = torch.zeros_like(x) + 0.01
     values = []
-    tv_pdhg(op, y, weight=weight, iterations=300, x0=start, progress=False,
-            callback=lambda k, m: values.append(objective(m[0])) and None)
+    tv_pdhg(
+        op,
+        y,
+        weight=weight,
+        iterations=300,
+        x0=start,
+        progress=False,
+        callback=lambda k, m: values.append(objective(m[0])) and None,
+    )
     assert values[-1] < 0.2 * objective(start)
     assert abs(values[-1] - values[-50]) < 1e-3 * abs(values[-1]), "TV did not settle in 300 iterations"
 
@@ -123,11 +146,14 @@ def test_tv_weight_orders_smoothness(problem):
     assert _rel(recs[0], x) < 0.06  # measured 0.033
 
 
-@pytest.mark.parametrize("solver, kwargs", [
-    (sirt, dict(iterations=40, tol=1e-3)),
-    (cgls, dict(iterations=40, tol=1e-2)),
-    (tv_pdhg, dict(weight=1e-3, iterations=60, tol=1e-3)),
-])
+@pytest.mark.parametrize(
+    "solver, kwargs",
+    [
+        (sirt, dict(iterations=40, tol=1e-3)),
+        (cgls, dict(iterations=40, tol=1e-2)),
+        (tv_pdhg, dict(weight=1e-3, iterations=60, tol=1e-3)),
+    ],
+)
 def test_batch_equals_per_slice(problem, solver, kwargs):
     """Items meeting the stopping rule are frozen, so a batch gives the per-item results."""
     _, op, x, y = problem
@@ -174,6 +200,7 @@ def test_callback_can_stop(problem):
 
 def test_generic_linear_operator():
     """The solvers need only a LinearOperator (here an explicit well-conditioned matrix)."""
+
     class Dense(LinearOperator):
         def __init__(self, m):
             super().__init__((m.shape[1],), (m.shape[0],))
@@ -194,7 +221,7 @@ def test_generic_linear_operator():
 
 # ----- registry and reconstruct() ------------------------------------------------------------------
 def test_reconstruct_shapes_and_methods(problem):
-    g, op, x, y = problem
+    g, _op, x, y = problem
     for name in ("fbp", "sirt", "cgls", "tv"):
         opts = {} if name == "fbp" else {"iterations": 20}
         if name == "tv":
@@ -238,15 +265,18 @@ def test_register_method_plugin(problem):
     out = reconstruct(y, g, "dummy-test", i0=1e5, steps=9, progress=False, registry=registry)
     assert out.shape == (N, N) and calls == {"steps": 9, "i0": 1e5}
     assert registry.get_method("dummy-test").option_names == ("steps",)
-    assert "dummy-test" not in default_registry()          # an explicit registry stays apart
+    assert "dummy-test" not in default_registry()  # an explicit registry stays apart
     with pytest.raises(ValueError, match="unknown method"):
         get_method("dummy-test")
 
 
 def test_tv_default_weight_scales_with_views_per_half_turn():
     from tomo.evaluation.simulation import CONFIGS, protocol_geometry
-    w = {name: methods_module.tv_default_weight(protocol_geometry(c.geometry, c.views, 300.0), c.i0)
-         for name, c in CONFIGS.items()}
+
+    w = {
+        name: methods_module.tv_default_weight(protocol_geometry(c.geometry, c.views, 300.0), c.i0)
+        for name, c in CONFIGS.items()
+    }
     assert all(math.isfinite(v) and v > 0 for v in w.values())
     assert w["fanbeam-60"] == pytest.approx(w["parallel-30"])  # 60 fan views over 2 pi ~ 30 per half turn
     assert w["parallel-8"] == pytest.approx(w["parallel-30"] * 30 / 8)

@@ -1,4 +1,5 @@
 """tomo.io.atomic and tomo.io.npzfile: all-or-nothing writes, streamed reads and writes, memory budget."""
+
 from __future__ import annotations
 
 import os
@@ -80,7 +81,7 @@ def test_stream_writer_output_reads_with_numpy(tmp_path):
     with atomic_file(tmp_path / "o.npz") as fh, NpzStreamWriter(fh) as writer:
         with writer.array("hu", vol.shape, np.float32) as put:
             for k in range(0, 7, 3):
-                put(vol[k:k + 3])
+                put(vol[k : k + 3])
         writer.write("method", np.str_("tv"))
     with np.load(tmp_path / "o.npz") as d:
         np.testing.assert_array_equal(d["hu"], vol)
@@ -94,8 +95,10 @@ def test_stream_writer_refuses_a_short_array(tmp_path):
                 put(np.zeros((2, 2)))
 
 
-@pytest.mark.parametrize("blob, reason", [(b"", "empty file"), (b"PK\x03\x04 not really", "not a readable"),
-                                          (b"\x93NUMPY\x01\x00", "not a readable")])
+@pytest.mark.parametrize(
+    "blob, reason",
+    [(b"", "empty file"), (b"PK\x03\x04 not really", "not a readable"), (b"\x93NUMPY\x01\x00", "not a readable")],
+)
 def test_npz_archive_damage_is_one_error_class(tmp_path, blob, reason):
     (tmp_path / "x.npz").write_bytes(blob)
     with pytest.raises(KeyError, match=reason):
@@ -104,9 +107,9 @@ def test_npz_archive_damage_is_one_error_class(tmp_path, blob, reason):
 
 def test_memory_budget(monkeypatch):
     assert available_memory_bytes() > 0
-    assert parse_bytes("8G") == 8 * 2 ** 30 and parse_bytes("512MiB") == 512 * 2 ** 20
+    assert parse_bytes("8G") == 8 * 2**30 and parse_bytes("512MiB") == 512 * 2**20
     monkeypatch.setenv("TOMO_MEMORY_LIMIT", "1G")
-    assert available_memory_bytes() < 2 ** 30
+    assert available_memory_bytes() < 2**30
     with pytest.raises(MemoryBudgetError, match=r"needs about 2\.0 GiB .* is available; try less"):
-        check_memory(2 * 2 ** 30, "this", "try less")
+        check_memory(2 * 2**30, "this", "try less")
     check_memory(1024, "a little")

@@ -8,6 +8,7 @@
   one, and the inputs untouched;
 - ``tomo reconstruct --resume`` continues a stopped run without redoing finished slices.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _run(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=kwargs.pop("cwd", REPO), **kwargs)
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=kwargs.pop("cwd", REPO),
+        **kwargs,
+    )
 
 
 def _digest(path: Path) -> str:
@@ -43,11 +51,29 @@ def volume_scan(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("scan")
     hu = np.full((6, 48, 48), -1000.0, np.float32)
     for k in range(6):
-        hu[k, 8 + k:40 - k, 10:38] = 40.0 * k
+        hu[k, 8 + k : 40 - k, 10:38] = 40.0 * k
     np.savez(folder / "vol.npz", hu=hu, spacing_mm=np.array([2.0, 2.0, 3.0]))
     out = folder / "scan.npz"
-    assert main(["simulate", str(folder / "vol.npz"), "--geometry", "parallel", "--views", "12", "--grid", "24",
-                 "--i0", "1e5", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                str(folder / "vol.npz"),
+                "--geometry",
+                "parallel",
+                "--views",
+                "12",
+                "--grid",
+                "24",
+                "--i0",
+                "1e5",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -55,12 +81,15 @@ def volume_scan(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("argv", [["--help"], ["info", "--no-pixels", "{ct}"], ["info", "{npz}"]])
 def test_help_and_info_do_not_import_torch(tmp_path, argv):
     from pydicom.data import get_testdata_file
+
     np.savez(tmp_path / "v.npz", hu=np.zeros((2, 4, 4), np.int16), spacing_mm=np.ones(3))
     argv = [a.format(ct=get_testdata_file("CT_small.dcm", download=False), npz=tmp_path / "v.npz") for a in argv]
-    code = ("import sys, runpy; sys.argv = ['tomo', *sys.argv[1:]]\n"
-            "try:\n    runpy.run_module('tomo', run_name='__main__')\n"
-            "except SystemExit as e:\n    assert not e.code, e.code\n"
-            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)")
+    code = (
+        "import sys, runpy; sys.argv = ['tomo', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('tomo', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)"
+    )
     result = _run("-c", code, *argv)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().splitlines()[-1] == "NO-TORCH"
@@ -84,29 +113,61 @@ def test_quiet_prints_nothing_but_errors(volume_scan, tmp_path, capsys):
 
 def test_no_progress_flood_without_a_terminal(volume_scan, tmp_path):
     """stderr is a pipe: no carriage-return updates from any bar."""
-    result = _run("-m", "tomo", "reconstruct", str(volume_scan), "--method", "sirt", "--iterations", "20",
-                  "--batch-size", "2", "--out", str(tmp_path / "s.npz"))
+    result = _run(
+        "-m",
+        "tomo",
+        "reconstruct",
+        str(volume_scan),
+        "--method",
+        "sirt",
+        "--iterations",
+        "20",
+        "--batch-size",
+        "2",
+        "--out",
+        str(tmp_path / "s.npz"),
+    )
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr and len(result.stderr.splitlines()) <= 3, result.stderr
 
 
 # ----- bad input ----------------------------------------------------------------------------------------
 def _sinogram_fields(image_shape) -> dict:
-    return dict(sinogram=np.zeros((30, 40), np.float32), angles=np.linspace(0, np.pi, 30, endpoint=False).astype(np.float32),
-                geometry=np.str_("parallel"), detector_spacing_mm=1.0, pixel_spacing_mm=1.0,
-                image_shape=np.array(image_shape))
+    return dict(
+        sinogram=np.zeros((30, 40), np.float32),
+        angles=np.linspace(0, np.pi, 30, endpoint=False).astype(np.float32),
+        geometry=np.str_("parallel"),
+        detector_spacing_mm=1.0,
+        pixel_spacing_mm=1.0,
+        image_shape=np.array(image_shape),
+    )
 
 
 def test_empty_and_huge_inputs_are_one_line_refusals(tmp_path, capsys):
     (tmp_path / "empty.npz").write_bytes(b"")
     np.savez(tmp_path / "huge.npz", **_sinogram_fields([200000, 200000]))
-    cases = [(["info", str(tmp_path / "empty.npz")], "empty file"),
-             (["reconstruct", str(tmp_path / "empty.npz"), "--out", str(tmp_path / "a.npz")], "empty file"),
-             (["simulate", str(tmp_path / "empty.npz"), "--config", "parallel-30", "--out", str(tmp_path / "b.npz")],
-              "empty file"),
-             (["reconstruct", str(tmp_path / "huge.npz"), "--out", str(tmp_path / "c.npz")], "GiB of memory"),
-             (["simulate", "shepp-logan", "--phantom-size", "100000", "--config", "parallel-30", "--out",
-               str(tmp_path / "d.npz")], "GiB of memory")]
+    cases = [
+        (["info", str(tmp_path / "empty.npz")], "empty file"),
+        (["reconstruct", str(tmp_path / "empty.npz"), "--out", str(tmp_path / "a.npz")], "empty file"),
+        (
+            ["simulate", str(tmp_path / "empty.npz"), "--config", "parallel-30", "--out", str(tmp_path / "b.npz")],
+            "empty file",
+        ),
+        (["reconstruct", str(tmp_path / "huge.npz"), "--out", str(tmp_path / "c.npz")], "GiB of memory"),
+        (
+            [
+                "simulate",
+                "shepp-logan",
+                "--phantom-size",
+                "100000",
+                "--config",
+                "parallel-30",
+                "--out",
+                str(tmp_path / "d.npz"),
+            ],
+            "GiB of memory",
+        ),
+    ]
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
@@ -117,6 +178,7 @@ def test_empty_and_huge_inputs_are_one_line_refusals(tmp_path, capsys):
 def test_mr_image_is_named_and_refused(tmp_path, capsys):
     import pydicom
     from pydicom.data import get_testdata_file
+
     ds = pydicom.dcmread(get_testdata_file("MR_small.dcm", download=False))
     ds.Modality, ds.SOPClassUID = "CT", "1.2.840.10008.5.1.4.1.1.2"
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -124,8 +186,12 @@ def test_mr_image_is_named_and_refused(tmp_path, capsys):
     assert main(["info", str(tmp_path / "relabelled.dcm")]) == 2
     captured = capsys.readouterr()
     assert "0 CT series" in captured.out and "MR attributes" in captured.out and "HU" not in captured.out
-    assert main(["simulate", str(tmp_path / "relabelled.dcm"), "--config", "parallel-30",
-                 "--out", str(tmp_path / "s.npz")]) == 2
+    assert (
+        main(
+            ["simulate", str(tmp_path / "relabelled.dcm"), "--config", "parallel-30", "--out", str(tmp_path / "s.npz")]
+        )
+        == 2
+    )
     assert "not CT" in capsys.readouterr().err
 
 
@@ -133,8 +199,9 @@ def test_mr_image_is_named_and_refused(tmp_path, capsys):
 def _kill_at(argv: list[str], seconds: float, when_exists: Path | None = None) -> None:
     """Run ``tomo argv`` and SIGKILL it after ``seconds`` (counted from when ``when_exists`` appears)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "tomo", *argv], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tomo", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO
+    )
     while when_exists is not None and proc.poll() is None and not when_exists.exists():
         time.sleep(0.01)
     try:
@@ -158,8 +225,17 @@ def test_sigkill_leaves_no_output_or_a_complete_one(volume_scan, tmp_path, comma
     source = volume_scan.parent / "vol.npz"
     inputs = {p: _digest(p) for p in (volume_scan, source)}
     if command == "reconstruct":
-        argv = ["reconstruct", str(volume_scan), "--method", "sirt", "--iterations", "30", "--batch-size", "1",
-                "--no-preview"]
+        argv = [
+            "reconstruct",
+            str(volume_scan),
+            "--method",
+            "sirt",
+            "--iterations",
+            "30",
+            "--batch-size",
+            "1",
+            "--no-preview",
+        ]
         key, shape = "hu", (6, 24, 24)
     else:
         argv = ["simulate", str(source), "--geometry", "fanbeam", "--views", "40", "--grid", "24"]
@@ -174,7 +250,9 @@ def test_sigkill_leaves_no_output_or_a_complete_one(volume_scan, tmp_path, comma
     for k in range(2):
         out = tmp_path / f"killed{k}.npz"
         if k == 0 and command == "reconstruct":  # surely mid-run: a random moment after the first chunk
-            _kill_at(argv + ["--out", str(out)], rng.uniform(0, 0.5), tmp_path / f"{out.name}.partial" / "slices-000000.npz")
+            _kill_at(
+                argv + ["--out", str(out)], rng.uniform(0, 0.5), tmp_path / f"{out.name}.partial" / "slices-000000.npz"
+            )
         else:
             _kill_at(argv + ["--out", str(out)], rng.uniform(0.2, 0.9) * duration)
         outcomes.append(_check_complete_or_absent(out, key, shape))
@@ -188,8 +266,19 @@ def test_resume_skips_finished_chunks(volume_scan, tmp_path, monkeypatch, capsys
     import tomo.cli.reconstruct as rec
 
     out = tmp_path / "r.npz"
-    argv = ["reconstruct", str(volume_scan), "--method", "cgls", "--iterations", "8", "--batch-size", "2",
-            "--out", str(out), "--no-preview"]
+    argv = [
+        "reconstruct",
+        str(volume_scan),
+        "--method",
+        "cgls",
+        "--iterations",
+        "8",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+        "--no-preview",
+    ]
     real = rec.PartialRun.save
     calls = []
 
@@ -198,6 +287,7 @@ def test_resume_skips_finished_chunks(volume_scan, tmp_path, monkeypatch, capsys
         calls.append(start)
         if len(calls) == 2:
             raise KeyboardInterrupt  # stands for a kill after two chunks
+
     monkeypatch.setattr(rec.PartialRun, "save", save_then_die)
     assert main(argv) == 130 and not out.exists()
     partial = tmp_path / "r.npz.partial"

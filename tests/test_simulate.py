@@ -1,4 +1,5 @@
 """The evaluation simulation (evaluation.md) and the HU/attenuation conversions and scores."""
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,7 @@ def _water_disk(n=64, spacing=1.0, radius_mm=20.0):
     """HU image: water disk (0 HU) in air (-1000 HU), area-weighted edge (8 x 8 sub-samples)."""
     sub = (np.arange(n * 8) + 0.5) / 8 - n / 2
     xx, yy = np.meshgrid(sub * spacing, sub * spacing)
-    inside = (xx ** 2 + yy ** 2 <= radius_mm ** 2).reshape(n, 8, n, 8).mean(axis=(1, 3))
+    inside = (xx**2 + yy**2 <= radius_mm**2).reshape(n, 8, n, 8).mean(axis=(1, 3))
     return (-1000.0 + 1000.0 * inside).astype(np.float32)
 
 
@@ -53,7 +54,10 @@ def test_scores_use_the_fixed_window():
 # ----- protocol --------------------------------------------------------------------------------------
 def test_standard_configurations_match_evaluation_md():
     assert {k: (c.geometry, c.views, c.i0) for k, c in CONFIGS.items()} == {
-        "parallel-30": ("parallel", 30, 1e6), "parallel-8": ("parallel", 8, 1e6), "fanbeam-60": ("fanbeam", 60, 1e5)}
+        "parallel-30": ("parallel", 30, 1e6),
+        "parallel-8": ("parallel", 8, 1e6),
+        "fanbeam-60": ("fanbeam", 60, 1e5),
+    }
 
 
 def test_protocol_geometry():
@@ -83,7 +87,7 @@ def test_noiseless_water_disk_line_integrals(kind):
     assert sf.geometry.pixel_spacing_mm == pytest.approx(2.0)
     # bins are centred at +-half a bin around the axis: chord there is 2 sqrt(R^2 - h^2)
     half_bin = sf.geometry.detector_spacing_mm / 2 / (sf.geometry.magnification if kind == "fanbeam" else 1)
-    expected = 2 * np.sqrt(radius ** 2 - half_bin ** 2) * MU_WATER_PER_MM
+    expected = 2 * np.sqrt(radius**2 - half_bin**2) * MU_WATER_PER_MM
     np.testing.assert_allclose(sf.sinogram.max(axis=1), expected, rtol=0.02)
     # every view sees the same disk: rotation invariance within discretisation error
     assert sf.sinogram.sum(axis=1).std() < 0.01 * sf.sinogram.sum(axis=1).mean()
@@ -93,10 +97,12 @@ def test_noiseless_water_disk_line_integrals(kind):
 
 def test_reference_is_antialiased_resize():
     from skimage.transform import resize
+
     hu = np.random.default_rng(0).uniform(-1000, 3000, (64, 64)).astype(np.float32)  # inside the clip range
     sf = simulate_volume(hu, 0.7, SimulationConfig("parallel", 4, None), grid=32, progress=False)
-    np.testing.assert_allclose(sf.hu_reference, resize(hu, (32, 32), anti_aliasing=True, preserve_range=True),
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        sf.hu_reference, resize(hu, (32, 32), anti_aliasing=True, preserve_range=True), atol=1e-3
+    )
 
 
 def test_noise_is_seeded_and_follows_poisson_variance():

@@ -1,4 +1,5 @@
 """The sinogram exchange file (evaluation.md): round trip, validation errors, ASTRA-written files."""
+
 import numpy as np
 import pytest
 import torch
@@ -8,16 +9,26 @@ from tomo.io.sinogram import SinogramFile, SinogramFormatError, geometry_to_fiel
 
 
 def _parallel(n=16, views=6, det=24, px=1.5):
-    return ParallelBeam2D(image_shape=(n, n), pixel_spacing_mm=px,
-                          angles=np.linspace(0, np.pi, views, endpoint=False),
-                          detector_count=det, detector_spacing_mm=px)
+    return ParallelBeam2D(
+        image_shape=(n, n),
+        pixel_spacing_mm=px,
+        angles=np.linspace(0, np.pi, views, endpoint=False),
+        detector_count=det,
+        detector_spacing_mm=px,
+    )
 
 
 def _fan(n=16, views=8, det=32, px=1.5):
     fov = n * px
-    return FanBeam2D(image_shape=(n, n), pixel_spacing_mm=px,
-                     angles=np.linspace(0, 2 * np.pi, views, endpoint=False), detector_count=det,
-                     detector_spacing_mm=px * 1.5, source_origin_mm=2 * fov, origin_detector_mm=fov)
+    return FanBeam2D(
+        image_shape=(n, n),
+        pixel_spacing_mm=px,
+        angles=np.linspace(0, 2 * np.pi, views, endpoint=False),
+        detector_count=det,
+        detector_spacing_mm=px * 1.5,
+        source_origin_mm=2 * fov,
+        origin_detector_mm=fov,
+    )
 
 
 def _valid_arrays(geometry, slices=None):
@@ -33,8 +44,9 @@ def test_round_trip_keeps_everything(tmp_path, geometry, slices):
     d = _valid_arrays(geometry, slices)
     ref_shape = tuple(geometry.image_shape) if slices is None else (slices,) + tuple(geometry.image_shape)
     ref = np.random.default_rng(1).normal(0, 500, ref_shape).astype(np.float32)
-    path = save_sinogram(tmp_path / "s.npz", d["sinogram"], geometry, i0=1e5, hu_reference=ref,
-                         description="round trip")
+    path = save_sinogram(
+        tmp_path / "s.npz", d["sinogram"], geometry, i0=1e5, hu_reference=ref, description="round trip"
+    )
     f = load_sinogram(path)
     assert f.geometry == geometry
     np.testing.assert_array_equal(f.sinogram, d["sinogram"])
@@ -45,8 +57,17 @@ def test_round_trip_keeps_everything(tmp_path, geometry, slices):
     with np.load(path) as npz:
         assert npz["sinogram"].dtype == np.float32 and npz["angles"].dtype == np.float32
         assert str(npz["geometry"]) == ("parallel" if isinstance(geometry, ParallelBeam2D) else "fanbeam")
-        expected = {"sinogram", "angles", "geometry", "detector_spacing_mm", "pixel_spacing_mm", "image_shape",
-                    "i0", "hu_reference", "description"}
+        expected = {
+            "sinogram",
+            "angles",
+            "geometry",
+            "detector_spacing_mm",
+            "pixel_spacing_mm",
+            "image_shape",
+            "i0",
+            "hu_reference",
+            "description",
+        }
         if isinstance(geometry, FanBeam2D):
             expected |= {"source_origin_mm", "origin_detector_mm"}
         assert set(npz.files) == expected
@@ -88,21 +109,24 @@ def _write(tmp_path, d, name="bad.npz"):
     return path
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d.pop("angles"), r"missing keys \['angles'\]"),
-    (lambda d: d.pop("sinogram"), "missing keys"),
-    (lambda d: d.update(geometry=np.str_("cone")), "unknown geometry 'cone'"),
-    (lambda d: d.update(angles=d["angles"][:-1]), "views but 'angles' has"),
-    (lambda d: d.update(sinogram=d["sinogram"].astype(np.int16)), "floating point"),
-    (lambda d: d.update(sinogram=d["sinogram"][0]), "sinogram must be"),
-    (lambda d: d.update(sinogram=np.full_like(d["sinogram"], np.inf)), "NaN or Inf"),
-    (lambda d: d.update(angles=np.arange(6)), "angles"),
-    (lambda d: d.update(pixel_spacing_mm=-1.0), "pixel_spacing_mm"),
-    (lambda d: d.update(image_shape=np.array([16])), "image_shape"),
-    (lambda d: d.update(i0=np.float64(0.0)), "i0"),
-    (lambda d: d.update(hu_reference=np.zeros((8, 8), np.float32)), "hu_reference must have shape"),
-    (lambda d: d.update(description=np.arange(3)), "description"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.pop("angles"), r"missing keys \['angles'\]"),
+        (lambda d: d.pop("sinogram"), "missing keys"),
+        (lambda d: d.update(geometry=np.str_("cone")), "unknown geometry 'cone'"),
+        (lambda d: d.update(angles=d["angles"][:-1]), "views but 'angles' has"),
+        (lambda d: d.update(sinogram=d["sinogram"].astype(np.int16)), "floating point"),
+        (lambda d: d.update(sinogram=d["sinogram"][0]), "sinogram must be"),
+        (lambda d: d.update(sinogram=np.full_like(d["sinogram"], np.inf)), "NaN or Inf"),
+        (lambda d: d.update(angles=np.arange(6)), "angles"),
+        (lambda d: d.update(pixel_spacing_mm=-1.0), "pixel_spacing_mm"),
+        (lambda d: d.update(image_shape=np.array([16])), "image_shape"),
+        (lambda d: d.update(i0=np.float64(0.0)), "i0"),
+        (lambda d: d.update(hu_reference=np.zeros((8, 8), np.float32)), "hu_reference must have shape"),
+        (lambda d: d.update(description=np.arange(3)), "description"),
+    ],
+)
 def test_load_reports_bad_files(tmp_path, mutate, message):
     d = _valid_arrays(_parallel())
     mutate(d)
@@ -163,10 +187,16 @@ def test_file_written_by_plain_astra_is_read_and_reproduced(tmp_path, kind):
     astra.data2d.delete(sid)
     astra.projector.delete(proj_id)
     path = tmp_path / "astra.npz"
-    np.savez(path, sinogram=sino.astype(np.float32), angles=angles,
-             geometry="parallel" if kind == "parallel" else "fanbeam",
-             detector_spacing_mm=px if kind == "parallel" else px * 1.5, pixel_spacing_mm=px,
-             image_shape=np.array([n, n]), **extra)
+    np.savez(
+        path,
+        sinogram=sino.astype(np.float32),
+        angles=angles,
+        geometry="parallel" if kind == "parallel" else "fanbeam",
+        detector_spacing_mm=px if kind == "parallel" else px * 1.5,
+        pixel_spacing_mm=px,
+        image_shape=np.array([n, n]),
+        **extra,
+    )
     f = load_sinogram(path)
     assert f.geometry.sinogram_shape == (views, det)
     reproduced = CTProjector(f.geometry)(torch.from_numpy(image)).numpy()

@@ -4,6 +4,7 @@ For ``x0 ~ N(m, s^2 I)`` and ``y = M x0 + n`` the exact ``eps`` of the prior and
 posterior mean are available (``tomo.solvers.GaussianPrior``), so the solvers can be checked
 against the truth on tiny problems in well under a second each.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,9 +15,21 @@ import torch
 import operators
 from operators.base import LinearOperator
 from operators.units import MU_WATER_PER_MM
-from tomo.solvers import DataFidelity, GaussianPrior, conjugate_gradient, dds, ddim_step, ddpm_posterior_step, dps, make_schedule, posterior_mean, transmission_poisson_weights, tweedie_x0
 from tomo.methods.diffusion import ct_problem
 from tomo.methods.image_tasks import hu_problem
+from tomo.solvers import (
+    DataFidelity,
+    GaussianPrior,
+    conjugate_gradient,
+    ddim_step,
+    ddpm_posterior_step,
+    dds,
+    dps,
+    make_schedule,
+    posterior_mean,
+    transmission_poisson_weights,
+    tweedie_x0,
+)
 
 
 class MatrixOperator(LinearOperator):
@@ -33,7 +46,7 @@ class MatrixOperator(LinearOperator):
         return (y @ self.matrix.to(y.dtype)).reshape((y.shape[0],) + self.in_shape)
 
 
-SHAPE = (5, 6)          # non-square on purpose
+SHAPE = (5, 6)  # non-square on purpose
 N_PIX = SHAPE[0] * SHAPE[1]
 PRIOR_MEAN, PRIOR_STD, NOISE_STD = 0.1, 0.5, 0.05
 
@@ -42,7 +55,7 @@ PRIOR_MEAN, PRIOR_STD, NOISE_STD = 0.1, 0.5, 0.05
 def problem():
     """A random under-determined Gaussian problem (12 measurements of 30 pixels)."""
     g = torch.Generator().manual_seed(0)
-    matrix = torch.randn(12, N_PIX, generator=g) / N_PIX ** 0.5
+    matrix = torch.randn(12, N_PIX, generator=g) / N_PIX**0.5
     x_true = PRIOR_MEAN + PRIOR_STD * torch.randn(N_PIX, generator=g)
     y = matrix @ x_true + NOISE_STD * torch.randn(12, generator=g)
     prior = GaussianPrior(mean=PRIOR_MEAN, std=PRIOR_STD)
@@ -82,8 +95,7 @@ def test_single_steps_match_diffusers_ddim_scheduler():
 
     abar_all = GaussianPrior().alphas_cumprod
     s = make_schedule(abar_all, 10)
-    ref = DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing", clip_sample=False,
-                        set_alpha_to_one=True)
+    ref = DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True)
     ref.set_timesteps(10)
     g = torch.Generator().manual_seed(3)
     x_t, eps, z = (torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64) for _ in range(3))
@@ -93,10 +105,8 @@ def test_single_steps_match_diffusers_ddim_scheduler():
         stochastic = ref.step(eps, t, x_t, eta=1.0, variance_noise=z).prev_sample
         deterministic = ref.step(eps, t, x_t, eta=0.0).prev_sample
         # diffusers keeps alphas_cumprod in float32: agreement to ~1e-7 relative (measured 1.3e-7)
-        torch.testing.assert_close(ddpm_posterior_step(x_t, x0, abar, abar_prev, z), stochastic,
-                                   rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(ddim_step(x0, eps, abar_prev, 0.0, None), deterministic,
-                                   rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(ddpm_posterior_step(x_t, x0, abar, abar_prev, z), stochastic, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(ddim_step(x0, eps, abar_prev, 0.0, None), deterministic, rtol=1e-6, atol=1e-6)
 
 
 # ----- conjugate gradients and the data term -------------------------------------------------------
@@ -115,16 +125,18 @@ def test_conjugate_gradient_solves_each_item_of_a_batch_independently():
 
 def test_power_iteration_gives_each_item_its_own_norm():
     from operators.linalg import power_iteration, random_start
+
     g = torch.Generator().manual_seed(6)
     mats = torch.randn(3, 9, 7, generator=g, dtype=torch.float64) * torch.tensor([1.0, 30.0, 0.0])[:, None, None]
     normal = lambda v: torch.einsum("bji,bjk,bk->bi", mats, mats, v)  # noqa: E731 - M^T M v per item
     est = power_iteration(normal, random_start((3, 7), torch.float64), 300).sqrt()
     exact = torch.linalg.matrix_norm(mats, ord=2)
-    torch.testing.assert_close(est, exact, rtol=1e-6, atol=0.0)   # item 2 is the zero map: 0
+    torch.testing.assert_close(est, exact, rtol=1e-6, atol=0.0)  # item 2 is the zero map: 0
 
 
 def test_noising_and_tweedie_invert_each_other():
     from tomo.priors.noising import add_noise
+
     g = torch.Generator().manual_seed(7)
     x0, eps = torch.randn(2, 1, 4, 4, generator=g), torch.randn(2, 1, 4, 4, generator=g)
     for abar in (0.9, 0.05, torch.tensor([0.9, 0.05]).reshape(2, 1, 1, 1)):
@@ -163,7 +175,7 @@ def test_transmission_poisson_weights_is_the_operators_formula():
 
 # ----- model-domain change of variable ------------------------------------------------------------
 def test_ct_problem_is_exact_for_the_affine_hu_mu_map(problem):
-    prior, op, matrix, _, _ = problem
+    prior, op, _matrix, _, _ = problem
     x = 0.3 * torch.randn(1, 1, *SHAPE, generator=torch.Generator().manual_seed(6))
     mu = MU_WATER_PER_MM * (1 + prior.model_to_hu(x) / 1000)
     p = ct_problem(prior, op, op(mu)[0, 0])
@@ -191,7 +203,7 @@ def _sample_mean_error(solver, prior, op, y, exact, n=24, **kw):
 
 
 def test_dds_sample_mean_approaches_the_exact_posterior_mean(problem):
-    prior, op, matrix, y, exact = problem
+    prior, op, _matrix, y, exact = problem
     start = float((torch.full_like(exact, PRIOR_MEAN) - exact).norm())
     err, result = _sample_mean_error(dds, prior, op, y, exact, steps=20, cg_iterations=5)
     unconditional, _ = _sample_mean_error(dds, prior, op, y, exact, steps=20, cg_iterations=0)
@@ -205,7 +217,7 @@ def test_dds_sample_mean_approaches_the_exact_posterior_mean(problem):
 
 
 def test_dps_sample_mean_approaches_the_exact_posterior_mean(problem):
-    prior, op, matrix, y, exact = problem
+    prior, op, _matrix, y, exact = problem
     start = float((torch.full_like(exact, PRIOR_MEAN) - exact).norm())
     err, result = _sample_mean_error(dps, prior, op, y, exact, steps=100, zeta=0.3)
     unconditional, free = _sample_mean_error(dps, prior, op, y, exact, steps=100, zeta=0.0)
@@ -222,7 +234,7 @@ def test_dds_uses_the_noise_weights(problem):
     noise_std = torch.where(torch.arange(12) < 6, torch.tensor(0.02), torch.tensor(1.0))
     y = matrix @ (PRIOR_MEAN + PRIOR_STD * torch.randn(N_PIX, generator=g)) + noise_std * torch.randn(12, generator=g)
     exact = prior.posterior_mean(matrix, y, noise_std).float()
-    weighted, _ = _sample_mean_error(dds, prior, op, y, exact, steps=20, weights=noise_std ** -2, lam=0.0)
+    weighted, _ = _sample_mean_error(dds, prior, op, y, exact, steps=20, weights=noise_std**-2, lam=0.0)
     plain, _ = _sample_mean_error(dds, prior, op, y, exact, steps=20)
     assert weighted < plain
 
@@ -265,7 +277,7 @@ def test_solvers_reject_bad_arguments(problem):
 
 
 def test_warm_start_runs_the_last_part_of_the_schedule(problem):
-    prior, op, matrix, y, exact = problem
+    prior, op, _matrix, y, exact = problem
     start_image = torch.full((1, 1, *SHAPE), PRIOR_MEAN)
     err, result = _sample_mean_error(dds, prior, op, y, exact, steps=5, x_init=start_image, start=0.2)
     assert result.timesteps[0] == 199 and result.network_evaluations == 5
@@ -281,7 +293,7 @@ def test_warm_start_runs_the_last_part_of_the_schedule(problem):
 def test_posterior_mean_of_samples_per_item_with_its_spread(problem):
     """Two different measurements in one batch: each item's sample mean approaches its own posterior."""
     prior, op, matrix, y, exact = problem
-    y2 = matrix @ torch.full((N_PIX,), PRIOR_MEAN)            # a second, different measurement
+    y2 = matrix @ torch.full((N_PIX,), PRIOR_MEAN)  # a second, different measurement
     exact2 = prior.posterior_mean(matrix, y2, NOISE_STD).float()
     out = posterior_mean(dds, prior, op, torch.stack([y, y2]), samples=24, steps=20, seed=0, progress=False)
     assert out.x.shape == out.std.shape == (2, 1, *SHAPE)
@@ -299,21 +311,29 @@ def test_posterior_mean_of_samples_per_item_with_its_spread(problem):
 # ----- the hybrid data step: data term + TV by ADMM -----------------------------------------------
 def _tv_problem(views: int = 8, n: int = 32, noise: float = 0.02):
     from operators import CTProjector, ParallelBeam2D
-    geometry = ParallelBeam2D(image_shape=(n, n), pixel_spacing_mm=1.0, angles=torch.arange(views) * math.pi / views,
-                              detector_count=48, detector_spacing_mm=1.0)
+
+    geometry = ParallelBeam2D(
+        image_shape=(n, n),
+        pixel_spacing_mm=1.0,
+        angles=torch.arange(views) * math.pi / views,
+        detector_count=48,
+        detector_spacing_mm=1.0,
+    )
     op = CTProjector(geometry)
     truth = torch.zeros(1, 1, n, n, dtype=torch.float64)
     q = n // 4
-    truth[..., q:3 * q, q:3 * q] = 0.5
-    truth[..., 3 * q // 2:9 * q // 4, 7 * q // 4:5 * q // 2] = 1.0
-    y = op(truth[:, 0]) + noise * torch.randn((1,) + op.out_shape, generator=torch.Generator().manual_seed(1),
-                                             dtype=torch.float64)
+    truth[..., q : 3 * q, q : 3 * q] = 0.5
+    truth[..., 3 * q // 2 : 9 * q // 4, 7 * q // 4 : 5 * q // 2] = 1.0
+    y = op(truth[:, 0]) + noise * torch.randn(
+        (1,) + op.out_shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
     return op, truth, y
 
 
 def test_admm_tv_step_lowers_its_objective_and_beats_plain_cg_on_piecewise_constant_images():
     """8 views of a piecewise-constant image: the TV step (same operator budget) is closer to the truth."""
     from operators.linalg import gradient
+
     op, truth, y = _tv_problem()
     data = DataFidelity(op, y)
     x0 = torch.zeros_like(truth)
@@ -333,12 +353,12 @@ def test_admm_tv_step_lowers_its_objective_and_beats_plain_cg_on_piecewise_const
 
 
 def test_dds_with_the_tv_data_step_runs_and_reports_its_budget():
-    op, truth, y = _tv_problem(n=16)
+    op, _truth, y = _tv_problem(n=16)
     prior = GaussianPrior(mean=0.3, std=0.4)
     plain = dds(prior, op, y, steps=5, cg_iterations=2, seed=0, progress=False)
     hybrid = dds(prior, op, y, steps=5, cg_iterations=2, tv_weight=1e-3, admm_iterations=3, seed=0, progress=False)
     assert hybrid.network_evaluations == plain.network_evaluations == 5
-    assert hybrid.operator_calls > plain.operator_calls          # 3 ADMM x 2 CG per step instead of 2 CG
+    assert hybrid.operator_calls > plain.operator_calls  # 3 ADMM x 2 CG per step instead of 2 CG
     assert not torch.equal(hybrid.x, plain.x) and bool(torch.isfinite(hybrid.x).all())
     with pytest.raises(ValueError, match="tv_weight"):
         dds(prior, op, y, steps=2, tv_weight=-1.0, progress=False)

@@ -1,14 +1,14 @@
 """Smoke tests of the solvers with a real (tiny, randomly initialised) diffusers UNet patch prior."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from operators.base import LinearOperator
-from tomo.priors import DiffusionPrior, build_unet, make_config
 from tomo.methods.diffusion import ct_problem
+from tomo.priors import DiffusionPrior, build_unet, make_config
 from tomo.solvers import dds, dps
-
 
 
 class Subsample(LinearOperator):
@@ -37,9 +37,14 @@ def test_subsample_is_adjoint():
 @pytest.fixture(scope="module")
 def tiny_prior():
     torch.manual_seed(0)
-    arch = {"class": "UNet2DModel", "block_out_channels": [8, 16], "layers_per_block": 1,
-            "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
-            "norm_num_groups": 4}
+    arch = {
+        "class": "UNet2DModel",
+        "block_out_channels": [8, 16],
+        "layers_per_block": 1,
+        "down_block_types": ["DownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 4,
+    }
     config = make_config(architecture=arch, patch_size=8, image_size=16)
     prior = DiffusionPrior(build_unet(config), config)
     prior.requires_grad_(False)
@@ -48,7 +53,7 @@ def tiny_prior():
 
 @pytest.mark.parametrize("solver,kw", [(dds, {"steps": 3, "cg_iterations": 2}), (dps, {"steps": 3, "zeta": 0.5})])
 def test_solvers_run_with_a_unet_patch_prior_on_odd_sizes(tiny_prior, solver, kw):
-    op = Subsample((14, 10))                       # not a multiple of the 8-pixel patch
+    op = Subsample((14, 10))  # not a multiple of the 8-pixel patch
     y = torch.rand(2, 7, 5) * 2 - 1
     a = solver(tiny_prior, op, y, seed=3, progress=False, **kw)
     b = solver(tiny_prior, op, y, seed=3, progress=False, **kw)
@@ -68,26 +73,32 @@ def test_ct_problem_accepts_the_prior_hu_window(tiny_prior):
 @pytest.fixture(scope="module")
 def tiny_prior_dir(tmp_path_factory, tiny_prior):
     from tomo.priors.checkpoint import save_config, save_tensors
+
     folder = tmp_path_factory.mktemp("prior")
     save_config(folder / "prior.json", tiny_prior.config)
     save_tensors(folder / "prior.safetensors", tiny_prior.unet.state_dict())
     return folder
 
 
-@pytest.mark.parametrize("method,options", [("dds", {"steps": 2, "cg_iterations": 3, "eta": 0.5}),
-                                            ("dps", {"steps": 2, "zeta": 0.5})])
+@pytest.mark.parametrize(
+    "method,options", [("dds", {"steps": 2, "cg_iterations": 3, "eta": 0.5}), ("dps", {"steps": 2, "zeta": 0.5})]
+)
 def test_registered_in_the_reconstruct_registry(tiny_prior_dir, method, options):
     """``reconstruct(..., method="dds"|"dps")`` returns attenuation in 1/mm of the grid's shape."""
-    from operators import ParallelBeam2D, CTProjector
+    from operators import CTProjector, ParallelBeam2D
     from tomo.methods.registry import available_methods, reconstruct
 
     assert {"dds", "dps"} <= set(available_methods())
-    geometry = ParallelBeam2D(image_shape=(16, 16), pixel_spacing_mm=1.5, angles=torch.arange(6) * 3.14159 / 6,
-                              detector_count=24, detector_spacing_mm=1.5)
+    geometry = ParallelBeam2D(
+        image_shape=(16, 16),
+        pixel_spacing_mm=1.5,
+        angles=torch.arange(6) * 3.14159 / 6,
+        detector_count=24,
+        detector_spacing_mm=1.5,
+    )
     mu = torch.full((2, 16, 16), 0.0192)
     sino = CTProjector(geometry)(mu)
-    out = reconstruct(sino, geometry, method, i0=1e5, progress=False, prior=str(tiny_prior_dir), seed=1,
-                      **options)
+    out = reconstruct(sino, geometry, method, i0=1e5, progress=False, prior=str(tiny_prior_dir), seed=1, **options)
     assert out.shape == (2, 16, 16) and bool(torch.isfinite(out).all())
     # a random network's output is not a CT image, but the affine map keeps it in the mu range of
     # the HU window [-1000, 2000] give or take the CG correction
@@ -100,13 +111,18 @@ def test_registry_dds_warm_start_from_a_classical_method(tiny_prior_dir, monkeyp
     With start -> 0 the schedule begins at t ~ 0 and the DDS result must stay near the warm-start
     image; a cold start (init none) from the same random network lands elsewhere.
     """
-    from operators import ParallelBeam2D, CTProjector
-    from tomo.methods.registry import reconstruct
+    from operators import CTProjector, ParallelBeam2D
     from tomo.methods import diffusion as solver_methods
+    from tomo.methods.registry import reconstruct
 
     assert solver_methods.DDS_DEFAULTS["init"] == "tv" and solver_methods.DDS_DEFAULTS["start"] == 0.2
-    geometry = ParallelBeam2D(image_shape=(16, 16), pixel_spacing_mm=1.5, angles=torch.arange(8) * 3.14159 / 8,
-                              detector_count=24, detector_spacing_mm=1.5)
+    geometry = ParallelBeam2D(
+        image_shape=(16, 16),
+        pixel_spacing_mm=1.5,
+        angles=torch.arange(8) * 3.14159 / 8,
+        detector_count=24,
+        detector_spacing_mm=1.5,
+    )
     mu = torch.zeros(1, 16, 16)
     mu[:, 4:12, 4:12] = 0.0192
     sino = CTProjector(geometry)(mu)
@@ -114,26 +130,31 @@ def test_registry_dds_warm_start_from_a_classical_method(tiny_prior_dir, monkeyp
     real = solver_methods.warm_start_image
     monkeypatch.setattr(solver_methods, "warm_start_image", lambda *a: calls.append(a[0]) or real(*a))
     fbp = reconstruct(sino, geometry, "fbp", progress=False)
-    warm = reconstruct(sino, geometry, "dds", progress=False, prior=str(tiny_prior_dir), steps=2,
-                       init="fbp", start=0.005)
+    warm = reconstruct(
+        sino, geometry, "dds", progress=False, prior=str(tiny_prior_dir), steps=2, init="fbp", start=0.005
+    )
     cold = reconstruct(sino, geometry, "dds", progress=False, prior=str(tiny_prior_dir), steps=2, init="none")
     assert calls == ["fbp"]
     # measured: mean |warm - fbp| 0.0014 /mm, |cold - fbp| 0.0098 /mm
     assert float((warm - fbp).abs().mean()) < 0.5 * float((cold - fbp).abs().mean())
     with pytest.raises(ValueError, match="needs --init"):
-        reconstruct(sino, geometry, "dds", progress=False, prior=str(tiny_prior_dir), steps=2, init="none",
-                    start=0.5)
+        reconstruct(sino, geometry, "dds", progress=False, prior=str(tiny_prior_dir), steps=2, init="none", start=0.5)
     with pytest.raises(ValueError, match="classical"):
         reconstruct(sino, geometry, "dds", progress=False, prior=str(tiny_prior_dir), steps=2, init="dps")
 
 
 def test_registry_samples_average_posterior_samples(tiny_prior_dir):
     """``samples=N`` returns the mean of N posterior samples: shape kept, differs from one sample."""
-    from operators import ParallelBeam2D, CTProjector
+    from operators import CTProjector, ParallelBeam2D
     from tomo.methods.registry import reconstruct
 
-    geometry = ParallelBeam2D(image_shape=(16, 16), pixel_spacing_mm=1.5, angles=torch.arange(6) * 3.14159 / 6,
-                              detector_count=24, detector_spacing_mm=1.5)
+    geometry = ParallelBeam2D(
+        image_shape=(16, 16),
+        pixel_spacing_mm=1.5,
+        angles=torch.arange(6) * 3.14159 / 6,
+        detector_count=24,
+        detector_spacing_mm=1.5,
+    )
     sino = CTProjector(geometry)(torch.full((2, 16, 16), 0.0192))
     kw = dict(progress=False, prior=str(tiny_prior_dir), steps=2, init="none", seed=3)
     one = reconstruct(sino, geometry, "dds", **kw)

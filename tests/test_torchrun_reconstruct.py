@@ -3,6 +3,7 @@
 Each case starts ``python -m torch.distributed.run --standalone --nproc_per_node 2`` in a
 subprocess (about 20 s on 2 busy cores, most of it two interpreters importing torch).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,20 +24,53 @@ def volume_scan(tmp_path_factory):
     """A 5-slice parallel-beam scan (grid 24) with hu_reference: 3 chunks of 2 slices."""
     folder = tmp_path_factory.mktemp("vol")
     yy, xx = np.mgrid[:48, :48]
-    hu = np.where((yy - 24) ** 2 + (xx - 22) ** 2 < 16 ** 2, 40, -1000).astype(np.int16)
-    np.savez(folder / "vol.npz", hu=np.stack([hu + 30 * k for k in range(5)]),
-             spacing_mm=np.array([1.0, 1.0, 2.5], np.float32))
+    hu = np.where((yy - 24) ** 2 + (xx - 22) ** 2 < 16**2, 40, -1000).astype(np.int16)
+    np.savez(
+        folder / "vol.npz",
+        hu=np.stack([hu + 30 * k for k in range(5)]),
+        spacing_mm=np.array([1.0, 1.0, 2.5], np.float32),
+    )
     scan = folder / "scan.npz"
-    assert main(["simulate", str(folder / "vol.npz"), "--geometry", "parallel", "--views", "20", "--grid", "24",
-                 "--i0", "1e5", "--out", str(scan), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                str(folder / "vol.npz"),
+                "--geometry",
+                "parallel",
+                "--views",
+                "20",
+                "--grid",
+                "24",
+                "--i0",
+                "1e5",
+                "--out",
+                str(scan),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return scan
 
 
 def _torchrun(module: str, argv: list[str], cwd) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", module, *argv]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        module,
+        *argv,
+    ]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
 
 
@@ -69,8 +103,17 @@ def test_two_processes_write_the_same_nifti_file(volume_scan, tmp_path, monkeypa
     """NIfTI output is compared as whole files, byte for byte (.nii: a .nii.gz's gzip header holds the
     temporary file's name)."""
     pytest.importorskip("nibabel")
-    common = ["reconstruct", str(volume_scan), "--method", "fbp", "--batch-size", "1", "--slice-spacing", "2.5",
-              "--no-preview"]
+    common = [
+        "reconstruct",
+        str(volume_scan),
+        "--method",
+        "fbp",
+        "--batch-size",
+        "1",
+        "--slice-spacing",
+        "2.5",
+        "--no-preview",
+    ]
     _single_process([*common, "--out", str(tmp_path / "one.nii"), "--quiet"], monkeypatch)
     run = _torchrun("tomo", [*common, "--out", str(tmp_path / "two.nii")], tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]

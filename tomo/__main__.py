@@ -1,4 +1,5 @@
 """``python -m tomo`` runs the ``tomo`` command."""
+
 import sys
 
 from tomo.cli.main import main

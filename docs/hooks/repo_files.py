@@ -5,6 +5,7 @@ work when browsing the repository). This hook adds those files to the build unde
 relative source path, so the links resolve with ``mkdocs build --strict`` and the site shows the
 images, without copying anything into ``docs/``.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,9 +27,8 @@ def on_files(files: Files, config) -> Files:
             if config.use_directory_urls is False and rel.endswith(".md"):
                 dest = rel[:-3] + ".html"
             # src_uri relative to docs/ ("../data/..."), so the guides' links find the file
-            file = File(f"../{rel}", str(docs), config.site_dir, config.use_directory_urls,
-                        dest_uri=dest)
-            file.inclusion = InclusionLevel.INCLUDED   # a File made by hand is "undefined" (= excluded)
+            file = File(f"../{rel}", str(docs), config.site_dir, config.use_directory_urls, dest_uri=dest)
+            file.inclusion = InclusionLevel.INCLUDED  # a File made by hand is "undefined" (= excluded)
             files.append(file)
     return files
 

@@ -11,13 +11,12 @@ prints a PSNR/SSIM/time table, and writes to the output folder:
 - ``scan.npz``: the simulated sinogram (the exchange format, with ``hu_reference``);
 - ``dicom/``: the DDS reconstruction as a derived DICOM series of the source study.
 """
+
 from __future__ import annotations
 
 import csv
 import time
 from pathlib import Path
-
-import numpy as np
 
 from tomo.cli import CommandError
 from tomo.cli.progress import library_bars
@@ -33,20 +32,36 @@ DEMO_DPS_STEPS = 1000
 #: one-line summary shown by ``tomo --help``
 HELP = "simulate a sparse-view scan of a real CT slice and compare FBP, TV, DDS and DPS"
 
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "demo", help=HELP,
-        description=__doc__, formatter_class=_formatter())
-    p.add_argument("--source", default=None,
-                   help="DICOM file/series or OpenKBP-style .npz volume (default: pydicom's CT_small.dcm)")
+    p = subparsers.add_parser("demo", help=HELP, description=__doc__, formatter_class=_formatter())
+    p.add_argument(
+        "--source",
+        default=None,
+        help="DICOM file/series or OpenKBP-style .npz volume (default: pydicom's CT_small.dcm)",
+    )
     p.add_argument("--slice", type=int, default=None, help="slice index of a multi-slice source (default: middle)")
-    p.add_argument("--config", default="parallel-30",
-                   help="acquisition: parallel-30, parallel-8 or fanbeam-60 (evaluation.md; default parallel-30)")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help="comma-separated methods to compare (default: fbp,tv,dds,dps)")
-    p.add_argument("--dps-steps", type=int, default=DEMO_DPS_STEPS,
-                   help=f"DPS sampler steps (default {DEMO_DPS_STEPS}: the full schedule; fewer is faster but worse)")
-    p.add_argument("--prior", default=None, help="diffusion prior: a shipped name (default, large) or a checkpoint folder (default: default)")
+    p.add_argument(
+        "--config",
+        default="parallel-30",
+        help="acquisition: parallel-30, parallel-8 or fanbeam-60 (evaluation.md; default parallel-30)",
+    )
+    p.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help="comma-separated methods to compare (default: fbp,tv,dds,dps)",
+    )
+    p.add_argument(
+        "--dps-steps",
+        type=int,
+        default=DEMO_DPS_STEPS,
+        help=f"DPS sampler steps (default {DEMO_DPS_STEPS}: the full schedule; fewer is faster but worse)",
+    )
+    p.add_argument(
+        "--prior",
+        default=None,
+        help="diffusion prior: a shipped name (default, large) or a checkpoint folder (default: default)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the scan noise and the samplers (default 0)")
     p.add_argument("--out", default="tomo-demo", help="output folder (default: ./tomo-demo)")
     p.add_argument("--overwrite", action="store_true", help="replace the output folder's demo files")
@@ -56,14 +71,17 @@ def register(subparsers) -> None:
 
 def _formatter():
     import argparse
+
     return argparse.RawDescriptionHelpFormatter
 
 
 def _load_source(source: str | None, index: int | None):
     """HU slice [H, W], pixel spacing [mm], the CTVolume (for DICOM output) and a label."""
     from tomo.io.volume import read_volume
+
     if source is None:
         from pydicom.data import get_testdata_file
+
         source = get_testdata_file("CT_small.dcm")
         if source is None:
             raise CommandError("pydicom's test file CT_small.dcm is missing; pass --source")
@@ -100,16 +118,24 @@ def _reconstruct_all(scan, methods, args):
     from operators.units import mu_to_hu
     from tomo.evaluation.scores import psnr, ssim
     from tomo.methods.registry import reconstruct
+
     rows, images = [], {}
     for name in methods:
         t0 = time.perf_counter()
-        mu = reconstruct(scan.sinogram, scan.geometry, name, i0=scan.i0, progress=library_bars(args),
-                         **_method_options(name, args))
+        mu = reconstruct(
+            scan.sinogram, scan.geometry, name, i0=scan.i0, progress=library_bars(args), **_method_options(name, args)
+        )
         seconds = time.perf_counter() - t0
         hu = mu_to_hu(mu.detach().cpu().numpy())
         images[name] = hu
-        rows.append({"method": name, "psnr_db": float(psnr(hu, scan.hu_reference)),
-                     "ssim": float(ssim(hu, scan.hu_reference)), "seconds": seconds})
+        rows.append(
+            {
+                "method": name,
+                "psnr_db": float(psnr(hu, scan.hu_reference)),
+                "ssim": float(ssim(hu, scan.hu_reference)),
+                "seconds": seconds,
+            }
+        )
     return rows, images
 
 
@@ -122,6 +148,7 @@ def _print_table(rows, title: str) -> None:
 
 def _write_csv(rows, path: Path) -> None:
     from tomo.io.atomic import atomic_file
+
     with atomic_file(path, "w", overwrite=True, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -130,8 +157,10 @@ def _write_csv(rows, path: Path) -> None:
 
 def _write_figure(reference, images, rows, path: Path, title: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     names = list(images)
     fig, axes = plt.subplots(2, len(names) + 1, figsize=(3 * (len(names) + 1), 6.4), squeeze=False)
     axes[0, 0].imshow(reference, cmap="gray", vmin=-1000, vmax=1000)
@@ -150,6 +179,7 @@ def _write_figure(reference, images, rows, path: Path, title: str) -> None:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     from tomo.io.atomic import atomic_path
+
     with atomic_path(path, overwrite=True) as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
@@ -157,14 +187,23 @@ def _write_figure(reference, images, rows, path: Path, title: str) -> None:
 
 def _write_dicom(hu, scan, volume, method: str, out_dir: Path, overwrite: bool) -> list[Path]:
     from tomo.io.dicom_write import write_series
+
     grid = scan.geometry.image_shape
     spacing = scan.geometry.pixel_spacing_mm  # the reconstruction grid's pixel (FOV / grid)
-    derivation = (f"tomo demo: {method.upper()} reconstruction of a simulated {scan.geometry.num_views}-view "
-                  f"{type(scan.geometry).__name__} scan, I0={scan.i0:g} photons/bin, {grid[0]}x{grid[1]} grid")
+    derivation = (
+        f"tomo demo: {method.upper()} reconstruction of a simulated {scan.geometry.num_views}-view "
+        f"{type(scan.geometry).__name__} scan, I0={scan.i0:g} photons/bin, {grid[0]}x{grid[1]} grid"
+    )
     reference = volume if volume.header is not None else None
-    return write_series(hu[None], out_dir, reference, pixel_spacing_mm=(spacing, spacing),
-                        description=f"tomo {method.upper()} demo", derivation=derivation,
-                        overwrite=overwrite)
+    return write_series(
+        hu[None],
+        out_dir,
+        reference,
+        pixel_spacing_mm=(spacing, spacing),
+        description=f"tomo {method.upper()} demo",
+        derivation=derivation,
+        overwrite=overwrite,
+    )
 
 
 def run(args) -> int:
@@ -175,6 +214,7 @@ def run(args) -> int:
     if not methods:
         raise CommandError("--methods is empty")
     from tomo.methods.registry import get_method
+
     for name in methods:
         get_method(name)  # unknown names fail here, before any work or output
     if args.dps_steps < 1:
@@ -185,14 +225,18 @@ def run(args) -> int:
     t0 = time.perf_counter()
     scan = simulate_slice(hu, spacing, args.config, seed=args.seed, progress=library_bars(args))
     save_sinogram(out / "scan.npz", scan, overwrite=args.overwrite)
-    title = (f"{label}: {args.config} ({scan.geometry.num_views} views, I0={scan.i0:g}), "
-             f"{scan.geometry.image_shape[0]}x{scan.geometry.image_shape[1]} grid")
+    title = (
+        f"{label}: {args.config} ({scan.geometry.num_views} views, I0={scan.i0:g}), "
+        f"{scan.geometry.image_shape[0]}x{scan.geometry.image_shape[1]} grid"
+    )
     rows, images = _reconstruct_all(scan, methods, args)
     _print_table(rows, title)
     _write_csv(rows, out / "results.csv")
     _write_figure(scan.hu_reference, images, rows, out / "comparison.png", title)
     best = "dds" if "dds" in images else max(rows, key=lambda r: r["psnr_db"])["method"]
     files = _write_dicom(images[best], scan, volume, best, out / "dicom", args.overwrite)
-    print(f"wrote {out / 'comparison.png'}, {out / 'results.csv'}, {out / 'scan.npz'} and "
-          f"{len(files)} DICOM file(s) ({best.upper()}) in {out / 'dicom'}; total {time.perf_counter() - t0:.0f} s")
+    print(
+        f"wrote {out / 'comparison.png'}, {out / 'results.csv'}, {out / 'scan.npz'} and "
+        f"{len(files)} DICOM file(s) ({best.upper()}) in {out / 'dicom'}; total {time.perf_counter() - t0:.0f} s"
+    )
     return 0

@@ -1,5 +1,6 @@
 """``tomo info PATH``: describe the CT series under a folder/file, an ``.npz`` volume/sinogram, or a
 NIfTI volume (``.nii``, ``.nii.gz``; needs nibabel: ``pip install tomo-ct[nifti]``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,19 +11,24 @@ import numpy as np
 #: one-line summary shown by ``tomo --help``
 HELP = "list the CT series (or .npz / NIfTI contents) found at a path"
 
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "info", help=HELP,
+        "info",
+        help=HELP,
         description="List the CT series under PATH (a DICOM folder, searched recursively, or file) "
-                    "with size, spacing, HU range, transfer syntaxes, tilt/irregular spacing and the "
-                    "files skipped; or describe an .npz CT volume or sinogram file, or a NIfTI volume "
-                    "(.nii, .nii.gz: size, spacing, HU range, orientation; needs nibabel).")
+        "with size, spacing, HU range, transfer syntaxes, tilt/irregular spacing and the "
+        "files skipped; or describe an .npz CT volume or sinogram file, or a NIfTI volume "
+        "(.nii, .nii.gz: size, spacing, HU range, orientation; needs nibabel).",
+    )
     parser.add_argument("path", type=Path, metavar="PATH")
-    parser.add_argument("--no-pixels", action="store_true",
-                        help="skip decoding pixel data (faster; no HU range)")
-    parser.add_argument("--quiet", action="store_true",
-                        help="print nothing; the exit code says whether PATH holds a readable CT series, "
-                             ".npz or NIfTI (0) or not (2), with the reason on stderr")
+    parser.add_argument("--no-pixels", action="store_true", help="skip decoding pixel data (faster; no HU range)")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print nothing; the exit code says whether PATH holds a readable CT series, "
+        ".npz or NIfTI (0) or not (2), with the reason on stderr",
+    )
     parser.set_defaults(func=run)
 
 
@@ -38,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
             print(line)
         return 0
     from tomo.io.dicom_read import DicomReadError, find_series
+
     scan = find_series(path, read_pixels=not args.no_pixels)
     for line in describe_scan(scan):
         print(line)
@@ -61,8 +68,10 @@ def describe_scan(scan) -> list[str]:
         ps = "-" if s.pixel_spacing_mm is None else "x".join(f"{v:.4g}" for v in s.pixel_spacing_mm) + " mm"
         hu = "" if s.hu_range is None else f", HU {s.hu_range[0]:.0f} to {s.hu_range[1]:.0f}"
         lines.append(f"- {s.uid}  {s.description or '(no description)'!r}  {s.modality}")
-        lines.append(f"    {s.n_slices} slice{'s' if s.n_slices != 1 else ''} of {size}, pixel {ps}, slice spacing "
-                     f"{_mm(s.slice_spacing_mm)}{hu}")
+        lines.append(
+            f"    {s.n_slices} slice{'s' if s.n_slices != 1 else ''} of {size}, pixel {ps}, slice spacing "
+            f"{_mm(s.slice_spacing_mm)}{hu}"
+        )
         lines.append(f"    transfer syntax: {', '.join(s.transfer_syntaxes)}")
         for w in s.warnings:
             lines.append(f"    warning: {w}")
@@ -99,16 +108,19 @@ def describe_npz(path: Path) -> str:
             spacing = ""
             if "spacing_mm" in data and data.members["spacing_mm"].nbytes <= 1024:
                 spacing = f", voxel (x, y, z) {np.array2string(data.read('spacing_mm'), precision=4)} mm"
-            lines.append(f"CT volume: {hu.shape[0] if len(hu.shape) == 3 else 1} slices, HU {lo:.0f} to {hi:.0f}"
-                         + spacing)
+            lines.append(
+                f"CT volume: {hu.shape[0] if len(hu.shape) == 3 else 1} slices, HU {lo:.0f} to {hi:.0f}" + spacing
+            )
         if "sinogram" in data and _numeric(data.members["sinogram"]):
             sino = data.members["sinogram"]
             geometry = "?"
             if "geometry" in data and data.members["geometry"].nbytes <= 1024:
                 geometry = str(data.read("geometry"))
             lo, hi = _value_range(data, "sinogram")
-            lines.append(f"sinogram: {geometry} beam, shape {list(sino.shape)} "
-                         f"([slices,] views, detectors), line integrals {lo:.4g} to {hi:.4g}")
+            lines.append(
+                f"sinogram: {geometry} beam, shape {list(sino.shape)} "
+                f"([slices,] views, detectors), line integrals {lo:.4g} to {hi:.4g}"
+            )
     return "\n".join(lines)
 
 
@@ -131,11 +143,13 @@ def describe_nifti(path: Path) -> list[str]:
     plane = _PLANES[axis] if abs(normal[axis]) > 0.9999 else f"oblique (closest: {_PLANES[axis]})"
     row_cos, col_cos = vol.orientation[:3], vol.orientation[3:]
     ps = vol.pixel_spacing_mm
-    lines = [f"{path}: NIfTI volume, {n} slice{'s' if n != 1 else ''} of {rows}x{cols}",
-             f"    pixel {ps[0]:.4g}x{ps[1]:.4g} mm (rows x columns), slice spacing {_mm(vol.slice_spacing_mm)}, "
-             f"HU {float(vol.hu.min()):.0f} to {float(vol.hu.max()):.0f}",
-             f"    orientation {plane}: row cosines {_cosines(row_cos)}, column cosines {_cosines(col_cos)} "
-             f"(LPS); first slice at {_cosines(vol.positions[0], '.1f')} mm"]
+    lines = [
+        f"{path}: NIfTI volume, {n} slice{'s' if n != 1 else ''} of {rows}x{cols}",
+        f"    pixel {ps[0]:.4g}x{ps[1]:.4g} mm (rows x columns), slice spacing {_mm(vol.slice_spacing_mm)}, "
+        f"HU {float(vol.hu.min()):.0f} to {float(vol.hu.max()):.0f}",
+        f"    orientation {plane}: row cosines {_cosines(row_cos)}, column cosines {_cosines(col_cos)} "
+        f"(LPS); first slice at {_cosines(vol.positions[0], '.1f')} mm",
+    ]
     if vol.gantry_tilt_deg:
         lines.append(f"    gantry tilt {vol.gantry_tilt_deg:.2f} deg")
     lines += [f"    warning: {w}" for w in vol.warnings]

@@ -11,6 +11,7 @@ torch to list methods or configurations); the others are listed by their ``HELP`
 Exit codes: 0 success; 2 a refused input or option (one line on stderr, no traceback); 1 an
 unexpected internal error (one line; ``TOMO_TRACEBACK=1`` prints the traceback); 130 interrupted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,11 +20,10 @@ import importlib
 import os
 import sys
 
+from tomo.cli import CommandError
+
 #: sub-command modules, in the order ``tomo --help`` lists them
 COMMANDS: tuple[str, ...] = ("info", "simulate", "reconstruct", "train", "restore", "demo")
-
-
-from tomo.cli import CommandError  # noqa: F401  (re-exported: sub-commands raise it)
 
 #: errors that are the user's input or environment, printed as one line with exit code 2
 USER_ERRORS = (CommandError, ValueError, TypeError, OSError)
@@ -46,9 +46,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         The command line (without the program name). None registers every sub-command in full.
     """
     parser = argparse.ArgumentParser(
-        prog="tomo", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="tomo", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     from tomo import __version__
+
     parser.add_argument("--version", action="version", version=f"tomo {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = None if argv is None else _selected_command(argv)
@@ -65,8 +66,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def _add_quiet(parser: argparse.ArgumentParser) -> None:
     """Give every sub-command ``--quiet`` (no progress bars, no info lines; errors still printed)."""
     if "--quiet" not in parser._option_string_actions:
-        parser.add_argument("--quiet", action="store_true",
-                            help="no progress bars and no information lines (errors are still printed)")
+        parser.add_argument(
+            "--quiet", action="store_true", help="no progress bars and no information lines (errors are still printed)"
+        )
 
 
 def main(argv=None) -> int:
@@ -86,8 +88,11 @@ def main(argv=None) -> int:
         _error(args.command, _one_line(exc))
         return 2
     except MemoryError as exc:
-        _error(args.command, f"out of memory ({_one_line(exc) or 'allocation failed'}); "
-                             "use fewer slices, a smaller grid or --batch-size 1")
+        _error(
+            args.command,
+            f"out of memory ({_one_line(exc) or 'allocation failed'}); "
+            "use fewer slices, a smaller grid or --batch-size 1",
+        )
         return 2
     except KeyboardInterrupt:
         _error(args.command, "interrupted")
@@ -95,8 +100,11 @@ def main(argv=None) -> int:
     except Exception as exc:  # a bug: one line for the user, the traceback on request
         if os.environ.get("TOMO_TRACEBACK"):
             raise
-        _error(args.command, f"internal error ({type(exc).__name__}: {_one_line(exc)}); "
-                             "rerun with TOMO_TRACEBACK=1 and report the traceback")
+        _error(
+            args.command,
+            f"internal error ({type(exc).__name__}: {_one_line(exc)}); "
+            "rerun with TOMO_TRACEBACK=1 and report the traceback",
+        )
         return 1
 
 
@@ -125,4 +133,5 @@ def _quiet_stdout(quiet: bool):
 if __name__ == "__main__":
     # Import through the package so CommandError is the same class sub-commands raise.
     from tomo.cli.main import main as _main
+
     sys.exit(_main())

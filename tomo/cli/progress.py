@@ -4,6 +4,7 @@ On a terminal a tqdm bar; when stderr is not a terminal (a log file, a pipe, a b
 line at most every ``interval`` seconds and one at the end, so a log of a long run holds a few
 readable lines instead of thousands of carriage-return updates.
 """
+
 from __future__ import annotations
 
 import sys
@@ -46,6 +47,7 @@ class SliceProgress:
     def __enter__(self) -> SliceProgress:
         if self.enabled and sys.stderr.isatty():
             from tqdm import tqdm
+
             self._bar = tqdm(total=self.total, initial=self.done, desc=self.label, unit="slice", leave=False)
         return self
 

@@ -32,6 +32,7 @@ Several processes (``torchrun``, docs/cluster.md): when ``RANK``, ``WORLD_SIZE``
 output, the same bytes of image as a single process writes (each chunk is reconstructed alone,
 its seed included). Only rank 0 prints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,47 +86,80 @@ def register(subparsers) -> None:
     methods, flags = _method_options()
     listing = "; ".join(f"{n}: {m.help}" for n, m in methods.items())
     parser = subparsers.add_parser(
-        "reconstruct", help=HELP,
+        "reconstruct",
+        help=HELP,
         description="Reconstruct a sinogram exchange file (.npz, evaluation.md) on its grid and write HU: "
-                    "OUT.npz ('hu' float32 [H, W] or [slices, H, W]) with a PNG preview OUT.png beside it, "
-                    "a NIfTI volume OUT.nii[.gz], or a derived DICOM series in the folder OUT with --reference. "
-                    "With --samples N >= 2 (dds, dps) the posterior standard deviation in HU is written too "
-                    "('std_hu', OUT_std.nii[.gz], the DICOM series OUT_std, OUT_std.png). "
-                    "Under torchrun the slices are shared among the processes (docs/cluster.md).",
+        "OUT.npz ('hu' float32 [H, W] or [slices, H, W]) with a PNG preview OUT.png beside it, "
+        "a NIfTI volume OUT.nii[.gz], or a derived DICOM series in the folder OUT with --reference. "
+        "With --samples N >= 2 (dds, dps) the posterior standard deviation in HU is written too "
+        "('std_hu', OUT_std.nii[.gz], the DICOM series OUT_std, OUT_std.png). "
+        "Under torchrun the slices are shared among the processes (docs/cluster.md).",
         epilog=f"Methods: {listing}. Example: tomo reconstruct scan.npz --method tv --out rec.npz",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("file", type=Path, metavar="FILE.npz", help="sinogram exchange file")
     parser.add_argument("--method", default="fbp", choices=sorted(methods), help="reconstruction method (default fbp)")
-    parser.add_argument("--out", type=Path, required=True, metavar="OUT",
-                        help="OUT.npz (plus OUT.png), OUT.nii or OUT.nii.gz, or a folder for a DICOM series "
-                             "(with --reference)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="OUT",
+        help="OUT.npz (plus OUT.png), OUT.nii or OUT.nii.gz, or a folder for a DICOM series (with --reference)",
+    )
     group = parser.add_argument_group("method options (each applies only to the methods named)")
     for flag, (opt, users) in flags.items():
-        kwargs = dict(type=opt.type, default=None, dest=_arg_dest(flag), metavar=flag.lstrip("-").upper().replace("-", "_"),
-                      help=f"{opt.help} [{', '.join(users)}]")
+        kwargs = dict(
+            type=opt.type,
+            default=None,
+            dest=_arg_dest(flag),
+            metavar=flag.lstrip("-").upper().replace("-", "_"),
+            help=f"{opt.help} [{', '.join(users)}]",
+        )
         if opt.choices:
             kwargs["choices"] = opt.choices
         group.add_argument(flag, **kwargs)
-    parser.add_argument("--batch-size", type=int, metavar="N",
-                        help="slices reconstructed together (bounds memory; default per method)")
-    parser.add_argument("--device", default="cpu",
-                        help="cpu (default) or cuda (under torchrun: each process its LOCAL_RANK's GPU)")
-    parser.add_argument("--threads", type=int, default=0, metavar="N",
-                        help="torch CPU threads (default 0: torch's choice; 1 is fastest on a busy 2-core machine)")
-    parser.add_argument("--reference", "--dicom-reference", type=Path, metavar="VOLUME", dest="dicom_reference",
-                        help="the volume the sinogram was simulated from (DICOM series or file, or NIfTI): with "
-                             "--out DIR a DICOM series is written into the folder DIR, deriving patient/study/"
-                             "positions from it; with --out OUT.nii[.gz] its position and orientation are kept")
+    parser.add_argument(
+        "--batch-size", type=int, metavar="N", help="slices reconstructed together (bounds memory; default per method)"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (default) or cuda (under torchrun: each process its LOCAL_RANK's GPU)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="torch CPU threads (default 0: torch's choice; 1 is fastest on a busy 2-core machine)",
+    )
+    parser.add_argument(
+        "--reference",
+        "--dicom-reference",
+        type=Path,
+        metavar="VOLUME",
+        dest="dicom_reference",
+        help="the volume the sinogram was simulated from (DICOM series or file, or NIfTI): with "
+        "--out DIR a DICOM series is written into the folder DIR, deriving patient/study/"
+        "positions from it; with --out OUT.nii[.gz] its position and orientation are kept",
+    )
     parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID in --reference, if it holds several")
-    parser.add_argument("--slice-spacing", type=float, metavar="MM",
-                        help="NIfTI output: distance between slices in mm (default: the reference's; the "
-                             "sinogram file does not record it)")
+    parser.add_argument(
+        "--slice-spacing",
+        type=float,
+        metavar="MM",
+        help="NIfTI output: distance between slices in mm (default: the reference's; the "
+        "sinogram file does not record it)",
+    )
     parser.add_argument("--no-preview", action="store_true", help="do not write the PNG previews")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace existing outputs (and discard an earlier run's partial results)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue a stopped run from its partial results (OUT.partial), skipping the "
-                             "slices already reconstructed")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs (and discard an earlier run's partial results)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a stopped run from its partial results (OUT.partial), skipping the slices already reconstructed",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars and no information lines")
     parser.set_defaults(func=run)
 
@@ -187,13 +221,19 @@ def _plan_outputs(args, expects_std: bool) -> Outputs:
     stem = _stem(out)
     if is_nifti_path(out):
         _require_nibabel()  # before the reconstruction, not after it
-        suffix = out.name[len(stem):]
-        outputs = Outputs("nifti", out, out.with_name(f"{stem}_std{suffix}"), out.with_name(f"{stem}.png"),
-                          out.with_name(f"{stem}_std.png"))
+        suffix = out.name[len(stem) :]
+        outputs = Outputs(
+            "nifti",
+            out,
+            out.with_name(f"{stem}_std{suffix}"),
+            out.with_name(f"{stem}.png"),
+            out.with_name(f"{stem}_std.png"),
+        )
     elif args.dicom_reference is not None:
         if out.suffix == ".npz":
-            raise CommandError("with --reference, --out is a folder for the DICOM series (or an .nii/.nii.gz "
-                               "file), not an .npz")
+            raise CommandError(
+                "with --reference, --out is a folder for the DICOM series (or an .nii/.nii.gz file), not an .npz"
+            )
         outputs = Outputs("dicom", out, out.with_name(f"{out.name}_std"), None, None)
     elif out.suffix == ".npz":
         outputs = Outputs("npz", out, None, out.with_suffix(".png"), out.with_name(f"{stem}_std.png"))
@@ -209,11 +249,14 @@ def _plan_outputs(args, expects_std: bool) -> Outputs:
 
 def _require_nibabel() -> None:
     from tomo.io.nifti import NiftiDependencyError
+
     try:
         import nibabel  # noqa: F401
     except ImportError:
-        raise NiftiDependencyError("NIfTI output needs nibabel: pip install tomo-ct[nifti] (or pip install "
-                                   "'nibabel>=5'), or write --out OUT.npz") from None
+        raise NiftiDependencyError(
+            "NIfTI output needs nibabel: pip install tomo-ct[nifti] (or pip install "
+            "'nibabel>=5'), or write --out OUT.npz"
+        ) from None
 
 
 def _refuse_existing(outputs: Outputs, expects_std: bool, overwrite: bool) -> None:
@@ -230,10 +273,16 @@ def _refuse_existing(outputs: Outputs, expects_std: bool, overwrite: bool) -> No
         raise FileNotFoundError(f"folder {outputs.main.parent} does not exist")
 
 
-def save_preview(path: Path, hu: np.ndarray, reference: np.ndarray | None = None, title: str = "",
-                 scores: tuple[float, float] | None = None) -> None:
+def save_preview(
+    path: Path,
+    hu: np.ndarray,
+    reference: np.ndarray | None = None,
+    title: str = "",
+    scores: tuple[float, float] | None = None,
+) -> None:
     """PNG of one slice in the [-1000, 1000] HU window, beside the reference when given."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -263,6 +312,7 @@ def save_std_preview(path: Path, hu: np.ndarray, std_hu: np.ndarray, title: str 
         Title of the image panel.
     """
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -284,6 +334,7 @@ def save_std_preview(path: Path, hu: np.ndarray, std_hu: np.ndarray, title: str 
 def _describe(sf) -> str:
     g = sf.geometry
     from operators.geometry import ParallelBeam2D
+
     beam = "parallel beam" if isinstance(g, ParallelBeam2D) else "fan beam"
     dose = "I0 unknown" if sf.i0 is None else f"I0={sf.i0:.0e}"
     return f"{beam} {g.num_views} views, {dose}"
@@ -342,8 +393,13 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
             _reconstruct_chunks(source, partial, args, options, shared["todo"], ranks)
         except Exception as exc:  # noqa: BLE001  (reported to rank 0, which then writes nothing; raised below)
             failure = exc
-        reports = ranks.gather({"chunks": len(shared["todo"][ranks.rank::ranks.world]), "seconds": time.time() - t0,
-                                "error": None if failure is None else f"{type(failure).__name__}: {failure}"})
+        reports = ranks.gather(
+            {
+                "chunks": len(shared["todo"][ranks.rank :: ranks.world]),
+                "seconds": time.time() - t0,
+                "error": None if failure is None else f"{type(failure).__name__}: {failure}",
+            }
+        )
         if failure is not None:
             raise failure
         if not ranks.is_main:
@@ -359,11 +415,15 @@ def _check_reports(reports: list[dict], partial: PartialRun) -> None:
     """Rank 0: refuse to write when another rank failed; say how the work was shared."""
     for rank, report in enumerate(reports):
         if report["error"]:
-            raise CommandError(f"rank {rank} failed ({report['error'].splitlines()[0]}); the finished chunks are "
-                               f"kept in {partial.folder}: rerun the same command with --resume")
+            raise CommandError(
+                f"rank {rank} failed ({report['error'].splitlines()[0]}); the finished chunks are "
+                f"kept in {partial.folder}: rerun the same command with --resume"
+            )
     if len(reports) > 1:
-        print("chunks per process: " + ", ".join(f"rank {r} {x['chunks']} in {x['seconds']:.1f} s"
-                                                 for r, x in enumerate(reports)))
+        print(
+            "chunks per process: "
+            + ", ".join(f"rank {r} {x['chunks']} in {x['seconds']:.1f} s" for r, x in enumerate(reports))
+        )
 
 
 def _prepare(args, entry, flags, ranks: Ranks) -> _Setup:
@@ -387,8 +447,10 @@ def _prepare(args, entry, flags, ranks: Ranks) -> _Setup:
         partial = PartialRun.open(_partial_folder(outputs.main), args, options, batch, source)
         todo = [s for s in partial.starts() if not partial.done(s)]
         if len(todo) < len(partial.starts()):
-            print(f"resuming: {len(partial.starts()) - len(todo)} of {len(partial.starts())} chunks of "
-                  f"{partial.manifest['chunk']} slices already done in {partial.folder}")
+            print(
+                f"resuming: {len(partial.starts()) - len(todo)} of {len(partial.starts())} chunks of "
+                f"{partial.manifest['chunk']} slices already done in {partial.folder}"
+            )
         if ranks.world > 1:
             print(f"{ranks.world} processes share {len(todo)} chunks of {partial.manifest['chunk']} slices")
     except BaseException:
@@ -416,8 +478,9 @@ def _set_threads(args) -> None:
         import torch
 
         import operators
+
         torch.set_num_threads(args.threads)
-        operators.set_threads(args.threads)       # the projector and FBP honour it too
+        operators.set_threads(args.threads)  # the projector and FBP honour it too
 
 
 def _finish(args, setup: _Setup, seconds: float) -> int:
@@ -426,17 +489,26 @@ def _finish(args, setup: _Setup, seconds: float) -> int:
     scores = partial.scores() if source.has_reference else None
     if scores is not None:
         n = source.num_slices
-        print(f"PSNR {scores[0]:.2f} dB, SSIM {scores[1]:.4f} (mean over {n} slice{'s' if n > 1 else ''}, "
-              f"window [-1000, 1000] HU)")
-    summary = f"{args.method} reconstruction, {_describe(source)}" + (f", options {setup.options}" if setup.options else "")
+        print(
+            f"PSNR {scores[0]:.2f} dB, SSIM {scores[1]:.4f} (mean over {n} slice{'s' if n > 1 else ''}, "
+            f"window [-1000, 1000] HU)"
+        )
+    summary = f"{args.method} reconstruction, {_describe(source)}" + (
+        f", options {setup.options}" if setup.options else ""
+    )
     has_std = partial.has_std()
     if outputs.kind == "dicom":
         written = _write_dicom(setup, summary, args, has_std)
     elif outputs.kind == "nifti":
         written = _write_nifti(setup, args.overwrite, has_std)
     else:
-        meta = dict(method=args.method, options=json.dumps(setup.options, sort_keys=True), source=str(args.file),
-                    pixel_spacing_mm=np.float64(source.geometry.pixel_spacing_mm), description=summary)
+        meta = dict(
+            method=args.method,
+            options=json.dumps(setup.options, sort_keys=True),
+            source=str(args.file),
+            pixel_spacing_mm=np.float64(source.geometry.pixel_spacing_mm),
+            description=summary,
+        )
         if scores is not None:
             meta.update(psnr=np.float64(scores[0]), ssim=np.float64(scores[1]))
         _save_npz(outputs.main, partial, _hu_shape(source), meta, overwrite=args.overwrite)
@@ -458,6 +530,7 @@ def std_mu_to_hu(std_mu: np.ndarray) -> np.ndarray:
     ``1000 / mu_water`` alone (mu_water = :data:`operators.units.MU_WATER_PER_MM`).
     """
     from operators.units import MU_WATER_PER_MM
+
     return np.asarray(std_mu, dtype=np.float32) * np.float32(1000.0 / MU_WATER_PER_MM)
 
 
@@ -488,10 +561,11 @@ def estimate_memory(geometry, method: str, batch: int) -> int:
     views, det = geometry.num_views, geometry.detector_count
     work = 4 * batch * (_WORK_IMAGES.get(method, 16) * h * w + _WORK_SINOGRAMS * views * det)
     matrix = 0
-    if h * w <= 2 ** 26:  # beyond that the operator never builds a matrix (and the estimate is slow)
+    if h * w <= 2**26:  # beyond that the operator never builds a matrix (and the estimate is slow)
         from operators import estimate_matrix_bytes, matrix_cache_info
+
         matrix = estimate_matrix_bytes(geometry)
-        if matrix > matrix_cache_info().get("max_matrix_bytes", 2 ** 31):
+        if matrix > matrix_cache_info().get("max_matrix_bytes", 2**31):
             matrix = 0  # too large to cache: ASTRA computes each projection on the fly
     return work + matrix
 
@@ -500,12 +574,14 @@ def _check_memory(source, method: str, batch: int, default_batch: bool, processe
     from tomo.io.resources import check_memory
 
     g = source.geometry
-    hint = ("use --batch-size 1" if batch > 1 else "the grid (image_shape) is too large for this machine")
+    hint = "use --batch-size 1" if batch > 1 else "the grid (image_shape) is too large for this machine"
     if processes > 1:
         hint += " or fewer processes per node"
-    what = (f"reconstructing {batch} slice{'s' if batch > 1 else ''} at a time on a "
-            f"{g.image_shape[0]} x {g.image_shape[1]} grid ({g.num_views} views x {g.detector_count} detectors, "
-            f"--method {method})" + (f" in each of {processes} processes on this node" if processes > 1 else ""))
+    what = (
+        f"reconstructing {batch} slice{'s' if batch > 1 else ''} at a time on a "
+        f"{g.image_shape[0]} x {g.image_shape[1]} grid ({g.num_views} views x {g.detector_count} detectors, "
+        f"--method {method})" + (f" in each of {processes} processes on this node" if processes > 1 else "")
+    )
     check_memory(processes * estimate_memory(g, method, batch), what, hint)  # the node's processes share its memory
 
 
@@ -516,6 +592,7 @@ def _partial_folder(out: Path) -> Path:
 
 def _file_digest(path: Path) -> str:
     import hashlib
+
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
@@ -542,25 +619,34 @@ class PartialRun:
     def open(cls, folder: Path, args, options: dict, batch: int, source) -> PartialRun:
         from tomo.io.atomic import atomic_file
 
-        manifest = {"version": cls.VERSION, "input_size": args.file.stat().st_size,
-                    "input_sha256": _file_digest(args.file), "method": args.method,
-                    "options": json.loads(json.dumps(options, sort_keys=True)), "chunk": batch,
-                    "slices": source.num_slices}
+        manifest = {
+            "version": cls.VERSION,
+            "input_size": args.file.stat().st_size,
+            "input_sha256": _file_digest(args.file),
+            "method": args.method,
+            "options": json.loads(json.dumps(options, sort_keys=True)),
+            "chunk": batch,
+            "slices": source.num_slices,
+        }
         if folder.exists():
             if args.overwrite and not args.resume:
                 _remove_partial(folder)
             elif not args.resume:
-                raise FileExistsError(f"{folder} holds partial results of an earlier run: pass --resume to "
-                                      "continue it, or --overwrite to start again")
+                raise FileExistsError(
+                    f"{folder} holds partial results of an earlier run: pass --resume to "
+                    "continue it, or --overwrite to start again"
+                )
             else:
                 try:
                     old = json.loads((folder / "manifest.json").read_text())
                 except (OSError, ValueError):
                     old = None
                 if old != manifest:
-                    raise CommandError(f"--resume: {folder} was made from another input, method, options, "
-                                       "--batch-size or tomo version; pass --overwrite (without --resume) to "
-                                       "start again")
+                    raise CommandError(
+                        f"--resume: {folder} was made from another input, method, options, "
+                        "--batch-size or tomo version; pass --overwrite (without --resume) to "
+                        "start again"
+                    )
                 return cls(folder, manifest)
         folder.mkdir()
         with atomic_file(folder / "manifest.json", "w") as fh:
@@ -575,8 +661,10 @@ class PartialRun:
         except (OSError, ValueError):
             seen = None
         if seen != manifest:
-            raise CommandError(f"cannot read {folder / 'manifest.json'} as rank 0 wrote it: the output folder must "
-                               "be on a file system every node shares")
+            raise CommandError(
+                f"cannot read {folder / 'manifest.json'} as rank 0 wrote it: the output folder must "
+                "be on a file system every node shares"
+            )
         return cls(folder, manifest)
 
     def chunk_path(self, start: int) -> Path:
@@ -629,6 +717,7 @@ class PartialRun:
 
 def _remove_partial(folder: Path) -> None:
     import shutil
+
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -641,14 +730,27 @@ def _reconstruct_chunks(source, partial: PartialRun, args, options: dict, todo: 
 
     chunk, n = partial.manifest["chunk"], source.num_slices
     device = ranks.device(args.device)
-    bar = SliceProgress(n, f"tomo reconstruct --method {args.method}", enabled=ranks.is_main and not args.quiet,
-                        done=n - sum(min(chunk, n - s) for s in todo))
+    bar = SliceProgress(
+        n,
+        f"tomo reconstruct --method {args.method}",
+        enabled=ranks.is_main and not args.quiet,
+        done=n - sum(min(chunk, n - s) for s in todo),
+    )
     with bar:
-        for start in todo[ranks.rank::ranks.world]:
-            (_, sino, ref), = source.iter_slices(start, start + chunk, chunk)
-            mu, std = reconstruct(sino, source.geometry, args.method, i0=source.i0, device=device,
-                                  batch_size=chunk, progress=library_bars(args) and ranks.is_main, out_device="cpu",
-                                  return_std=True, **options)
+        for start in todo[ranks.rank :: ranks.world]:
+            ((_, sino, ref),) = source.iter_slices(start, start + chunk, chunk)
+            mu, std = reconstruct(
+                sino,
+                source.geometry,
+                args.method,
+                i0=source.i0,
+                device=device,
+                batch_size=chunk,
+                progress=library_bars(args) and ranks.is_main,
+                out_device="cpu",
+                return_std=True,
+                **options,
+            )
             hu = mu_to_hu(mu.numpy()).astype(np.float32)
             std_hu = None if std is None else std_mu_to_hu(std.numpy())
             if ref is None:
@@ -671,9 +773,14 @@ class Ranks:
     exchanged (the plan, and each rank's outcome); the images go through ``OUT.partial``.
     """
 
-    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, local_world: int = 1,
-                 joined: bool = False):
-        self.rank, self.world, self.local_rank, self.local_world, self.joined = rank, world, local_rank, local_world, joined
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, local_world: int = 1, joined: bool = False):
+        self.rank, self.world, self.local_rank, self.local_world, self.joined = (
+            rank,
+            world,
+            local_rank,
+            local_world,
+            joined,
+        )
 
     @property
     def is_main(self) -> bool:
@@ -689,25 +796,33 @@ class Ranks:
             local_rank, local_world = int(env.get("LOCAL_RANK", "0")), int(env.get("LOCAL_WORLD_SIZE", "1"))
             timeout = float(env.get("TOMO_DIST_TIMEOUT_S", DIST_TIMEOUT_S))
         except ValueError as exc:
-            raise CommandError(f"RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE and TOMO_DIST_TIMEOUT_S must be "
-                               f"numbers ({exc}); torchrun sets the first four") from None
+            raise CommandError(
+                f"RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE and TOMO_DIST_TIMEOUT_S must be "
+                f"numbers ({exc}); torchrun sets the first four"
+            ) from None
         import datetime
 
         import torch
         import torch.distributed as dist
+
         cuda = str(device).startswith("cuda")
         if cuda:
             count = torch.cuda.device_count()
             if local_rank >= count:
-                raise CommandError(f"--device cuda: process LOCAL_RANK={local_rank} but this node has {count} GPU(s); "
-                                   f"start at most {count} processes per node (--nproc_per_node)")
+                raise CommandError(
+                    f"--device cuda: process LOCAL_RANK={local_rank} but this node has {count} GPU(s); "
+                    f"start at most {count} processes per node (--nproc_per_node)"
+                )
             torch.cuda.set_device(local_rank)
         try:
-            dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo",
-                                    timeout=datetime.timedelta(seconds=timeout))
+            dist.init_process_group(
+                "cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout)
+            )
         except Exception as exc:  # noqa: BLE001  (torch raises several types; each becomes one line)
-            raise CommandError(f"rank {rank} could not join the other processes ({type(exc).__name__}: {exc}); "
-                               "check MASTER_ADDR/MASTER_PORT (torchrun --rdzv-endpoint)") from None
+            raise CommandError(
+                f"rank {rank} could not join the other processes ({type(exc).__name__}: {exc}); "
+                "check MASTER_ADDR/MASTER_PORT (torchrun --rdzv-endpoint)"
+            ) from None
         return cls(rank, world, local_rank, local_world, joined=True)
 
     def device(self, device: str) -> str:
@@ -719,6 +834,7 @@ class Ranks:
         if not self.joined:
             return obj
         import torch.distributed as dist
+
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
@@ -728,6 +844,7 @@ class Ranks:
         if not self.joined:
             return [obj]
         import torch.distributed as dist
+
         out = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
@@ -735,6 +852,7 @@ class Ranks:
     def close(self) -> None:
         if self.joined:
             import torch.distributed as dist
+
             if dist.is_initialized():
                 dist.destroy_process_group()
 
@@ -780,11 +898,12 @@ def _write_previews(outputs: Outputs, partial: PartialRun, source, args, has_std
     if outputs.preview is not None:
         ref = None
         if source.has_reference:
-            (_, _, ref), = source.iter_slices(k, k + 1, 1)
+            ((_, _, ref),) = source.iter_slices(k, k + 1, 1)
             ref = ref[0]
         with atomic_path(outputs.preview, overwrite=args.overwrite) as tmp:
-            save_preview(tmp, hu, ref, title=title,
-                         scores=None if ref is None else (float(psnr(hu, ref)), float(ssim(hu, ref))))
+            save_preview(
+                tmp, hu, ref, title=title, scores=None if ref is None else (float(psnr(hu, ref)), float(ssim(hu, ref)))
+            )
         written.append(str(outputs.preview))
     if has_std and outputs.std_preview is not None:
         with atomic_path(outputs.std_preview, overwrite=args.overwrite) as tmp:
@@ -800,8 +919,9 @@ def _write_nifti(setup: _Setup, overwrite: bool, has_std: bool) -> list[str]:
     written = []
     for key, path in (("hu", setup.outputs.main), ("std_hu", setup.outputs.std)):
         if key == "hu" or has_std:
-            write_nifti_volume(path, setup.partial.volume(key), (p, p), setup.slice_spacing, setup.reference,
-                               overwrite=overwrite)
+            write_nifti_volume(
+                path, setup.partial.volume(key), (p, p), setup.slice_spacing, setup.reference, overwrite=overwrite
+            )
             written.append(str(path))
     return written
 
@@ -817,19 +937,31 @@ def _write_dicom(setup: _Setup, summary: str, args, has_std: bool) -> list[str]:
     name = args.method.upper()
     study = (generate_uid(), generate_uid())  # the two series' study when the reference has none (NIfTI)
     common = dict(pixel_spacing_mm=(p, p), overwrite=args.overwrite, study_uids=study)
-    files = write_series(setup.partial.volume("hu"), setup.outputs.main, setup.reference,
-                         description=f"tomo {name} reconstruction", derivation=f"{summary} (tomo reconstruct)",
-                         **common)
+    files = write_series(
+        setup.partial.volume("hu"),
+        setup.outputs.main,
+        setup.reference,
+        description=f"tomo {name} reconstruction",
+        derivation=f"{summary} (tomo reconstruct)",
+        **common,
+    )
     written = [f"{len(files)} DICOM files to {setup.outputs.main}"]
     if has_std:
         image_uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
         samples = setup.options.get("samples")
         std_files = write_series(
-            setup.partial.volume("std_hu"), setup.outputs.std, setup.reference,
+            setup.partial.volume("std_hu"),
+            setup.outputs.std,
+            setup.reference,
             description=f"tomo {name} posterior std (HU)",
-            derivation=(f"pixel-wise posterior standard deviation in HU over {samples} samples of the {name} "
-                        f"reconstruction in series {image_uid}; {summary} (tomo reconstruct)"),
-            series_number=default_series_number(setup.reference, 1), hu_step=0.1, **common)
+            derivation=(
+                f"pixel-wise posterior standard deviation in HU over {samples} samples of the {name} "
+                f"reconstruction in series {image_uid}; {summary} (tomo reconstruct)"
+            ),
+            series_number=default_series_number(setup.reference, 1),
+            hu_step=0.1,
+            **common,
+        )
         written.append(f"{len(std_files)} DICOM files (posterior std) to {setup.outputs.std}")
     return written
 
@@ -840,8 +972,10 @@ def _read_reference(args, sf):
 
     vol = read_volume(args.dicom_reference, series_uid=args.series)
     if vol.hu.shape[0] != sf.num_slices:
-        raise CommandError(f"--reference has {vol.hu.shape[0]} slices but the sinogram {sf.num_slices}; "
-                           f"give the series (or the single file) the sinogram was simulated from")
+        raise CommandError(
+            f"--reference has {vol.hu.shape[0]} slices but the sinogram {sf.num_slices}; "
+            f"give the series (or the single file) the sinogram was simulated from"
+        )
     rows, cols = vol.hu.shape[1:]
     ref_fov = max(rows * vol.pixel_spacing_mm[0], cols * vol.pixel_spacing_mm[1])
     fov = sf.geometry.image_shape[0] * sf.geometry.pixel_spacing_mm
@@ -862,5 +996,7 @@ def _nifti_slice_spacing(args, source, reference) -> float:
             return float(thickness)
     if source.num_slices == 1:
         return float(source.geometry.pixel_spacing_mm)  # one slice, nothing known: a cubic voxel
-    raise CommandError("the sinogram file does not record the distance between slices: give --slice-spacing MM "
-                       "or --reference VOLUME (the series it was simulated from) for NIfTI output")
+    raise CommandError(
+        "the sinogram file does not record the distance between slices: give --slice-spacing MM "
+        "or --reference VOLUME (the series it was simulated from) for NIfTI output"
+    )

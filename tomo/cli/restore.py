@@ -10,6 +10,7 @@ With ``--samples N`` the result is the mean of N posterior samples and a fourth 
 pixel-wise standard deviation (0-200 HU, black to white). PSNR/SSIM against the reference are
 printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,39 +24,65 @@ from tomo.cli.progress import library_bars
 #: one-line summary shown by ``tomo --help``
 HELP = "degrade a CT image (blur, downsample, mask) and restore it with the diffusion prior"
 
+
 def register(subparsers) -> None:
     from tomo.methods.image_tasks import SOLVERS, TASKS
+
     p = subparsers.add_parser(
-        "restore", help=HELP,
-        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+        "restore",
+        help=HELP,
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("image", type=Path, metavar="IMAGE", help="DICOM file/folder, .npz HU volume or PNG")
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--method", default="dds", choices=SOLVERS, help="diffusion solver (default dds)")
-    p.add_argument("-o", "--output-dir", type=Path, default=Path("restore-output"),
-                   help="folder for the PNGs and .npz (default ./restore-output)")
+    p.add_argument(
+        "-o",
+        "--output-dir",
+        type=Path,
+        default=Path("restore-output"),
+        help="folder for the PNGs and .npz (default ./restore-output)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     src = p.add_argument_group("input")
     src.add_argument("--slice", type=int, default=None, help="slice index of a volume (default: the middle one)")
-    src.add_argument("--size", type=int, default=256,
-                     help="resize so the longer side has this many pixels (0: keep; default 256)")
+    src.add_argument(
+        "--size", type=int, default=256, help="resize so the longer side has this many pixels (0: keep; default 256)"
+    )
     task = p.add_argument_group("degradation")
     task.add_argument("--noise-hu", type=float, default=10.0, help="Gaussian noise std, HU (default 10)")
     task.add_argument("--sigma-px", type=float, default=2.0, help="deblur: Gaussian blur std, pixels (default 2)")
     task.add_argument("--factor", type=int, default=4, choices=(2, 4), help="superres: factor (default 4)")
-    task.add_argument("--box", type=int, nargs=4, metavar=("TOP", "LEFT", "HEIGHT", "WIDTH"),
-                      help="inpaint: missing box in pixels (default: centred, a quarter of each side)")
-    task.add_argument("--keep", type=float, default=0.5,
-                      help="outpaint: kept centre fraction of each side (default 0.5)")
+    task.add_argument(
+        "--box",
+        type=int,
+        nargs=4,
+        metavar=("TOP", "LEFT", "HEIGHT", "WIDTH"),
+        help="inpaint: missing box in pixels (default: centred, a quarter of each side)",
+    )
+    task.add_argument(
+        "--keep", type=float, default=0.5, help="outpaint: kept centre fraction of each side (default 0.5)"
+    )
     sol = p.add_argument_group("solver")
-    sol.add_argument("--prior", default=None, help="a shipped prior by name (default, large) or a checkpoint folder (default: default)")
+    sol.add_argument(
+        "--prior",
+        default=None,
+        help="a shipped prior by name (default, large) or a checkpoint folder (default: default)",
+    )
     sol.add_argument("--steps", type=int, default=None, help="sampling steps (default dds 50, dps 1000)")
     sol.add_argument("--seed", type=int, default=0, help="noise and sampling seed (default 0)")
     sol.add_argument("--zeta", type=float, default=None, help="DPS step size (default 1000 / steps)")
-    sol.add_argument("--cg-iterations", type=int, default=None,
-                     help="DDS CG iterations per step (default: deblur 5, other tasks 1)")
+    sol.add_argument(
+        "--cg-iterations", type=int, default=None, help="DDS CG iterations per step (default: deblur 5, other tasks 1)"
+    )
     sol.add_argument("--eta", type=float, default=None, help="DDS re-noising fraction (default 0.85)")
-    sol.add_argument("--samples", type=int, default=1,
-                     help="average this many posterior samples (default 1; also writes a spread map)")
+    sol.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        help="average this many posterior samples (default 1; also writes a spread map)",
+    )
     sol.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the network (faster on CPU)")
     sol.add_argument("--device", default="cpu", help="torch device (default cpu)")
     sol.add_argument("--quiet", action="store_true", help="no progress bar and no information lines")
@@ -69,12 +96,14 @@ def read_hu_slice(path: Path, index: int | None) -> tuple[np.ndarray, str]:
         raise FileNotFoundError(f"no such file or folder: {path}")
     if path.is_file() and path.suffix.lower() == ".png":
         from PIL import Image
+
         with Image.open(path) as im:
             grey = np.asarray(im.convert("I;16") if im.mode in ("I;16", "I", "I;16B") else im.convert("L"))
         top = 65535.0 if grey.dtype == np.uint16 else 255.0
         hu = -1000.0 + 2000.0 * grey.astype(np.float32) / top
         return hu, f"PNG {grey.shape[1]}x{grey.shape[0]} read as the [-1000, 1000] HU window"
     from tomo.io.volume import read_volume
+
     volume = read_volume(path)
     n = volume.hu.shape[0]
     k = n // 2 if index is None else index
@@ -86,6 +115,7 @@ def read_hu_slice(path: Path, index: int | None) -> tuple[np.ndarray, str]:
 def resize_for_task(hu: np.ndarray, size: int, multiple: int) -> np.ndarray:
     """Resize (anti-aliased) so the longer side is ``size`` and both sides divide by ``multiple``."""
     from skimage.transform import resize
+
     h, w = hu.shape
     if size < 0:
         raise CommandError(f"--size must be >= 0, got {size}")
@@ -103,6 +133,7 @@ def save_png(hu: np.ndarray, path: Path) -> None:
 
     from tomo.evaluation.scores import window
     from tomo.io.atomic import atomic_path
+
     with atomic_path(path, overwrite=True) as tmp:  # run() refused existing outputs without --overwrite
         Image.fromarray(np.round(window(hu) * 255).astype(np.uint8)).save(tmp)
 
@@ -118,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from tomo.evaluation.scores import psnr, ssim
-    from tomo.priors import load_prior
     from tomo.methods.image_tasks import SOLVER_DEFAULTS, degrade, restore, task_operator
+    from tomo.priors import load_prior
 
     if args.noise_hu < 0:
         raise CommandError(f"--noise-hu must be >= 0, got {args.noise_hu}")
@@ -135,8 +166,15 @@ def run(args: argparse.Namespace) -> int:
     hu, what = read_hu_slice(args.image, args.slice)
     hu = resize_for_task(hu, args.size, args.factor if args.task == "superres" else 1)
     device = torch.device(args.device)
-    op = task_operator(args.task, hu.shape, sigma_px=args.sigma_px, factor=args.factor,
-                       box=tuple(args.box) if args.box else None, keep=args.keep, device=device)
+    op = task_operator(
+        args.task,
+        hu.shape,
+        sigma_px=args.sigma_px,
+        factor=args.factor,
+        box=tuple(args.box) if args.box else None,
+        keep=args.keep,
+        device=device,
+    )
     reference = torch.from_numpy(hu).to(device)
     y = degrade(op, reference, args.noise_hu, seed=args.seed)
 
@@ -149,12 +187,15 @@ def run(args: argparse.Namespace) -> int:
     kwargs.update({k: v for k, v in given.items() if v is not None})
     if args.bf16:
         kwargs["autocast_dtype"] = torch.bfloat16
-    print(f"{args.image} ({what}) -> {hu.shape[1]}x{hu.shape[0]}; task {args.task}, noise {args.noise_hu:g} HU; "
-          f"{args.method} {kwargs}")
+    print(
+        f"{args.image} ({what}) -> {hu.shape[1]}x{hu.shape[0]}; task {args.task}, noise {args.noise_hu:g} HU; "
+        f"{args.method} {kwargs}"
+    )
     if args.samples < 1:
         raise CommandError(f"--samples must be >= 1, got {args.samples}")
-    result = restore(prior, op, y, args.method, seed=args.seed, progress=library_bars(args), samples=args.samples,
-                     **kwargs)
+    result = restore(
+        prior, op, y, args.method, seed=args.seed, progress=library_bars(args), samples=args.samples, **kwargs
+    )
     restored = result.hu[0, 0].cpu().numpy()
     degraded = displayable_degraded(args.task, op, y.cpu().numpy())
 
@@ -165,13 +206,16 @@ def run(args: argparse.Namespace) -> int:
     arrays = dict(reference_hu=hu, degraded=degraded, restored_hu=restored, task=args.task, method=args.method)
     if result.std_hu is not None:
         spread = result.std_hu[0, 0].cpu().numpy()
-        save_png(spread * 10.0 - 1000.0, names["spread"])     # 0-200 HU spread shown black to white
+        save_png(spread * 10.0 - 1000.0, names["spread"])  # 0-200 HU spread shown black to white
         arrays["spread_hu"] = spread
     from tomo.io.atomic import atomic_file
+
     with atomic_file(names["npz"], overwrite=True) as fh:
         np.savez_compressed(fh, **arrays)
-    print(f"restored: PSNR {psnr(restored, hu):.2f} dB, SSIM {ssim(restored, hu):.4f} "
-          f"([-1000, 1000] HU window; {result.network_evaluations} network evaluations)")
+    print(
+        f"restored: PSNR {psnr(restored, hu):.2f} dB, SSIM {ssim(restored, hu):.4f} "
+        f"([-1000, 1000] HU window; {result.network_evaluations} network evaluations)"
+    )
     if degraded.shape == hu.shape and args.task == "deblur":
         print(f"degraded: PSNR {psnr(degraded, hu):.2f} dB, SSIM {ssim(degraded, hu):.4f}")
     for path in names.values():

@@ -5,6 +5,7 @@ the slice is projected on its own fine grid with the detector of the coarser rec
 transmission Poisson noise is added at ``--i0`` photons per bin, and the anti-aliased ground
 truth on the reconstruction grid is stored as ``hu_reference`` for scoring.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,42 +24,71 @@ PHANTOMS = ("shepp-logan",)
 #: one-line summary shown by ``tomo --help``
 HELP = "simulate a (noisy) sinogram file from CT slices or a phantom"
 
+
 def register(subparsers) -> None:
     from tomo.evaluation.simulation import CONFIGS
 
     configs = ", ".join(f"{k} ({c.describe()})" for k, c in CONFIGS.items())
     parser = subparsers.add_parser(
-        "simulate", help=HELP,
+        "simulate",
+        help=HELP,
         description="Simulate a sinogram exchange file (.npz, see evaluation.md) following the evaluation "
-                    "protocol: HU -> attenuation (0.0192/mm water), projection on the slice's own fine grid "
-                    "with the detector of the reconstruction grid (no inverse crime), transmission Poisson "
-                    "noise, and the anti-aliased ground truth on the reconstruction grid as hu_reference.",
+        "protocol: HU -> attenuation (0.0192/mm water), projection on the slice's own fine grid "
+        "with the detector of the reconstruction grid (no inverse crime), transmission Poisson "
+        "noise, and the anti-aliased ground truth on the reconstruction grid as hu_reference.",
         epilog=f"Standard configurations (--config): {configs}. Example: tomo simulate series/ --config "
-               "parallel-30 --slices 40:44 --out scan.npz",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", metavar="SOURCE",
-                        help="DICOM series folder or file, an .npz HU volume (OpenKBP: 'hu' [slices, H, W] "
-                             f"and 'spacing_mm'), or a phantom name: {', '.join(PHANTOMS)}")
+        "parallel-30 --slices 40:44 --out scan.npz",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="DICOM series folder or file, an .npz HU volume (OpenKBP: 'hu' [slices, H, W] "
+        f"and 'spacing_mm'), or a phantom name: {', '.join(PHANTOMS)}",
+    )
     parser.add_argument("--out", type=Path, required=True, metavar="FILE.npz", help="sinogram file to write")
-    parser.add_argument("--config", choices=sorted(CONFIGS),
-                        help="a standard configuration (geometry, views, I0); --i0 may override its dose")
-    parser.add_argument("--geometry", choices=("parallel", "fanbeam"),
-                        help="parallel beam over [0, pi) or flat-detector fan beam over [0, 2 pi)")
+    parser.add_argument(
+        "--config",
+        choices=sorted(CONFIGS),
+        help="a standard configuration (geometry, views, I0); --i0 may override its dose",
+    )
+    parser.add_argument(
+        "--geometry",
+        choices=("parallel", "fanbeam"),
+        help="parallel beam over [0, pi) or flat-detector fan beam over [0, 2 pi)",
+    )
     parser.add_argument("--views", type=int, metavar="N", help="number of projection angles")
-    parser.add_argument("--i0", type=float, metavar="PHOTONS",
-                        help="photons per detector bin for Poisson noise (default: the --config's, "
-                             "else noiseless line integrals)")
-    parser.add_argument("--slices", default="all", metavar="SPEC",
-                        help="slices of a volume: 'all' (default), an index '12', a list '3,7,9' or a "
-                             "range 'START:STOP[:STEP]' (0-based, STOP excluded)")
+    parser.add_argument(
+        "--i0",
+        type=float,
+        metavar="PHOTONS",
+        help="photons per detector bin for Poisson noise (default: the --config's, else noiseless line integrals)",
+    )
+    parser.add_argument(
+        "--slices",
+        default="all",
+        metavar="SPEC",
+        help="slices of a volume: 'all' (default), an index '12', a list '3,7,9' or a "
+        "range 'START:STOP[:STEP]' (0-based, STOP excluded)",
+    )
     parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID when SOURCE holds several series")
-    parser.add_argument("--grid", type=int, metavar="N",
-                        help="reconstruction grid N x N (default 256 for slices of 512 px or more, else half "
-                             "the slice size); pixel = field of view / N")
-    parser.add_argument("--phantom-size", type=int, default=None, metavar="PX",
-                        help="phantom fine-grid size in pixels (default 2 x grid, i.e. 512)")
-    parser.add_argument("--phantom-fov", type=float, default=256.0, metavar="MM",
-                        help="phantom field of view in mm (default 256)")
+    parser.add_argument(
+        "--grid",
+        type=int,
+        metavar="N",
+        help="reconstruction grid N x N (default 256 for slices of 512 px or more, else half "
+        "the slice size); pixel = field of view / N",
+    )
+    parser.add_argument(
+        "--phantom-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="phantom fine-grid size in pixels (default 2 x grid, i.e. 512)",
+    )
+    parser.add_argument(
+        "--phantom-fov", type=float, default=256.0, metavar="MM", help="phantom field of view in mm (default 256)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0); slice k uses its own stream")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars and no information lines")
@@ -112,6 +142,7 @@ def _load_source(args) -> tuple[np.ndarray, float, str]:
 
     if args.source in PHANTOMS:
         from operators import shepp_logan
+
         size = args.phantom_size or 2 * (args.grid or 256)
         if size < 4 or not args.phantom_fov > 0:
             raise CommandError("--phantom-size must be >= 4 and --phantom-fov > 0")
@@ -123,6 +154,7 @@ def _load_source(args) -> tuple[np.ndarray, float, str]:
     if not path.exists():
         raise FileNotFoundError(f"SOURCE {path} is neither a file/folder nor a phantom ({', '.join(PHANTOMS)})")
     from tomo.io.volume import read_volume
+
     vol = read_volume(path, series_uid=args.series)
     rows, cols = vol.pixel_spacing_mm
     if abs(rows - cols) > 1e-3 * max(rows, cols):
@@ -164,14 +196,16 @@ def simulation_memory(shape: tuple[int, int, int], config, grid: int | None) -> 
 
 def _check_simulation_memory(shape, config, grid) -> None:
     s, h, w = shape
-    check_memory(simulation_memory(shape, config, grid),
-                 f"simulating {s} slice{'s' if s > 1 else ''} of {h} x {w} ({config.describe()})",
-                 "select fewer slices with --slices")
+    check_memory(
+        simulation_memory(shape, config, grid),
+        f"simulating {s} slice{'s' if s > 1 else ''} of {h} x {w} ({config.describe()})",
+        "select fewer slices with --slices",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from tomo.io.sinogram import save_sinogram
     from tomo.evaluation.simulation import simulate_volume
+    from tomo.io.sinogram import save_sinogram
 
     out: Path = args.out
     if out.suffix != ".npz":
@@ -186,12 +220,20 @@ def run(args: argparse.Namespace) -> int:
     hu, spacing, what = _load_source(args)
     _check_simulation_memory(hu.shape, config, args.grid)
     single = hu.shape[0] == 1
-    sf = simulate_volume(hu[0] if single else hu, spacing, config, grid=args.grid, seed=args.seed,
-                         progress=library_bars(args),
-                         description=None)
+    sf = simulate_volume(
+        hu[0] if single else hu,
+        spacing,
+        config,
+        grid=args.grid,
+        seed=args.seed,
+        progress=library_bars(args),
+        description=None,
+    )
     sf.description = f"tomo simulate {what}: {sf.description}"
     save_sinogram(out, sf, overwrite=args.overwrite)
     g = sf.geometry
-    print(f"wrote {out}: sinogram {'x'.join(map(str, sf.sinogram.shape))} ({config.describe()}), "
-          f"grid {g.image_shape[0]}x{g.image_shape[1]} at {g.pixel_spacing_mm:.4g} mm, hu_reference included")
+    print(
+        f"wrote {out}: sinogram {'x'.join(map(str, sf.sinogram.shape))} ({config.describe()}), "
+        f"grid {g.image_shape[0]}x{g.image_shape[1]} at {g.pixel_spacing_mm:.4g} mm, hu_reference included"
+    )
     return 0

@@ -10,6 +10,7 @@ All work on HU images ``[H, W]`` measured as ``y = A hu + n`` by an operator of
 :data:`BASELINE_DEFAULTS` holds their hyper-parameters, tuned on train/ slices
 (``scripts/benchmark_tasks.py tune``; docs/benchmarks_diffusion.md).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,9 +26,12 @@ BASELINES = {"deblur": ("wiener", "tv"), "superres": ("bicubic",), "inpaint": ("
 #: Wiener balance 0.001-0.1 -> 28.65-29.03 dB, best 0.005; TV deblur weight 3e-4-1e-2 ->
 #: 28.73-29.26 dB, 1e-3 best SSIM; TV inpainting 1e-3-1e-2 at 1000 iterations -> 32.3-34.8 dB,
 #: 3e-3 best SSIM (fewer iterations leave the hole unfilled)
-BASELINE_DEFAULTS = {("deblur", "wiener"): {"balance": 0.005}, ("deblur", "tv"): {"tv_weight": 0.001},
-                     ("inpaint", "tv"): {"tv_weight": 0.003, "iterations": 1000, "tol": 0.0},
-                     ("superres", "bicubic"): {}}
+BASELINE_DEFAULTS = {
+    ("deblur", "wiener"): {"balance": 0.005},
+    ("deblur", "tv"): {"tv_weight": 0.001},
+    ("inpaint", "tv"): {"tv_weight": 0.003, "iterations": 1000, "tol": 0.0},
+    ("superres", "bicubic"): {},
+}
 
 
 def wiener_deblur(y_hu: torch.Tensor, op, balance: float) -> np.ndarray:
@@ -37,6 +41,7 @@ def wiener_deblur(y_hu: torch.Tensor, op, balance: float) -> np.ndarray:
     zero-padded operator sees them (``A u = (y + 1000 A 1) / 1000``).
     """
     from skimage.restoration import wiener
+
     with torch.no_grad():
         y_u = (y_hu + 1000.0 * op(torch.ones(op.in_shape, dtype=y_hu.dtype))) / 1000.0
     u = wiener(y_u.numpy().astype(np.float64), op.kernel.cpu().numpy(), balance, clip=False)
@@ -50,6 +55,7 @@ def tv_restore(y_hu: torch.Tensor, op, tv_weight: float, iterations: int = 300, 
     with ``mu = MU_WATER (A 1 + y / 1000)`` (A is linear, so HU -> mu is affine through it).
     """
     from tomo.recon import tv_pdhg
+
     with torch.no_grad():
         ones = torch.ones(op.in_shape, dtype=y_hu.dtype)
         y_mu = MU_WATER_PER_MM * (op(ones) + y_hu / 1000.0)
@@ -60,6 +66,7 @@ def tv_restore(y_hu: torch.Tensor, op, tv_weight: float, iterations: int = 300, 
 def bicubic(y_hu: np.ndarray, shape) -> np.ndarray:
     """Bicubic interpolation of the low-resolution HU image to ``shape``."""
     from skimage.transform import resize
+
     return resize(y_hu, shape, order=3, anti_aliasing=False, preserve_range=True)
 
 

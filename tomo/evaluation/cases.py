@@ -11,6 +11,7 @@
 Loaders take the data root (the folder holding ``dev/`` and ``train/``) and raise
 :class:`FileNotFoundError` when it lacks the slices, so tests can skip without the data.
 """
+
 from __future__ import annotations
 
 import time
@@ -26,9 +27,20 @@ from tomo.methods.registry import ReconProblem
 
 from .simulation import simulate_volume
 
-__all__ = ["Slice", "Case", "DEFAULT_DATA_ROOT", "DEV_DICOM", "TV_TUNE_SLICES", "DIFFUSION_TUNE_SLICES",
-           "load_dev_slices", "load_train_slices", "read_slices", "build_cases", "build_operators",
-           "task_reference"]
+__all__ = [
+    "Slice",
+    "Case",
+    "DEFAULT_DATA_ROOT",
+    "DEV_DICOM",
+    "TV_TUNE_SLICES",
+    "DIFFUSION_TUNE_SLICES",
+    "load_dev_slices",
+    "load_train_slices",
+    "read_slices",
+    "build_cases",
+    "build_operators",
+    "task_reference",
+]
 
 #: the shared data folder next to the repository (``../shared/data``)
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -99,6 +111,7 @@ class Case:
 
 def _read(path: Path, index: int, name: str) -> Slice:
     from tomo.io.volume import read_volume
+
     vol = read_volume(path)
     return Slice(name, vol.hu[index], vol.pixel_spacing_mm)
 
@@ -117,7 +130,7 @@ def load_dev_slices(data_root: str | Path = DEFAULT_DATA_ROOT, limit: int | None
     files = sorted(root.rglob("*.dcm"))
     if not files:
         raise FileNotFoundError(f"no DICOM files under {root}; pass the shared data folder (--data)")
-    return [_read(f, 0, str(f.relative_to(root))) for f in files[:limit or None]]
+    return [_read(f, 0, str(f.relative_to(root))) for f in files[: limit or None]]
 
 
 def load_train_slices(data_root: str | Path = DEFAULT_DATA_ROOT, entries=TV_TUNE_SLICES) -> list[Slice]:
@@ -190,6 +203,7 @@ def task_reference(hu: np.ndarray, size: int = 256, multiple: int = 4) -> np.nda
     from skimage.transform import resize
 
     from operators.units import HU_MAX, HU_MIN
+
     hu = np.clip(hu, HU_MIN, HU_MAX).astype(np.float32)
     scale = size / max(hu.shape)
     shape = tuple(max(multiple, int(round(s * scale / multiple)) * multiple) for s in hu.shape)

@@ -2,6 +2,7 @@
 
 Wall times mean nothing without it; every benchmark report states :func:`describe_machine`.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,10 @@ class MachineInfo:
 
     def describe(self) -> str:
         """One line for reports, e.g. ``2 CPU cores (AMD EPYC), no GPU, torch 2.13.0+cpu, 1 thread(s), ASTRA 2.2.0``."""
-        return (f"{self.cores} CPU cores ({self.cpu}), {self.gpu}, torch {self.torch}, {self.threads} thread(s), "
-                f"ASTRA {self.astra}")
+        return (
+            f"{self.cores} CPU cores ({self.cpu}), {self.gpu}, torch {self.torch}, {self.threads} thread(s), "
+            f"ASTRA {self.astra}"
+        )
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,6 +50,7 @@ def _cpu_model() -> str:
 def _astra_version() -> str:
     try:
         import astra
+
         return str(astra.__version__)
     except Exception:  # noqa: BLE001 -- not installed, or a build that fails to load: a report says so, not fails
         return "unavailable"
@@ -55,8 +59,15 @@ def _astra_version() -> str:
 def machine_info() -> MachineInfo:
     """The current machine (torch threads as set now: call after ``torch.set_num_threads``)."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return MachineInfo(cpu=_cpu_model(), cores=os.cpu_count() or 0, threads=torch.get_num_threads(), gpu=gpu,
-                       torch=torch.__version__, astra=_astra_version(), date=time.strftime("%Y-%m-%d %H:%M"))
+    return MachineInfo(
+        cpu=_cpu_model(),
+        cores=os.cpu_count() or 0,
+        threads=torch.get_num_threads(),
+        gpu=gpu,
+        torch=torch.__version__,
+        astra=_astra_version(),
+        date=time.strftime("%Y-%m-%d %H:%M"),
+    )
 
 
 def describe_machine() -> str:

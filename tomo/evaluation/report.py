@@ -10,6 +10,7 @@
   :func:`mean_table` and :func:`per_case_tables` (the classical benchmark), and
   :func:`write_section`, which rewrites one marked block of a shared Markdown file.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Record", "Summary", "summarise", "markdown_table", "settings_table", "mean_table",
-           "per_case_tables", "write_section", "write_json"]
+__all__ = [
+    "Record",
+    "Summary",
+    "summarise",
+    "markdown_table",
+    "settings_table",
+    "mean_table",
+    "per_case_tables",
+    "write_section",
+    "write_json",
+]
 
 
 @dataclass
@@ -54,9 +64,16 @@ class Record:
     settings: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"config": self.config, "method": self.method, "slice": self.case, "psnr": self.psnr,
-                "ssim": self.ssim, "seconds": self.seconds, "network_evaluations": self.network_evaluations,
-                "settings": self.settings}
+        return {
+            "config": self.config,
+            "method": self.method,
+            "slice": self.case,
+            "psnr": self.psnr,
+            "ssim": self.ssim,
+            "seconds": self.seconds,
+            "network_evaluations": self.network_evaluations,
+            "settings": self.settings,
+        }
 
 
 @dataclass
@@ -78,17 +95,40 @@ class Summary:
     ssim_each: list
 
     def as_dict(self) -> dict:
-        return {"config": self.config, "method": self.method, "settings": self.settings, "n": self.n,
-                "psnr": self.psnr, "psnr_std": self.psnr_std, "ssim": self.ssim, "ssim_std": self.ssim_std,
-                "seconds_per_slice": self.seconds, "nfe": self.network_evaluations, "slices": self.cases,
-                "psnr_each": self.psnr_each, "ssim_each": self.ssim_each}
+        return {
+            "config": self.config,
+            "method": self.method,
+            "settings": self.settings,
+            "n": self.n,
+            "psnr": self.psnr,
+            "psnr_std": self.psnr_std,
+            "ssim": self.ssim,
+            "ssim_std": self.ssim_std,
+            "seconds_per_slice": self.seconds,
+            "nfe": self.network_evaluations,
+            "slices": self.cases,
+            "psnr_each": self.psnr_each,
+            "ssim_each": self.ssim_each,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Summary:
         """Read :meth:`as_dict` output (JSON of earlier runs, whose std / ssim_each may be absent)."""
-        return cls(d["config"], d["method"], d.get("settings", {}), d["n"], d["psnr"], d.get("psnr_std", float("nan")),
-                   d["ssim"], d.get("ssim_std", float("nan")), d["seconds_per_slice"], d.get("nfe", 0),
-                   d.get("slices", []), d.get("psnr_each", []), d.get("ssim_each", []))
+        return cls(
+            d["config"],
+            d["method"],
+            d.get("settings", {}),
+            d["n"],
+            d["psnr"],
+            d.get("psnr_std", float("nan")),
+            d["ssim"],
+            d.get("ssim_std", float("nan")),
+            d["seconds_per_slice"],
+            d.get("nfe", 0),
+            d.get("slices", []),
+            d.get("psnr_each", []),
+            d.get("ssim_each", []),
+        )
 
 
 def summarise(records: list[Record]) -> list[Summary]:
@@ -99,15 +139,33 @@ def summarise(records: list[Record]) -> list[Summary]:
     out = []
     for (config, method), rs in groups.items():
         p, s = np.array([r.psnr for r in rs]), np.array([r.ssim for r in rs])
-        out.append(Summary(config, method, rs[0].settings, len(rs), float(p.mean()), float(p.std()),
-                           float(s.mean()), float(s.std()), float(np.mean([r.seconds for r in rs])),
-                           int(np.mean([r.network_evaluations for r in rs])), [r.case for r in rs],
-                           [r.psnr for r in rs], [r.ssim for r in rs]))
+        out.append(
+            Summary(
+                config,
+                method,
+                rs[0].settings,
+                len(rs),
+                float(p.mean()),
+                float(p.std()),
+                float(s.mean()),
+                float(s.std()),
+                float(np.mean([r.seconds for r in rs])),
+                int(np.mean([r.network_evaluations for r in rs])),
+                [r.case for r in rs],
+                [r.psnr for r in rs],
+                [r.ssim for r in rs],
+            )
+        )
     return out
 
 
-def write_json(path: str | Path, meta: dict, summaries: list[Summary], records: list[Record] | None = None,
-               summary_key: str = "runs") -> None:
+def write_json(
+    path: str | Path,
+    meta: dict,
+    summaries: list[Summary],
+    records: list[Record] | None = None,
+    summary_key: str = "runs",
+) -> None:
     """``{"meta": ..., summary_key: [Summary], "records": [Record]}`` as indented JSON."""
     data = {"meta": meta, summary_key: [s.as_dict() for s in summaries]}
     if records is not None:
@@ -118,8 +176,9 @@ def write_json(path: str | Path, meta: dict, summaries: list[Summary], records: 
 # ----- Markdown ------------------------------------------------------------------------------------
 def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
     """Lines of a Markdown table (cells already formatted)."""
-    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + \
-           ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + [
+        "| " + " | ".join(str(c) for c in row) + " |" for row in rows
+    ]
 
 
 def _settings_text(settings: dict, empty: str) -> str:
@@ -130,16 +189,38 @@ def settings_table(summaries: list[Summary], first: str = "config", empty: str =
     """config | method | settings | n | PSNR | SSIM | s / slice | network evals."""
     return markdown_table(
         [first, "method", "settings", "n", "PSNR [dB]", "SSIM", "s / slice", "network evals"],
-        [[s.config, s.method, _settings_text(s.settings, empty), s.n, f"{s.psnr:.2f}", f"{s.ssim:.4f}",
-          f"{s.seconds:.1f}", s.network_evaluations] for s in summaries])
+        [
+            [
+                s.config,
+                s.method,
+                _settings_text(s.settings, empty),
+                s.n,
+                f"{s.psnr:.2f}",
+                f"{s.ssim:.4f}",
+                f"{s.seconds:.1f}",
+                s.network_evaluations,
+            ]
+            for s in summaries
+        ],
+    )
 
 
 def mean_table(summaries: list[Summary]) -> list[str]:
     """configuration | method | slices | PSNR (std) | SSIM (std) | time / slice."""
     return markdown_table(
         ["configuration", "method", "slices", "PSNR [dB] (std)", "SSIM (std)", "time / slice [s]"],
-        [[s.config, s.method, s.n, f"{s.psnr:.2f} ({s.psnr_std:.2f})", f"{s.ssim:.4f} ({s.ssim_std:.4f})",
-          f"{s.seconds:.2f}"] for s in summaries])
+        [
+            [
+                s.config,
+                s.method,
+                s.n,
+                f"{s.psnr:.2f} ({s.psnr_std:.2f})",
+                f"{s.ssim:.4f} ({s.ssim_std:.4f})",
+                f"{s.seconds:.2f}",
+            ]
+            for s in summaries
+        ],
+    )
 
 
 def per_case_tables(records: list[Record]) -> list[str]:
@@ -151,8 +232,10 @@ def per_case_tables(records: list[Record]) -> list[str]:
         for r in records:
             if r.config == config:
                 by_case.setdefault(r.case, {})[r.method] = r
-        rows = [[name] + [f"{rs[m].psnr:.2f} / {rs[m].ssim:.3f}" if m in rs else "-" for m in methods]
-                for name, rs in by_case.items()]
+        rows = [
+            [name] + [f"{rs[m].psnr:.2f} / {rs[m].ssim:.3f}" if m in rs else "-" for m in methods]
+            for name, rs in by_case.items()
+        ]
         lines += ["", f"## Per slice: {config} (PSNR dB / SSIM)", ""] + markdown_table(["slice"] + methods, rows)
     return lines
 
@@ -167,7 +250,7 @@ def write_section(path: str | Path, key: str, text: str) -> None:
     block = f"{begin}\n{text.rstrip()}\n{end}\n"
     old = Path(path).read_text() if Path(path).exists() else "# Diffusion solvers: benchmarks\n\n"
     if begin in old and end in old:
-        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) + 1:]
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) + 1 :]
     else:
         new = old.rstrip() + "\n\n" + block
     Path(path).write_text(new)

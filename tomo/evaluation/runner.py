@@ -10,6 +10,7 @@
 Scores: :func:`~tomo.evaluation.scores.psnr` and :func:`~tomo.evaluation.scores.ssim` of the HU
 image against the case's reference. Time: wall time of the method call (CUDA synchronised).
 """
+
 from __future__ import annotations
 
 import time
@@ -28,8 +29,7 @@ from .cases import Case, task_reference
 from .report import Record
 from .scores import psnr, ssim
 
-__all__ = ["MethodFn", "evaluate", "evaluate_registry", "registry_options", "TaskCase", "task_cases",
-           "evaluate_task"]
+__all__ = ["MethodFn", "evaluate", "evaluate_registry", "registry_options", "TaskCase", "task_cases", "evaluate_task"]
 
 #: ``method(sinogram [views, detectors] float32 tensor on the case's device, case) -> mu [H, W] (1/mm)``
 MethodFn = Callable[[torch.Tensor, Case], torch.Tensor]
@@ -46,17 +46,27 @@ def _timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t0
 
 
-def _record(hu, ref, case: str, config: str, method: str, seconds: float, nfe: int, settings: dict,
-            verbose: bool) -> Record:
+def _record(
+    hu, ref, case: str, config: str, method: str, seconds: float, nfe: int, settings: dict, verbose: bool
+) -> Record:
     rec = Record(case, config, method, float(psnr(hu, ref)), float(ssim(hu, ref)), seconds, nfe, dict(settings))
     if verbose:
-        print(f"  {config:12s} {method:6s} {case:55s} PSNR {rec.psnr:6.2f}  SSIM {rec.ssim:.4f}  {seconds:7.2f} s",
-              flush=True)
+        print(
+            f"  {config:12s} {method:6s} {case:55s} PSNR {rec.psnr:6.2f}  SSIM {rec.ssim:.4f}  {seconds:7.2f} s",
+            flush=True,
+        )
     return rec
 
 
-def evaluate(method: MethodFn, cases: list[Case], *, name: str, settings: dict | None = None,
-             network_evaluations: int = 0, verbose: bool = True) -> list[Record]:
+def evaluate(
+    method: MethodFn,
+    cases: list[Case],
+    *,
+    name: str,
+    settings: dict | None = None,
+    network_evaluations: int = 0,
+    verbose: bool = True,
+) -> list[Record]:
     """Run ``method`` on every case and score it; one :class:`Record` per case.
 
     ``settings`` and ``network_evaluations`` (per case) are stored in the records as given.
@@ -67,8 +77,19 @@ def evaluate(method: MethodFn, cases: list[Case], *, name: str, settings: dict |
         mu, seconds = _timed(method, sino, case)
         mu = mu.detach().cpu().numpy() if isinstance(mu, torch.Tensor) else np.asarray(mu)
         hu = mu_to_hu(mu.astype(np.float32))
-        records.append(_record(hu, case.data.hu_reference, case.name, case.config, name, seconds,
-                               network_evaluations, settings or {}, verbose))
+        records.append(
+            _record(
+                hu,
+                case.data.hu_reference,
+                case.name,
+                case.config,
+                name,
+                seconds,
+                network_evaluations,
+                settings or {},
+                verbose,
+            )
+        )
     return records
 
 
@@ -85,10 +106,13 @@ def registry_options(name: str, settings: dict) -> dict:
     if name not in _SOLVER_DEFAULTS:
         return options
     from tomo.methods.classical import DEFAULT_MODEL_ERROR
+
     if not options.pop("weighted", True) or options.pop("model_error", DEFAULT_MODEL_ERROR) != DEFAULT_MODEL_ERROR:
-        raise ValueError(f"the registry's {name} weights the data with Poisson variances and the model-error floor "
-                         f"{DEFAULT_MODEL_ERROR}; other weightings (weighted=false, model_error) need "
-                         "tomo.methods.diffusion to take them as options")
+        raise ValueError(
+            f"the registry's {name} weights the data with Poisson variances and the model-error floor "
+            f"{DEFAULT_MODEL_ERROR}; other weightings (weighted=false, model_error) need "
+            "tomo.methods.diffusion to take them as options"
+        )
     if options.pop("bf16", False):
         options["autocast_dtype"] = torch.bfloat16
     if "init" in options and options["init"] in (None, "none"):
@@ -105,8 +129,15 @@ def _network_evaluations(name: str, options: dict) -> int:
     return int(options.get("steps") or _SOLVER_DEFAULTS[name]["steps"]) * int(options.get("samples") or 1)
 
 
-def evaluate_registry(name: str, cases: list[Case], settings: dict | None = None, *, prior=None,
-                      verbose: bool = True, registry: MethodRegistry | None = None) -> list[Record]:
+def evaluate_registry(
+    name: str,
+    cases: list[Case],
+    settings: dict | None = None,
+    *,
+    prior=None,
+    verbose: bool = True,
+    registry: MethodRegistry | None = None,
+) -> list[Record]:
     """Evaluate the registered method ``name`` with ``settings`` (empty: its defaults) on ``cases``.
 
     Parameters
@@ -136,8 +167,14 @@ def evaluate_registry(name: str, cases: list[Case], settings: dict | None = None
         with torch.no_grad():
             return entry.run(sino[None], case.problem, **options, **seeded)[0]
 
-    return evaluate(run, cases, name=name, settings=settings, verbose=verbose,
-                    network_evaluations=_network_evaluations(name, options))
+    return evaluate(
+        run,
+        cases,
+        name=name,
+        settings=settings,
+        verbose=verbose,
+        network_evaluations=_network_evaluations(name, options),
+    )
 
 
 # ----- image-restoration tasks ---------------------------------------------------------------------
@@ -157,6 +194,7 @@ def task_cases(slices, task: str, noise_hu: float = 10.0, size: int = 256) -> li
     """Degrade :func:`~tomo.evaluation.cases.task_reference` (longer side ``size`` px) of each slice with
     white noise of ``noise_hu`` HU; slice ``k``'s noise seed is ``k``."""
     from tomo.methods.image_tasks import degrade, task_operator
+
     cases = []
     for k, (name, hu, _) in enumerate(slices):
         ref = task_reference(hu, size)
@@ -165,26 +203,28 @@ def task_cases(slices, task: str, noise_hu: float = 10.0, size: int = 256) -> li
     return cases
 
 
-def evaluate_task(method: str, cases: list[TaskCase], settings: dict, *, prior=None, progress: bool = False,
-                  verbose: bool = True) -> list[Record]:
+def evaluate_task(
+    method: str, cases: list[TaskCase], settings: dict, *, prior=None, progress: bool = False, verbose: bool = True
+) -> list[Record]:
     """A baseline (``wiener``, ``tv``, ``bicubic``) or solver (``dds``, ``dps``, with ``prior``) on ``cases``.
 
     Solvers run :func:`tomo.methods.image_tasks.restore` with ``settings`` (``bf16=True``: bfloat16
     autocast) and seed ``case.index``.
     """
     from tomo.methods.image_tasks import SOLVERS, restore
+
     options = dict(settings)
     if options.pop("bf16", False):
         options["autocast_dtype"] = torch.bfloat16
     records = []
     for case in cases:
         if method in SOLVERS:
-            out, seconds = _timed(restore, prior, case.operator, case.measurement, method, seed=case.index,
-                                  progress=progress, **options)
+            out, seconds = _timed(
+                restore, prior, case.operator, case.measurement, method, seed=case.index, progress=progress, **options
+            )
             hu, nfe = out.hu[0, 0].numpy(), out.network_evaluations
         else:
-            hu, seconds = _timed(run_baseline, method, case.operator, case.measurement, case.reference.shape,
-                                 **options)
+            hu, seconds = _timed(run_baseline, method, case.operator, case.measurement, case.reference.shape, **options)
             nfe = 0
         records.append(_record(hu, case.reference, case.name, case.task, method, seconds, nfe, settings, verbose))
     return records

@@ -7,6 +7,7 @@
 All functions accept NumPy arrays or torch tensors; scores are Python floats or a NumPy array
 of per-image floats. Unit conversions live in :mod:`operators.units`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +22,7 @@ WINDOW_HU = (-1000.0, 1000.0)
 
 def window(hu, lo: float = WINDOW_HU[0], hi: float = WINDOW_HU[1]) -> np.ndarray:
     """Map HU through the window ``[lo, hi]`` to ``[0, 1]`` (clipped), as float64 NumPy."""
-    if hasattr(hu, "detach"):   # a torch tensor (torch is not imported for NumPy input)
+    if hasattr(hu, "detach"):  # a torch tensor (torch is not imported for NumPy input)
         hu = hu.detach().cpu().numpy()
     h = np.asarray(hu, dtype=np.float64)
     return np.clip((h - lo) / (hi - lo), 0.0, 1.0)

@@ -33,6 +33,7 @@ Public API: :data:`CONFIGS` (the standard configurations), :class:`SimulationCon
 :func:`protocol_geometry`, :func:`simulate_slice`, :func:`simulate_volume`,
 :func:`default_grid`.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,15 @@ from operators.geometry import FanBeam2D, ParallelBeam2D
 from operators.units import HU_MAX, HU_MIN, hu_to_mu
 from tomo.io.sinogram import SinogramFile
 
-__all__ = ["SimulationConfig", "CONFIGS", "protocol_geometry", "default_grid", "simulate_slice",
-           "simulate_volume", "AIR_HU"]
+__all__ = [
+    "SimulationConfig",
+    "CONFIGS",
+    "protocol_geometry",
+    "default_grid",
+    "simulate_slice",
+    "simulate_volume",
+    "AIR_HU",
+]
 
 #: HU used to pad non-square slices (air: mu = 0 exactly)
 AIR_HU = -1000.0
@@ -121,14 +129,25 @@ def protocol_geometry(kind: str, views: int, fov_mm: float, grid: int = 256) -> 
     pixel = fov_mm / grid
     if kind == "parallel":
         angles = np.linspace(0.0, np.pi, views, endpoint=False)
-        return ParallelBeam2D(image_shape=(grid, grid), pixel_spacing_mm=pixel, angles=angles,
-                              detector_count=(3 * grid) // 2, detector_spacing_mm=pixel)
+        return ParallelBeam2D(
+            image_shape=(grid, grid),
+            pixel_spacing_mm=pixel,
+            angles=angles,
+            detector_count=(3 * grid) // 2,
+            detector_spacing_mm=pixel,
+        )
     if kind == "fanbeam":
         angles = np.linspace(0.0, 2.0 * np.pi, views, endpoint=False)
         so, od = 2.0 * fov_mm, 1.0 * fov_mm
-        return FanBeam2D(image_shape=(grid, grid), pixel_spacing_mm=pixel, angles=angles,
-                         detector_count=2 * grid, detector_spacing_mm=pixel * (so + od) / so,
-                         source_origin_mm=so, origin_detector_mm=od)
+        return FanBeam2D(
+            image_shape=(grid, grid),
+            pixel_spacing_mm=pixel,
+            angles=angles,
+            detector_count=2 * grid,
+            detector_spacing_mm=pixel * (so + od) / so,
+            source_origin_mm=so,
+            origin_detector_mm=od,
+        )
     raise ValueError(f"geometry must be 'parallel' or 'fanbeam', got {kind!r}")
 
 
@@ -169,6 +188,7 @@ def _prepare(hu) -> np.ndarray:
 
 def _resize_reference(hu_fine: np.ndarray, grid: int) -> np.ndarray:
     from skimage.transform import resize
+
     return resize(hu_fine, (grid, grid), anti_aliasing=True, preserve_range=True).astype(np.float32)
 
 
@@ -176,8 +196,16 @@ def _noise_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(int(seed) * 1_000_003 + int(index))
 
 
-def simulate_volume(hu, pixel_spacing_mm, config: SimulationConfig | str, *, grid: int | None = None,
-                    seed: int = 0, progress: bool = True, description: str | None = None) -> SinogramFile:
+def simulate_volume(
+    hu,
+    pixel_spacing_mm,
+    config: SimulationConfig | str,
+    *,
+    grid: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    description: str | None = None,
+) -> SinogramFile:
     """Simulate the protocol for one slice ``[H, W]`` or a stack ``[slices, H, W]`` of HU.
 
     Parameters
@@ -234,8 +262,10 @@ def simulate_volume(hu, pixel_spacing_mm, config: SimulationConfig | str, *, gri
     if single:
         sino, ref = sino[0], ref[0]
     if description is None:
-        description = (f"tomo simulate: {config.describe()}; fine grid {n}x{n} at {spacing:.4g} mm projected "
-                       f"onto the {grid}x{grid} protocol detector (FOV {fov:.4g} mm); seed {seed}")
+        description = (
+            f"tomo simulate: {config.describe()}; fine grid {n}x{n} at {spacing:.4g} mm projected "
+            f"onto the {grid}x{grid} protocol detector (FOV {fov:.4g} mm); seed {seed}"
+        )
     return SinogramFile(sino, geometry, i0=config.i0, hu_reference=ref, description=description)
 
 
@@ -250,4 +280,5 @@ def _noise_model(i0: float | None):
     if i0 is None:
         return None
     from operators import PoissonTransmissionNoise
+
     return PoissonTransmissionNoise(i0)

@@ -3,6 +3,7 @@
 ``parse_grid(["eta=0.5,0.85", "bf16=true"])`` -> ``{"eta": [0.5, 0.85], "bf16": [True]}``;
 :func:`settings_grid` yields every combination over fixed settings.
 """
+
 from __future__ import annotations
 
 import itertools

@@ -13,6 +13,7 @@ A killed process leaves at most a hidden ``.NAME.tmp-PID-XXXX`` beside the desti
 atomic write to the same destination removes those whose process is gone. On an exception the
 temporary is removed and the destination is untouched.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,9 @@ import ctypes
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 __all__ = ["atomic_file", "atomic_path", "atomic_folder", "remove_stale_temporaries"]
 
@@ -55,7 +57,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     if not path.parent.is_dir():
         return removed
     for p in path.parent.glob(f".{path.name}{_TMP_MARK}*"):
-        pid = p.name[len(f".{path.name}{_TMP_MARK}"):].split("-", 1)[0]
+        pid = p.name[len(f".{path.name}{_TMP_MARK}") :].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p)
@@ -136,8 +138,7 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "wb", *, overwrite: bool = False,
-                **open_kwargs) -> Iterator[IO]:
+def atomic_file(path: str | os.PathLike, mode: str = "wb", *, overwrite: bool = False, **open_kwargs) -> Iterator[IO]:
     """Open a temporary file for writing; on success it replaces ``path``.
 
     Parameters

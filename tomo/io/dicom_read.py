@@ -16,14 +16,15 @@ direction cosines and columns the row direction cosines, exactly as stored. Pixe
 float64 as ``stored * RescaleSlope + RescaleIntercept`` before the cast to float32; values
 are not clipped (padding such as -3024 HU is kept as stored).
 """
+
 from __future__ import annotations
 
 import os
 import warnings as _warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pydicom
@@ -34,8 +35,7 @@ from pydicom.uid import UID
 from .resources import MemoryBudgetError, check_memory, format_bytes
 from .volume import CTVolume, VolumeReadError
 
-__all__ = ["SeriesInfo", "SeriesScan", "SkippedFile", "DicomReadError",
-           "find_series", "read_series", "CT_SOP_CLASSES"]
+__all__ = ["SeriesInfo", "SeriesScan", "SkippedFile", "DicomReadError", "find_series", "read_series", "CT_SOP_CLASSES"]
 
 #: CT Image Storage, Enhanced CT Image Storage, Legacy Converted Enhanced CT Image Storage
 CT_SOP_CLASSES = {
@@ -46,8 +46,7 @@ CT_SOP_CLASSES = {
 
 # Retired JPEG syntaxes (processes 3-13, 15-29) that pydicom has no decoder for; the
 # bitstreams found in practice are ordinary (often progressive) JPEG that libjpeg decodes.
-_RETIRED_JPEG = {f"1.2.840.10008.1.2.4.{k}" for k in (52, 53, 54, 55, 56, 58, 59, 60, 61,
-                                                       62, 63, 64, 65, 66)}
+_RETIRED_JPEG = {f"1.2.840.10008.1.2.4.{k}" for k in (52, 53, 54, 55, 56, 58, 59, 60, 61, 62, 63, 64, 65, 66)}
 
 # Tolerances (mm, degrees) for geometry checks; DICOM DS values carry ~6 significant digits.
 _POSITION_TOL_MM = 1e-3
@@ -63,6 +62,7 @@ class DicomReadError(VolumeReadError):
 @dataclass
 class SkippedFile:
     """A file passed over during a scan and the one-line reason."""
+
     path: Path
     reason: str
 
@@ -70,9 +70,10 @@ class SkippedFile:
 @dataclass
 class _Frame:
     """One 2-D image: a classic single-frame file or one frame of a multi-frame file."""
+
     path: Path
-    frame: int                      # index within the file (0 for single-frame)
-    position: np.ndarray | None     # ImagePositionPatient [3] mm
+    frame: int  # index within the file (0 for single-frame)
+    position: np.ndarray | None  # ImagePositionPatient [3] mm
     orientation: np.ndarray | None  # ImageOrientationPatient [6]
     pixel_spacing: tuple[float, float] | None
     slope: float
@@ -123,6 +124,7 @@ class SeriesInfo:
     files : list of Path
         The files of the series.
     """
+
     uid: str
     study_uid: str
     description: str
@@ -165,10 +167,11 @@ class SeriesScan(list):
 
 # ----------------------------------------------------------------------------- header parsing
 
+
 def _ts_name(uid: str) -> str:
     try:
         name = UID(uid).name
-    except Exception:  # pragma: no cover - pydicom never raises here in practice
+    except Exception:  # noqa: BLE001 - a name lookup; pydicom never raises here in practice
         name = uid
     return name or uid
 
@@ -185,8 +188,7 @@ def _floats(value, n: int) -> np.ndarray | None:
 
 def _functional(ds: Dataset, frame: int, seq: str, attr: str):
     """Attribute ``attr`` of functional group ``seq`` for ``frame`` (per-frame wins over shared)."""
-    for groups, index in (("PerFrameFunctionalGroupsSequence", frame),
-                          ("SharedFunctionalGroupsSequence", 0)):
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
         items = ds.get(groups)
         if items is None or len(items) <= index:
             continue
@@ -228,12 +230,21 @@ def _frames_of(ds: Dataset, path: Path) -> tuple[list[_Frame], list[str]]:
         if k == 0 and (slope is None or icpt is None):
             notes.append("no RescaleSlope/RescaleIntercept: stored values taken as HU")
         spacing = _floats(ps, 2)
-        frames.append(_Frame(
-            path=path, frame=k, position=_floats(pos, 3), orientation=_floats(ori, 6),
-            pixel_spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
-            slope=_float_or(slope, 1.0), intercept=_float_or(icpt, 0.0),
-            rescale_type=str(rtype) if rtype else None,
-            instance_number=int(ds.InstanceNumber) if str(ds.get("InstanceNumber", "")).strip().lstrip("-").isdigit() else None))
+        frames.append(
+            _Frame(
+                path=path,
+                frame=k,
+                position=_floats(pos, 3),
+                orientation=_floats(ori, 6),
+                pixel_spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
+                slope=_float_or(slope, 1.0),
+                intercept=_float_or(icpt, 0.0),
+                rescale_type=str(rtype) if rtype else None,
+                instance_number=int(ds.InstanceNumber)
+                if str(ds.get("InstanceNumber", "")).strip().lstrip("-").isdigit()
+                else None,
+            )
+        )
     return frames, notes
 
 
@@ -339,8 +350,10 @@ def _size_problem(ds: Dataset, path: Path, transfer_syntax: str) -> str | None:
         length = getattr(raw, "length", None)
         have = length if length not in (None, 0xFFFFFFFF) else size
         if raw is not None and promised > max(have, 1) * (8 if bits == 1 else 1):
-            return (f"header promises {rows} x {cols} x {frames} frames of {bits} bits "
-                    f"({format_bytes(promised)}) but the pixel data holds {format_bytes(have)}")
+            return (
+                f"header promises {rows} x {cols} x {frames} frames of {bits} bits "
+                f"({format_bytes(promised)}) but the pixel data holds {format_bytes(have)}"
+            )
     elif frames * 8 > size:
         return f"header promises {frames} frames but the file has only {format_bytes(size)}"
     return None
@@ -360,7 +373,7 @@ def _read_header(path: Path) -> _FileHeader | SkippedFile:
             ds = _dcmread(path, defer_size=1024)
     except InvalidDicomError:
         return SkippedFile(path, "not a DICOM file")
-    except Exception as exc:  # pydicom raises many types on corrupt input
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt input
         return SkippedFile(path, f"corrupt DICOM ({type(exc).__name__})")
     if any(p in str(w.message).lower() for w in caught for p in _EOF_PHRASES):
         return SkippedFile(path, "truncated or corrupt file (ends inside a data element)")
@@ -374,8 +387,7 @@ def _read_header(path: Path) -> _FileHeader | SkippedFile:
             ts = "1.2.840.10008.1.2"  # no meta: DICOM default, implicit VR little endian
         if "LOCALIZER" in [str(v).upper() for v in (ds.get("ImageType") or [])]:
             return SkippedFile(path, "CT localizer (scout) image")
-        missing = [k for k in ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation")
-                   if k not in ds]
+        missing = [k for k in ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation") if k not in ds]
         if missing:
             return SkippedFile(path, f"truncated or corrupt CT header (no {', '.join(missing)})")
         photometric = str(ds.get("PhotometricInterpretation", ""))
@@ -385,7 +397,7 @@ def _read_header(path: Path) -> _FileHeader | SkippedFile:
         if problem:
             return SkippedFile(path, problem)
         frames, notes = _frames_of(ds, path)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to parse a damaged header skips the file
         return SkippedFile(path, f"corrupt DICOM header ({type(exc).__name__}: {_short(exc)})")
     problem = _pixel_data_problem(ds, path, ts)
     if problem:
@@ -400,11 +412,18 @@ def _read_header(path: Path) -> _FileHeader | SkippedFile:
     return _FileHeader(path, ds, ts, frames, notes)
 
 
-_LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
-                   "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.53", "1.2.840.10008.1.2.4.55"}
+_LOSSY_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.53",
+    "1.2.840.10008.1.2.4.55",
+}
 
 
 # ----------------------------------------------------------------------------- geometry
+
 
 @dataclass
 class _Geometry:
@@ -430,10 +449,15 @@ def _analyse(headers: list[_FileHeader]) -> tuple[list[_Frame], _Geometry]:
     if len(modalities) > 1:
         problems.append(f"mixed modalities {sorted(modalities)} in one series")
     order = np.arange(len(frames))
-    tilt_header = max((abs(_float_or(h.header.get("GantryDetectorTilt"), 0.0)) for h in headers),
-                      default=0.0)
-    tilt_sign = next((np.sign(_float_or(h.header.get("GantryDetectorTilt"), 0.0)) for h in headers
-                      if _float_or(h.header.get("GantryDetectorTilt"), 0.0)), 1.0)
+    tilt_header = max((abs(_float_or(h.header.get("GantryDetectorTilt"), 0.0)) for h in headers), default=0.0)
+    tilt_sign = next(
+        (
+            np.sign(_float_or(h.header.get("GantryDetectorTilt"), 0.0))
+            for h in headers
+            if _float_or(h.header.get("GantryDetectorTilt"), 0.0)
+        ),
+        1.0,
+    )
     geo = _Geometry(order, None, float(tilt_sign * tilt_header), False, warn, problems)
     if any(f.orientation is None for f in frames) or any(f.position is None for f in frames):
         if len(frames) > 1:
@@ -461,29 +485,35 @@ def _analyse(headers: list[_FileHeader]) -> tuple[list[_Frame], _Geometry]:
             problems.append(
                 f"{n_dup} images share a slice position (copies of the same image, e.g. one image in "
                 "several transfer syntaxes, or several acquisitions under one series UID); "
-                "read the files one at a time")
+                "read the files one at a time"
+            )
             return frames, geo
         spacing = float(np.median(steps))
         geo.slice_spacing_mm = spacing
         if np.max(np.abs(steps - spacing)) > _SPACING_REL_TOL * spacing:
             geo.irregular = True
-            warn.append(f"irregular slice spacing: plane distances {steps.min():.3f} to "
-                        f"{steps.max():.3f} mm (median {spacing:.3f} mm)")
+            warn.append(
+                f"irregular slice spacing: plane distances {steps.min():.3f} to "
+                f"{steps.max():.3f} mm (median {spacing:.3f} mm)"
+            )
         delta = np.diff(pos[order], axis=0)
         cos = np.clip(np.abs(delta @ normal) / np.linalg.norm(delta, axis=1), 0.0, 1.0)
         measured = float(np.degrees(np.arccos(cos)).max())
         if measured > _TILT_TOL_DEG:
             if tilt_header == 0.0:
                 geo.gantry_tilt_deg = measured
-            warn.append(f"gantry tilt: slice positions step {measured:.2f} deg off the slice normal "
-                        f"(GantryDetectorTilt {tilt_sign * tilt_header:g} deg); the volume is sheared, "
-                        "use `positions` for true geometry")
+            warn.append(
+                f"gantry tilt: slice positions step {measured:.2f} deg off the slice normal "
+                f"(GantryDetectorTilt {tilt_sign * tilt_header:g} deg); the volume is sheared, "
+                "use `positions` for true geometry"
+            )
     if tilt_header > _TILT_TOL_DEG and not any(w.startswith("gantry tilt") for w in warn):
         warn.append(f"gantry tilt: GantryDetectorTilt {tilt_sign * tilt_header:g} deg")
     return frames, geo
 
 
 # ----------------------------------------------------------------------------- scanning
+
 
 def _iter_files(path: Path) -> list[Path]:
     if path.is_file():
@@ -528,15 +558,23 @@ def _info(uid: str, headers: list[_FileHeader]) -> SeriesInfo:
     if rtypes:
         notes.append(f"RescaleType {sorted(rtypes)}, not HU: values may not be Hounsfield units")
     return SeriesInfo(
-        uid=uid, study_uid=str(first.get("StudyInstanceUID", "")),
-        description=str(first.get("SeriesDescription", "")), modality=str(first.get("Modality", "")),
-        n_slices=len(frames), rows=rows, cols=cols,
-        pixel_spacing_mm=frames[0].pixel_spacing, slice_spacing_mm=geo.slice_spacing_mm,
+        uid=uid,
+        study_uid=str(first.get("StudyInstanceUID", "")),
+        description=str(first.get("SeriesDescription", "")),
+        modality=str(first.get("Modality", "")),
+        n_slices=len(frames),
+        rows=rows,
+        cols=cols,
+        pixel_spacing_mm=frames[0].pixel_spacing,
+        slice_spacing_mm=geo.slice_spacing_mm,
         hu_range=None,
         transfer_syntaxes=sorted({_ts_name(h.transfer_syntax) for h in headers}),
-        gantry_tilt_deg=geo.gantry_tilt_deg, irregular_spacing=geo.irregular,
-        warnings=geo.warnings + notes, problems=geo.problems,
-        files=[h.path for h in headers])
+        gantry_tilt_deg=geo.gantry_tilt_deg,
+        irregular_spacing=geo.irregular,
+        warnings=geo.warnings + notes,
+        problems=geo.problems,
+        files=[h.path for h in headers],
+    )
 
 
 def find_series(path: str | os.PathLike, read_pixels: bool = False) -> SeriesScan:
@@ -578,6 +616,7 @@ def find_series(path: str | os.PathLike, read_pixels: bool = False) -> SeriesSca
 
 # ----------------------------------------------------------------------------- pixel decoding
 
+
 def _decode(path: Path, transfer_syntax: str) -> np.ndarray:
     """Stored values of every frame, [frames, rows, cols], any integer dtype."""
     with _warnings.catch_warnings():
@@ -592,16 +631,17 @@ def _decode(path: Path, transfer_syntax: str) -> np.ndarray:
             if transfer_syntax not in _RETIRED_JPEG:
                 raise DicomReadError(
                     f"{path}: no decoder for transfer syntax {_ts_name(transfer_syntax)} "
-                    f"({transfer_syntax}); install a pydicom pixel-data plugin for it") from exc
+                    f"({transfer_syntax}); install a pydicom pixel-data plugin for it"
+                ) from exc
             arr = _decode_retired_jpeg(ds, path)
         except Exception as exc:
-            raise DicomReadError(f"{path}: cannot decode pixel data "
-                                 f"({_ts_name(transfer_syntax)}): {type(exc).__name__}: {exc}") from exc
+            raise DicomReadError(
+                f"{path}: cannot decode pixel data ({_ts_name(transfer_syntax)}): {type(exc).__name__}: {exc}"
+            ) from exc
     rows, cols = int(ds.Rows), int(ds.Columns)
     arr = np.asarray(arr).reshape(-1, rows, cols)
     if arr.shape[0] != int(ds.get("NumberOfFrames", 1) or 1):
-        raise DicomReadError(f"{path}: decoded {arr.shape[0]} frames, header says "
-                             f"{ds.get('NumberOfFrames', 1)}")
+        raise DicomReadError(f"{path}: decoded {arr.shape[0]} frames, header says {ds.get('NumberOfFrames', 1)}")
     return arr
 
 
@@ -648,11 +688,20 @@ def _read_group(headers: list[_FileHeader], uid: str) -> CTVolume:
         orientation = tuple(float(v) for v in ordered[0].orientation)
     info = _info(uid, headers)
     return CTVolume(
-        hu=hu, pixel_spacing_mm=ordered[0].pixel_spacing, slice_spacing_mm=geo.slice_spacing_mm,
-        positions=positions, orientation=orientation, gantry_tilt_deg=geo.gantry_tilt_deg,
-        irregular_spacing=geo.irregular, warnings=info.warnings, header=first.header,
-        series_uid=uid, study_uid=info.study_uid, transfer_syntaxes=info.transfer_syntaxes,
-        files=[f.path for f in ordered])
+        hu=hu,
+        pixel_spacing_mm=ordered[0].pixel_spacing,
+        slice_spacing_mm=geo.slice_spacing_mm,
+        positions=positions,
+        orientation=orientation,
+        gantry_tilt_deg=geo.gantry_tilt_deg,
+        irregular_spacing=geo.irregular,
+        warnings=info.warnings,
+        header=first.header,
+        series_uid=uid,
+        study_uid=info.study_uid,
+        transfer_syntaxes=info.transfer_syntaxes,
+        files=[f.path for f in ordered],
+    )
 
 
 def _check_volume_memory(n: int, rows: int, cols: int, frames_per_file: int, uid: str) -> None:
@@ -660,8 +709,9 @@ def _check_volume_memory(n: int, rows: int, cols: int, frames_per_file: int, uid
     # float32 volume + one file's stored frames (at most 8 bytes a value) + a float64 slice
     needed = 4 * n * rows * cols + 8 * frames_per_file * rows * cols + 8 * rows * cols
     try:
-        check_memory(needed, f"series {uid} ({n} images of {rows} x {cols})",
-                     "read fewer files (a sub-folder) or free memory")
+        check_memory(
+            needed, f"series {uid} ({n} images of {rows} x {cols})", "read fewer files (a sub-folder) or free memory"
+        )
     except MemoryBudgetError as exc:
         raise DicomReadError(str(exc)) from None
 
@@ -670,6 +720,7 @@ def _progress(items: list, desc: str):
     if len(items) < 50:
         return items
     from tqdm import tqdm
+
     # disable=None: no bar when stderr is not a terminal (logs would fill with updates)
     return tqdm(items, desc=desc, unit="file", leave=False, disable=None)
 
@@ -713,9 +764,10 @@ def read_series(path: str | os.PathLike, series_uid: str | None = None) -> CTVol
         if len(groups) > 1:
             listing = "; ".join(
                 f"{uid} {str(hs[0].header.get('SeriesDescription', '')) or '(no description)'!r} "
-                f"{sum(len(h.frames) for h in hs)} slices" for uid, hs in sorted(groups.items()))
-            raise DicomReadError(f"{path} holds {len(groups)} CT series: {listing}; pick one with "
-                                 "series_uid=...")
+                f"{sum(len(h.frames) for h in hs)} slices"
+                for uid, hs in sorted(groups.items())
+            )
+            raise DicomReadError(f"{path} holds {len(groups)} CT series: {listing}; pick one with series_uid=...")
         series_uid = next(iter(groups))
     if series_uid not in groups:
         raise DicomReadError(f"series {series_uid} not found in {path}; present: {', '.join(sorted(groups))}")

@@ -5,6 +5,7 @@ fresh anonymous study), with geometry consistent with the new pixel grid. Files 
 into a temporary sibling folder and renamed into place (:func:`tomo.io.atomic.atomic_folder`), so
 an interrupted run leaves no half series behind.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -27,13 +28,31 @@ _AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 # acquisition attributes of the CT Image module that a derived image inherits.
 _COPIED = (
     "SpecificCharacterSet",
-    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
-    "PatientAge", "PatientSize", "PatientWeight", "OtherPatientIDs", "PatientComments",
-    "PatientIdentityRemoved", "DeidentificationMethod",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
-    "AccessionNumber", "StudyDescription",
-    "FrameOfReferenceUID", "PositionReferenceIndicator",
-    "PatientPosition", "BodyPartExamined", "KVP", "AcquisitionNumber",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "OtherPatientIDs",
+    "PatientComments",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDescription",
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    "PatientPosition",
+    "BodyPartExamined",
+    "KVP",
+    "AcquisitionNumber",
 )
 _INT16 = (-32768, 32767)
 
@@ -81,7 +100,9 @@ def default_series_number(reference: CTVolume | None, offset: int = 0) -> int:
     A second series derived from the same reconstruction (e.g. its standard-deviation map)
     takes ``offset=1`` so a viewer lists the two next to each other.
     """
-    ref_number = reference.header.get("SeriesNumber") if reference is not None and reference.header is not None else None
+    ref_number = (
+        reference.header.get("SeriesNumber") if reference is not None and reference.header is not None else None
+    )
     return 1000 + int(ref_number or 0) + int(offset)
 
 
@@ -113,8 +134,7 @@ def _unit_frame(orientation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if o.shape != (6,) or not np.all(np.isfinite(o)):
         raise ValueError(f"orientation must be 6 direction cosines, got {orientation!r}")
     row, col = o[:3], o[3:]
-    if (abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3
-            or abs(row @ col) > 1e-3):
+    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
         raise ValueError(f"orientation {o.tolist()} is not two orthonormal unit vectors")
     return row, col, np.cross(row, col)
 
@@ -136,8 +156,7 @@ def _positions(n, rows, cols, spacing, orientation, reference, positions, slice_
         ref_ps = reference.pixel_spacing_mm
         # keep each slice's field-of-view centre; for the same field of view this keeps the
         # outer pixel corner and moves the first pixel centre by half the spacing change
-        centre = (ref_pos + (ref_cols - 1) / 2 * ref_ps[1] * ref_row_dir
-                  + (ref_rows - 1) / 2 * ref_ps[0] * ref_col_dir)
+        centre = ref_pos + (ref_cols - 1) / 2 * ref_ps[1] * ref_row_dir + (ref_rows - 1) / 2 * ref_ps[0] * ref_col_dir
     else:
         if n > 1 and slice_spacing_mm is None:
             raise ValueError("without a reference or positions, several slices need slice_spacing_mm")
@@ -170,11 +189,21 @@ def _base_dataset(reference: CTVolume | None, now: _dt.datetime, study_uids: tup
         ds.PatientIdentityRemoved = "YES"
         ds.StudyDate, ds.StudyTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     study_uid, frame_uid = study_uids if study_uids is not None else (generate_uid(), generate_uid())
-    defaults = {"StudyInstanceUID": study_uid,
-                "FrameOfReferenceUID": frame_uid, "PatientBirthDate": "", "PatientSex": "",
-                "ReferringPhysicianName": "", "StudyID": "", "AccessionNumber": "",
-                "StudyDate": "", "StudyTime": "", "PositionReferenceIndicator": "",
-                "PatientPosition": "", "KVP": "", "AcquisitionNumber": ""}
+    defaults = {
+        "StudyInstanceUID": study_uid,
+        "FrameOfReferenceUID": frame_uid,
+        "PatientBirthDate": "",
+        "PatientSex": "",
+        "ReferringPhysicianName": "",
+        "StudyID": "",
+        "AccessionNumber": "",
+        "StudyDate": "",
+        "StudyTime": "",
+        "PositionReferenceIndicator": "",
+        "PatientPosition": "",
+        "KVP": "",
+        "AcquisitionNumber": "",
+    }
     for keyword, value in defaults.items():
         if keyword not in ds:
             setattr(ds, keyword, value)
@@ -185,8 +214,7 @@ def _check_output(out: Path, reference: CTVolume | None, overwrite: bool) -> Non
     sources = [Path(f).resolve() for f in (reference.files if reference is not None else [])]
     target = out.resolve()
     if any(target == s or target in s.parents for s in sources):
-        raise ValueError(f"refusing to write into {out}: it holds the reference series (inputs "
-                         "are never overwritten)")
+        raise ValueError(f"refusing to write into {out}: it holds the reference series (inputs are never overwritten)")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -194,15 +222,27 @@ def _check_output(out: Path, reference: CTVolume | None, overwrite: bool) -> Non
             raise FileExistsError(f"output folder {out} is not empty (use overwrite=True / --overwrite)")
         strays = [p.name for p in out.iterdir() if not (p.is_file() and p.suffix.lower() == ".dcm")]
         if strays:
-            raise FileExistsError(f"will not replace {out}: it holds more than .dcm files "
-                                  f"({', '.join(sorted(strays)[:3])} ...)")
+            raise FileExistsError(
+                f"will not replace {out}: it holds more than .dcm files ({', '.join(sorted(strays)[:3])} ...)"
+            )
 
 
-def write_series(hu, out_dir: str | os.PathLike, reference: CTVolume | None = None, *,
-                 pixel_spacing_mm, positions=None, orientation: Sequence[float] | None = None,
-                 description: str, derivation: str, overwrite: bool = False,
-                 slice_spacing_mm: float | None = None, series_number: int | None = None,
-                 study_uids: tuple[str, str] | None = None, hu_step: float = 1.0) -> list[Path]:
+def write_series(
+    hu,
+    out_dir: str | os.PathLike,
+    reference: CTVolume | None = None,
+    *,
+    pixel_spacing_mm,
+    positions=None,
+    orientation: Sequence[float] | None = None,
+    description: str,
+    derivation: str,
+    overwrite: bool = False,
+    slice_spacing_mm: float | None = None,
+    series_number: int | None = None,
+    study_uids: tuple[str, str] | None = None,
+    hu_step: float = 1.0,
+) -> list[Path]:
     """Write HU slices as a new derived CT series.
 
     Parameters
@@ -320,8 +360,7 @@ def write_series(hu, out_dir: str | os.PathLike, reference: CTVolume | None = No
     return [out / name for name in names]
 
 
-def _slice_dataset(base: Dataset, k: int, position: np.ndarray, location: float,
-                   pixels: np.ndarray) -> Dataset:
+def _slice_dataset(base: Dataset, k: int, position: np.ndarray, location: float, pixels: np.ndarray) -> Dataset:
     ds = Dataset()
     ds.update(base)
     ds.SOPInstanceUID = generate_uid()
@@ -342,6 +381,7 @@ def _slice_dataset(base: Dataset, k: int, position: np.ndarray, location: float,
 def _tomo_version() -> str:
     try:
         from tomo import __version__
+
         return f"tomo {__version__}"
     except ImportError:  # pragma: no cover
         return "tomo"

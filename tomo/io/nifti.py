@@ -28,6 +28,7 @@ aligned with the patient axes, and the exact cosines of the file's affine for an
 Slices are ordered along ``row cosines x column cosines`` as in the DICOM reader. Only flips and
 axis swaps are applied: voxel values are never resampled.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -44,18 +45,17 @@ from .volume import CTVolume, VolumeReadError
 if TYPE_CHECKING:
     import nibabel
 
-__all__ = ["NiftiReadError", "NiftiDependencyError", "is_nifti_path", "read_nifti_volume",
-           "write_nifti_volume"]
+__all__ = ["NiftiReadError", "NiftiDependencyError", "is_nifti_path", "read_nifti_volume", "write_nifti_volume"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: largest volume read (2**30 voxels = 4 GiB as float32); larger files are refused, not swapped
-MAX_VOXELS = 2 ** 30
+MAX_VOXELS = 2**30
 # RAS (NIfTI world) <-> LPS (DICOM patient): flip x and y
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 # nibabel axis codes (each letter: where the index steps to) of (slices, rows, cols) per plane,
 # keyed by the world axis (0 x, 1 y, 2 z) closest to the file's third voxel axis
 _LAYOUTS = {2: ("S", "P", "L"), 1: ("P", "I", "L"), 0: ("R", "I", "P")}
-_ORTHOGONAL_TOL = 1e-3   # |cos| between row and column directions (DICOM needs a right angle)
+_ORTHOGONAL_TOL = 1e-3  # |cos| between row and column directions (DICOM needs a right angle)
 _TILT_TOL_DEG = 0.05
 
 
@@ -77,11 +77,13 @@ def _nibabel():
         import nibabel
     except ImportError as exc:
         raise NiftiDependencyError(
-            "NIfTI files need nibabel: pip install tomo-ct[nifti] (or pip install 'nibabel>=5')") from exc
+            "NIfTI files need nibabel: pip install tomo-ct[nifti] (or pip install 'nibabel>=5')"
+        ) from exc
     return nibabel
 
 
 # ----------------------------------------------------------------------------- reading
+
 
 def _load_image(path: Path):
     """The nibabel image with a checked 3-D shape, before any voxel is read."""
@@ -97,20 +99,26 @@ def _load_image(path: Path):
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) == 2:
-        shape = shape + (1,)          # one slice: the affine still places it in 3-D
+        shape = shape + (1,)  # one slice: the affine still places it in 3-D
     if len(shape) != 3:
-        raise NiftiReadError(f"{path}: expected one 3-D volume, got shape {tuple(img.shape)} "
-                             "(a time series or multi-channel image: extract one volume first)")
+        raise NiftiReadError(
+            f"{path}: expected one 3-D volume, got shape {tuple(img.shape)} "
+            "(a time series or multi-channel image: extract one volume first)"
+        )
     n_voxels = int(np.prod(shape, dtype=np.int64))
     if min(shape) < 1 or n_voxels > MAX_VOXELS:
-        raise NiftiReadError(f"{path}: implausible size {shape} ({n_voxels} voxels; at most "
-                             f"{MAX_VOXELS}); crop or resample it first")
+        raise NiftiReadError(
+            f"{path}: implausible size {shape} ({n_voxels} voxels; at most {MAX_VOXELS}); crop or resample it first"
+        )
     dtype = img.get_data_dtype()
     if dtype.fields is not None or not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
         raise NiftiReadError(f"{path}: voxels must be real numbers, got {dtype}")
     # the stored voxels plus the float32 HU volume
-    check_memory(n_voxels * (dtype.itemsize + 4), f"reading {path.name} ({'x'.join(map(str, shape))} voxels)",
-                 "crop or resample the volume first")
+    check_memory(
+        n_voxels * (dtype.itemsize + 4),
+        f"reading {path.name} ({'x'.join(map(str, shape))} voxels)",
+        "crop or resample the volume first",
+    )
     return img, shape
 
 
@@ -119,8 +127,10 @@ def _checked_affine(img, path: Path) -> np.ndarray:
     affine = np.asarray(img.affine, dtype=float)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     if not np.all(np.isfinite(affine)) or np.any(spacing < 1e-4) or np.any(spacing > 1e4):
-        raise NiftiReadError(f"{path}: implausible affine (voxel sizes {spacing.tolist()} mm); "
-                             "the file's sform/qform do not describe a CT grid")
+        raise NiftiReadError(
+            f"{path}: implausible affine (voxel sizes {spacing.tolist()} mm); "
+            "the file's sform/qform do not describe a CT grid"
+        )
     if abs(np.linalg.det(affine[:3, :3])) < 1e-6 * np.prod(spacing):
         raise NiftiReadError(f"{path}: degenerate affine (voxel axes are not independent)")
     return affine
@@ -154,8 +164,9 @@ def _to_hu(raw: np.ndarray, img, path: Path) -> np.ndarray:
         hu[k] = raw[k].astype(np.float64) * slope + inter
     bad = int(np.count_nonzero(~np.isfinite(hu)))
     if bad:
-        raise NiftiReadError(f"{path}: {bad} voxels are NaN/Inf; fill them (e.g. with -1000 HU, air) "
-                             "before reading the file as CT")
+        raise NiftiReadError(
+            f"{path}: {bad} voxels are NaN/Inf; fill them (e.g. with -1000 HU, air) before reading the file as CT"
+        )
     return hu
 
 
@@ -164,10 +175,12 @@ def _geometry(affine: np.ndarray, n_slices: int, path: Path) -> dict:
     lps = _RAS_TO_LPS @ affine[:3, :3]
     slice_step, row_step, col_step = lps[:, 0], lps[:, 1], lps[:, 2]
     row_spacing, col_spacing = float(np.linalg.norm(row_step)), float(np.linalg.norm(col_step))
-    row_cos, col_cos = col_step / col_spacing, row_step / row_spacing   # DICOM naming
+    row_cos, col_cos = col_step / col_spacing, row_step / row_spacing  # DICOM naming
     if abs(row_cos @ col_cos) > _ORTHOGONAL_TOL:
-        raise NiftiReadError(f"{path}: rows and columns are not perpendicular (cos "
-                             f"{row_cos @ col_cos:.4f}); DICOM-style geometry cannot describe it")
+        raise NiftiReadError(
+            f"{path}: rows and columns are not perpendicular (cos "
+            f"{row_cos @ col_cos:.4f}); DICOM-style geometry cannot describe it"
+        )
     normal = np.cross(row_cos, col_cos)
     normal /= np.linalg.norm(normal)
     origin = _RAS_TO_LPS @ affine[:3, 3]
@@ -176,13 +189,17 @@ def _geometry(affine: np.ndarray, n_slices: int, path: Path) -> dict:
     tilt = float(np.degrees(np.arccos(min(1.0, abs(plane) / np.linalg.norm(slice_step)))))
     warnings = []
     if tilt > _TILT_TOL_DEG and n_slices > 1:
-        warnings.append(f"gantry tilt: slice positions step {tilt:.2f} deg off the slice normal; "
-                        "use `positions` for true geometry")
-    return dict(pixel_spacing_mm=(row_spacing, col_spacing),
-                slice_spacing_mm=abs(plane) if n_slices > 1 else None, positions=positions,
-                orientation=tuple(float(v) for v in (*row_cos, *col_cos)),
-                gantry_tilt_deg=tilt if tilt > _TILT_TOL_DEG and n_slices > 1 else 0.0,
-                warnings=warnings)
+        warnings.append(
+            f"gantry tilt: slice positions step {tilt:.2f} deg off the slice normal; use `positions` for true geometry"
+        )
+    return dict(
+        pixel_spacing_mm=(row_spacing, col_spacing),
+        slice_spacing_mm=abs(plane) if n_slices > 1 else None,
+        positions=positions,
+        orientation=tuple(float(v) for v in (*row_cos, *col_cos)),
+        gantry_tilt_deg=tilt if tilt > _TILT_TOL_DEG and n_slices > 1 else 0.0,
+        warnings=warnings,
+    )
 
 
 def read_nifti_volume(path: str | os.PathLike) -> CTVolume:
@@ -224,12 +241,15 @@ def read_nifti_volume(path: str | os.PathLike) -> CTVolume:
     hu = _to_hu(raw, img, path)
     geometry = _geometry(layout_affine, hu.shape[0], path)
     if hu.size and float(hu.min()) >= 0:
-        geometry["warnings"].append(f"no voxel below 0 (min {float(hu.min()):g}): the values may not "
-                                    "be HU (e.g. stored with +1024 offset and no scl_inter)")
+        geometry["warnings"].append(
+            f"no voxel below 0 (min {float(hu.min()):g}): the values may not "
+            "be HU (e.g. stored with +1024 offset and no scl_inter)"
+        )
     return CTVolume(hu=hu, files=[path] * hu.shape[0], **geometry)
 
 
 # ----------------------------------------------------------------------------- writing
+
 
 def _pair(value, name: str) -> tuple[float, float]:
     arr = np.atleast_1d(np.asarray(value, dtype=float)).ravel()
@@ -263,8 +283,7 @@ def _grid_affine(shape, spacing, slice_spacing, reference: CTVolume | None) -> n
         d = np.asarray(reference.positions[-1], float) - np.asarray(reference.positions[0], float)
         step_dir = d / (d @ normal) if abs(d @ normal) > 1e-6 else normal
     step = slice_spacing * step_dir
-    half_extent = ((cols - 1) / 2 * spacing[1] * row_dir + (rows - 1) / 2 * spacing[0] * col_dir
-                   + (n - 1) / 2 * step)
+    half_extent = (cols - 1) / 2 * spacing[1] * row_dir + (rows - 1) / 2 * spacing[0] * col_dir + (n - 1) / 2 * step
     centre = np.zeros(3) if reference is None else _centre(reference)
     lps = np.column_stack([spacing[1] * row_dir, spacing[0] * col_dir, step, centre - half_extent])
     affine = np.eye(4)
@@ -278,8 +297,7 @@ def _centre(volume: CTVolume) -> np.ndarray:
     row_dir, col_dir, _ = _frame(volume.orientation)
     ps = volume.pixel_spacing_mm
     pos = np.asarray(volume.positions, dtype=float)
-    return ((pos[0] + pos[-1]) / 2 + (cols - 1) / 2 * ps[1] * row_dir
-            + (rows - 1) / 2 * ps[0] * col_dir)
+    return (pos[0] + pos[-1]) / 2 + (cols - 1) / 2 * ps[1] * row_dir + (rows - 1) / 2 * ps[0] * col_dir
 
 
 def _checked_hu(hu) -> np.ndarray:
@@ -300,14 +318,20 @@ def _check_target(path: Path, reference: CTVolume | None, overwrite: bool) -> No
         raise ValueError(f"{path}: a NIfTI file name ends in .nii or .nii.gz")
     sources = {Path(f).resolve() for f in (reference.files if reference is not None else [])}
     if path.resolve() in sources:
-        raise ValueError(f"refusing to write {path}: it is the reference volume (inputs are never "
-                         "overwritten)")
+        raise ValueError(f"refusing to write {path}: it is the reference volume (inputs are never overwritten)")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists (use overwrite=True / --overwrite)")
 
 
-def write_nifti_volume(path: str | os.PathLike, hu, pixel_spacing_mm, slice_spacing_mm: float | None,
-                       reference: CTVolume | None = None, *, overwrite: bool = False) -> Path:
+def write_nifti_volume(
+    path: str | os.PathLike,
+    hu,
+    pixel_spacing_mm,
+    slice_spacing_mm: float | None,
+    reference: CTVolume | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
     """Write HU slices as a NIfTI-1 volume (float32 HU, sform and qform "scanner").
 
     Parameters
@@ -353,8 +377,10 @@ def write_nifti_volume(path: str | os.PathLike, hu, pixel_spacing_mm, slice_spac
     if slice_spacing_mm is None and reference is not None:
         slice_spacing_mm = reference.slice_spacing_mm
     if slice_spacing_mm is None or not np.isfinite(slice_spacing_mm) or slice_spacing_mm <= 0:
-        raise ValueError(f"slice_spacing_mm must be a positive mm value (got {slice_spacing_mm!r}; the "
-                         "reference has none for a single slice: give the slice thickness)")
+        raise ValueError(
+            f"slice_spacing_mm must be a positive mm value (got {slice_spacing_mm!r}; the "
+            "reference has none for a single slice: give the slice thickness)"
+        )
     _check_target(path, reference, overwrite)
     affine = _grid_affine(vol.shape, spacing, float(slice_spacing_mm), reference)
     img = nib.Nifti1Image(np.ascontiguousarray(vol.transpose(2, 1, 0)), affine)
@@ -366,7 +392,7 @@ def write_nifti_volume(path: str | os.PathLike, hu, pixel_spacing_mm, slice_spac
     return path
 
 
-def _save_atomically(img: "nibabel.Nifti1Image", path: Path, overwrite: bool) -> None:
+def _save_atomically(img: nibabel.Nifti1Image, path: Path, overwrite: bool) -> None:
     """Stream the image into a temporary sibling that replaces ``path`` when complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path, "wb", overwrite=overwrite) as fh:

@@ -8,15 +8,17 @@ streams an array by blocks of its first axis (slices) in bounded memory, and
 :class:`NpzStreamWriter` writes arrays into an archive block by block, so a long series is never
 held whole.
 """
+
 from __future__ import annotations
 
 import ast
 import os
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 import numpy as np
 
@@ -25,14 +27,26 @@ from .resources import check_memory, format_bytes
 __all__ = ["NpzArchive", "NpzMember", "NpzStreamWriter"]
 
 #: what damaged archives raise inside zipfile/numpy; all become the caller's error class
-_DAMAGE = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError,
-           KeyError, NotImplementedError, SyntaxError, TypeError, OverflowError)
+_DAMAGE = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    NotImplementedError,
+    SyntaxError,
+    TypeError,
+    OverflowError,
+)
 _MAX_HEADER = 10_000
 
 
 @dataclass(frozen=True)
 class NpzMember:
     """Shape and dtype of one array of an archive, from its ``.npy`` header (no data read)."""
+
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype
@@ -118,7 +132,7 @@ class NpzArchive:
     def __contains__(self, key: str) -> bool:
         return key in self.members
 
-    def __enter__(self) -> "NpzArchive":
+    def __enter__(self) -> NpzArchive:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -148,8 +162,9 @@ class NpzArchive:
             raise self.error(f"{self.path}: array {key!r} is damaged ({_why(exc)})") from None
         return arr.transpose() if m.fortran_order else arr
 
-    def iter_rows(self, key: str, start: int = 0, stop: int | None = None,
-                  rows: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_rows(
+        self, key: str, start: int = 0, stop: int | None = None, rows: int = 1
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Stream ``key[start:stop]`` in blocks of ``rows`` along the first axis.
 
         Yields ``(first index, block)``; memory is one block (C-order arrays; a Fortran-order
@@ -163,7 +178,7 @@ class NpzArchive:
         if m.fortran_order:
             arr = self.read(key)
             for k in range(start, stop, rows):
-                yield k, np.ascontiguousarray(arr[k:min(k + rows, stop)])
+                yield k, np.ascontiguousarray(arr[k : min(k + rows, stop)])
             return
         row_bytes = m.nbytes // n if n else 0
         try:
@@ -196,7 +211,7 @@ def _read_into(fp: IO, arr: np.ndarray) -> None:
         got += n
 
 
-def _skip(fp: IO, nbytes: int, block: int = 2 ** 24) -> None:
+def _skip(fp: IO, nbytes: int, block: int = 2**24) -> None:
     while nbytes > 0:  # read and drop: a compressed stream cannot seek cheaply
         got = len(fp.read(min(block, nbytes)))
         if not got:
@@ -228,10 +243,11 @@ class NpzStreamWriter:
     """
 
     def __init__(self, fh: IO, compress: bool = True):
-        self._zip = zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED,
-                                    allowZip64=True)
+        self._zip = zipfile.ZipFile(
+            fh, "w", compression=zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED, allowZip64=True
+        )
 
-    def __enter__(self) -> "NpzStreamWriter":
+    def __enter__(self) -> NpzStreamWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -243,7 +259,7 @@ class NpzStreamWriter:
         with self._zip.open(key + ".npy", "w", force_zip64=True) as fp:
             np.lib.format.write_array(fp, arr, allow_pickle=False)
 
-    def array(self, key: str, shape: tuple[int, ...], dtype) -> "_BlockSink":
+    def array(self, key: str, shape: tuple[int, ...], dtype) -> _BlockSink:
         """A sink taking C-order blocks of ``shape`` along the first axis, in order."""
         return _BlockSink(self._zip, key, tuple(int(n) for n in shape), np.dtype(dtype))
 
@@ -266,7 +282,6 @@ class _BlockSink:
     def put(self, block: np.ndarray) -> None:
         block = np.ascontiguousarray(block, dtype=self.dtype)
         if block.shape[1:] != self.shape[1:] or self.rows + block.shape[0] > self.shape[0]:
-            raise ValueError(f"block {block.shape} does not continue an array of shape {self.shape} "
-                             f"at row {self.rows}")
+            raise ValueError(f"block {block.shape} does not continue an array of shape {self.shape} at row {self.rows}")
         self._fp.write(block.tobytes())
         self.rows += block.shape[0]

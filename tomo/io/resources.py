@@ -9,6 +9,7 @@ further, e.g. on a shared machine.
 :func:`check_memory` raises :class:`MemoryBudgetError` (a ``ValueError``, so the ``tomo``
 command prints it as one line) when an estimate exceeds that budget.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 
 __all__ = ["MemoryBudgetError", "available_memory_bytes", "check_memory", "format_bytes", "parse_bytes"]
 
-_UNITS = {"": 1, "B": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 class MemoryBudgetError(ValueError):
@@ -68,15 +69,16 @@ def _self_status(key: str) -> int:
 
 def _cgroup_room() -> int | None:
     """Bytes left under the container's memory limit, if there is one."""
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         try:
             limit = Path(limit_file).read_text().strip()
             usage = int(Path(usage_file).read_text().strip())
         except (OSError, ValueError):
             continue
-        if limit.isdigit() and int(limit) < 2 ** 60:
+        if limit.isdigit() and int(limit) < 2**60:
             return max(int(limit) - usage, 0)
     return None
 
@@ -101,7 +103,7 @@ def available_memory_bytes() -> int:
         try:
             return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
         except (ValueError, OSError, AttributeError):
-            return 2 ** 62
+            return 2**62
     return min(known)
 
 
@@ -123,5 +125,7 @@ def check_memory(needed_bytes: float, what: str, hint: str = "") -> None:
     """
     available = available_memory_bytes()
     if needed_bytes > available:
-        raise MemoryBudgetError(f"{what} needs about {format_bytes(needed_bytes)} of memory but "
-                                f"{format_bytes(available)} is available" + (f"; {hint}" if hint else ""))
+        raise MemoryBudgetError(
+            f"{what} needs about {format_bytes(needed_bytes)} of memory but "
+            f"{format_bytes(available)} is available" + (f"; {hint}" if hint else "")
+        )

@@ -24,10 +24,12 @@ Public API: :class:`SinogramFile`, :func:`save_sinogram`, :func:`load_sinogram`,
 :func:`open_sinogram` (a :class:`SinogramSource` that streams slices of a long series),
 :class:`SinogramFormatError` (a ``ValueError``).
 """
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,12 +40,22 @@ from operators.geometry import FanBeam2D, ParallelBeam2D
 from .atomic import atomic_file
 from .npzfile import NpzArchive
 
-__all__ = ["SinogramFile", "SinogramFormatError", "SinogramSource", "save_sinogram", "load_sinogram", "open_sinogram", "geometry_to_fields",
-           "geometry_from_fields", "geometry_name", "REQUIRED_KEYS", "OPTIONAL_KEYS"]
+__all__ = [
+    "SinogramFile",
+    "SinogramFormatError",
+    "SinogramSource",
+    "save_sinogram",
+    "load_sinogram",
+    "open_sinogram",
+    "geometry_to_fields",
+    "geometry_from_fields",
+    "geometry_name",
+    "REQUIRED_KEYS",
+    "OPTIONAL_KEYS",
+]
 
 #: keys every file has (fan beam adds ``source_origin_mm`` and ``origin_detector_mm``)
-REQUIRED_KEYS = ("sinogram", "angles", "geometry", "detector_spacing_mm", "pixel_spacing_mm",
-                 "image_shape")
+REQUIRED_KEYS = ("sinogram", "angles", "geometry", "detector_spacing_mm", "pixel_spacing_mm", "image_shape")
 FANBEAM_KEYS = ("source_origin_mm", "origin_detector_mm")
 OPTIONAL_KEYS = ("i0", "hu_reference", "description")
 
@@ -57,8 +69,9 @@ def geometry_name(geometry: ParallelBeam2D | FanBeam2D) -> str:
     try:
         return GEOMETRY_NAMES[type(geometry)]
     except KeyError:
-        raise TypeError(f"the sinogram file holds 2D parallel or fan-beam geometries, got "
-                        f"{type(geometry).__name__}") from None
+        raise TypeError(
+            f"the sinogram file holds 2D parallel or fan-beam geometries, got {type(geometry).__name__}"
+        ) from None
 
 
 def geometry_to_fields(geometry: ParallelBeam2D | FanBeam2D) -> dict:
@@ -114,7 +127,9 @@ def geometry_from_fields(d: Mapping, detector_count: int | None = None) -> Paral
     if "sinogram" in keys:
         sino = np.asarray(d["sinogram"])
         if sino.ndim not in (2, 3):
-            raise ValueError(f"sinogram must be [views, detectors] or [slices, views, detectors], got shape {sino.shape}")
+            raise ValueError(
+                f"sinogram must be [views, detectors] or [slices, views, detectors], got shape {sino.shape}"
+            )
         if sino.shape[-2] != angles.reshape(-1).size:
             raise ValueError(f"sinogram has {sino.shape[-2]} views but angles has {angles.reshape(-1).size} entries")
         if detector_count is not None and int(detector_count) != sino.shape[-1]:
@@ -122,16 +137,20 @@ def geometry_from_fields(d: Mapping, detector_count: int | None = None) -> Paral
         detector_count = sino.shape[-1]
     if detector_count is None:
         raise ValueError("detector count unknown: pass a 'sinogram' key or detector_count=")
-    common = dict(image_shape=d["image_shape"], pixel_spacing_mm=d["pixel_spacing_mm"], angles=angles,
-                  detector_count=detector_count, detector_spacing_mm=d["detector_spacing_mm"])
+    common = dict(
+        image_shape=d["image_shape"],
+        pixel_spacing_mm=d["pixel_spacing_mm"],
+        angles=angles,
+        detector_count=detector_count,
+        detector_spacing_mm=d["detector_spacing_mm"],
+    )
     if kind == "parallel":
         return ParallelBeam2D(**common)
     if kind == "fanbeam":
         for k in ("source_origin_mm", "origin_detector_mm"):
             if k not in keys:
                 raise ValueError(f"fan-beam sinogram fields need {k!r}")
-        return FanBeam2D(**common, source_origin_mm=d["source_origin_mm"],
-                         origin_detector_mm=d["origin_detector_mm"])
+        return FanBeam2D(**common, source_origin_mm=d["source_origin_mm"], origin_detector_mm=d["origin_detector_mm"])
     raise ValueError(f"unknown geometry {kind!r} in sinogram fields; expected 'parallel' or 'fanbeam'")
 
 
@@ -207,11 +226,13 @@ def _validate(f: SinogramFile, source=None) -> None:
         raise _err(source, f"geometry must be ParallelBeam2D or FanBeam2D, got {type(f.geometry).__name__}")
     sino = _float_array(f.sinogram, "sinogram", source)
     if sino.ndim not in (2, 3):
-        raise _err(source, f"sinogram must be [views, detectors] or [slices, views, detectors], "
-                           f"got shape {sino.shape}")
+        raise _err(source, f"sinogram must be [views, detectors] or [slices, views, detectors], got shape {sino.shape}")
     if sino.shape[-2:] != f.geometry.sinogram_shape:
-        raise _err(source, f"sinogram has {sino.shape[-2]} views x {sino.shape[-1]} detectors but the geometry "
-                           f"has {f.geometry.num_views} angles x {f.geometry.detector_count} detectors")
+        raise _err(
+            source,
+            f"sinogram has {sino.shape[-2]} views x {sino.shape[-1]} detectors but the geometry "
+            f"has {f.geometry.num_views} angles x {f.geometry.detector_count} detectors",
+        )
     f.sinogram = np.ascontiguousarray(sino)
     if f.i0 is not None:
         try:
@@ -231,9 +252,16 @@ def _validate(f: SinogramFile, source=None) -> None:
         f.description = str(np.asarray(f.description).item()) if np.ndim(f.description) == 0 else str(f.description)
 
 
-def save_sinogram(path: str | os.PathLike, data: SinogramFile | np.ndarray, geometry=None, *,
-                  i0: float | None = None, hu_reference: np.ndarray | None = None,
-                  description: str | None = None, overwrite: bool = False) -> Path:
+def save_sinogram(
+    path: str | os.PathLike,
+    data: SinogramFile | np.ndarray,
+    geometry=None,
+    *,
+    i0: float | None = None,
+    hu_reference: np.ndarray | None = None,
+    description: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write a sinogram exchange file.
 
     Parameters
@@ -265,8 +293,7 @@ def save_sinogram(path: str | os.PathLike, data: SinogramFile | np.ndarray, geom
     else:
         if geometry is None:
             raise TypeError("save_sinogram needs geometry= when data is an array")
-        f = SinogramFile(np.asarray(data), geometry, i0=i0, hu_reference=hu_reference,
-                         description=description)
+        f = SinogramFile(np.asarray(data), geometry, i0=i0, hu_reference=hu_reference, description=description)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
     if not path.parent.is_dir():
@@ -319,7 +346,7 @@ class SinogramSource:
     def num_slices(self) -> int:
         return self.shape[0] if self.is_volume else 1
 
-    def __enter__(self) -> "SinogramSource":
+    def __enter__(self) -> SinogramSource:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -353,7 +380,12 @@ class SinogramSource:
         """Read the whole file (memory checked first) as a validated :class:`SinogramFile`."""
         arch = self._archive
         out = SinogramFile.__new__(SinogramFile)
-        out.geometry, out.extra_keys, out.i0, out.description = self.geometry, self.extra_keys, self.i0, self.description
+        out.geometry, out.extra_keys, out.i0, out.description = (
+            self.geometry,
+            self.extra_keys,
+            self.i0,
+            self.description,
+        )
         out.sinogram = arch.read("sinogram", f"the sinogram {list(self.shape)}")
         out.hu_reference = arch.read("hu_reference", "hu_reference") if self.has_reference else None
         _validate(out, source=self.path)
@@ -403,8 +435,9 @@ def _open(arch: NpzArchive) -> SinogramSource:
         d["geometry"] = np.str_(kind.item().decode("ascii", errors="replace"))
     angles = d["angles"]
     if angles.dtype.kind != "f" or angles.ndim != 1:
-        raise _err(path, f"'angles' must be a float32 vector [views] in radians, got dtype {angles.dtype} "
-                         f"shape {angles.shape}")
+        raise _err(
+            path, f"'angles' must be a float32 vector [views] in radians, got dtype {angles.dtype} shape {angles.shape}"
+        )
     if sino.dtype.kind != "f":
         raise _err(path, f"sinogram must be floating point (float32), got dtype {sino.dtype}")
     if len(sino.shape) not in (2, 3) or 0 in sino.shape:

@@ -3,6 +3,7 @@
 Readers live in one module per format (:mod:`tomo.io.dicom_read`, :mod:`tomo.io.npz_volume`);
 each returns a :class:`CTVolume` and refuses bad input with a :class:`VolumeReadError`.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,6 +52,7 @@ class CTVolume:
     files : list of Path
         Source file of each slice (repeats for multi-frame files).
     """
+
     hu: np.ndarray
     pixel_spacing_mm: tuple[float, float]
     slice_spacing_mm: float | None
@@ -59,7 +61,7 @@ class CTVolume:
     gantry_tilt_deg: float = 0.0
     irregular_spacing: bool = False
     warnings: list[str] = field(default_factory=list)
-    header: "Dataset | None" = None
+    header: Dataset | None = None
     series_uid: str | None = None
     study_uid: str | None = None
     transfer_syntaxes: list[str] = field(default_factory=list)
@@ -95,9 +97,12 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> CTVol
     path = Path(path)
     if path.name.lower().endswith((".nii", ".nii.gz")):
         from .nifti import read_nifti_volume  # nibabel is optional: import only for NIfTI
+
         return read_nifti_volume(path)
     if path.suffix.lower() == ".npz":
         from .npz_volume import read_npz_volume
+
         return read_npz_volume(path)
     from .dicom_read import read_series
+
     return read_series(path, series_uid)

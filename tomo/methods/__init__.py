@@ -6,8 +6,27 @@
 - :mod:`tomo.methods.diffusion` -- DDS and DPS on CT sinograms (the CT adapter of the solvers).
 - :mod:`tomo.methods.image_tasks` -- deblurring, super-resolution, in/outpainting on HU images.
 """
-from .registry import (MethodOption, MethodOutput, MethodRegistry, ReconMethod, ReconProblem, available_methods,
-                       default_registry, get_method, reconstruct)
 
-__all__ = ["reconstruct", "default_registry", "get_method", "available_methods", "MethodRegistry",
-           "MethodOption", "MethodOutput", "ReconMethod", "ReconProblem"]
+from .registry import (
+    MethodOption,
+    MethodOutput,
+    MethodRegistry,
+    ReconMethod,
+    ReconProblem,
+    available_methods,
+    default_registry,
+    get_method,
+    reconstruct,
+)
+
+__all__ = [
+    "reconstruct",
+    "default_registry",
+    "get_method",
+    "available_methods",
+    "MethodRegistry",
+    "MethodOption",
+    "MethodOutput",
+    "ReconMethod",
+    "ReconProblem",
+]

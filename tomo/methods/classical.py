@@ -2,6 +2,7 @@
 
 Defaults were tuned on train/ slices only (``scripts/tune_tv.py``, docs/reconstruction.md).
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,17 @@ from tomo.recon.tv import tv_pdhg
 
 from .registry import MethodOption, MethodRegistry, ReconProblem
 
-__all__ = ["register", "poisson_weights", "tv_default_weight", "effective_views", "describe_defaults",
-           "TV_DEFAULT_WEIGHT", "SIRT_DEFAULT_ITERATIONS", "CGLS_DEFAULT_ITERATIONS", "DEFAULT_MODEL_ERROR"]
+__all__ = [
+    "register",
+    "poisson_weights",
+    "tv_default_weight",
+    "effective_views",
+    "describe_defaults",
+    "TV_DEFAULT_WEIGHT",
+    "SIRT_DEFAULT_ITERATIONS",
+    "CGLS_DEFAULT_ITERATIONS",
+    "DEFAULT_MODEL_ERROR",
+]
 
 
 # ----- defaults (tuned on train/ slices only: scripts/tune_tv.py, docs/reconstruction.md) ----------
@@ -68,16 +78,19 @@ def tv_default_weight(geometry, i0: float | None = None) -> float:
 
 def describe_defaults() -> str:
     """One line naming every classical default (for reports)."""
-    return (f"FBP filter {FBP_DEFAULT_FILTER}; SIRT {SIRT_DEFAULT_ITERATIONS} iterations, non-negative; "
-            f"CGLS {CGLS_DEFAULT_ITERATIONS} iterations, {CGLS_DEFAULT_WEIGHTING} weighting; TV weight "
-            f"{TV_DEFAULT_WEIGHT:g} x {TV_REFERENCE_VIEWS} / views per half turn, "
-            f"{TV_DEFAULT_WEIGHTING} weighting (Poisson with model-error floor {DEFAULT_MODEL_ERROR:g} when I0 "
-            f"is known), FBP ({TV_START_FILTER}) start, at most {TV_DEFAULT_ITERATIONS} iterations, "
-            f"relative-change tolerance {TV_DEFAULT_TOL:g}")
+    return (
+        f"FBP filter {FBP_DEFAULT_FILTER}; SIRT {SIRT_DEFAULT_ITERATIONS} iterations, non-negative; "
+        f"CGLS {CGLS_DEFAULT_ITERATIONS} iterations, {CGLS_DEFAULT_WEIGHTING} weighting; TV weight "
+        f"{TV_DEFAULT_WEIGHT:g} x {TV_REFERENCE_VIEWS} / views per half turn, "
+        f"{TV_DEFAULT_WEIGHTING} weighting (Poisson with model-error floor {DEFAULT_MODEL_ERROR:g} when I0 "
+        f"is known), FBP ({TV_START_FILTER}) start, at most {TV_DEFAULT_ITERATIONS} iterations, "
+        f"relative-change tolerance {TV_DEFAULT_TOL:g}"
+    )
 
 
-def poisson_weights(sinogram: torch.Tensor, i0: float | None = None,
-                    model_error: float = DEFAULT_MODEL_ERROR) -> torch.Tensor:
+def poisson_weights(
+    sinogram: torch.Tensor, i0: float | None = None, model_error: float = DEFAULT_MODEL_ERROR
+) -> torch.Tensor:
     """Data weights of the classical methods: :func:`operators.transmission_weights` with the
     tuned model-error floor.
 
@@ -120,54 +133,120 @@ def _weights(weighting: str, sinogram, i0, model_error):
     return poisson_weights(sinogram, i0, DEFAULT_MODEL_ERROR if model_error is None else model_error)
 
 
-def _run_sirt(sinogram, problem: ReconProblem, *, iterations: int = SIRT_DEFAULT_ITERATIONS,
-              tol: float = 0.0, nonneg: bool = True):
-    return sirt(problem.operator, sinogram, iterations=iterations, tol=tol, nonneg=nonneg,
-                progress=problem.progress)
+def _run_sirt(
+    sinogram, problem: ReconProblem, *, iterations: int = SIRT_DEFAULT_ITERATIONS, tol: float = 0.0, nonneg: bool = True
+):
+    return sirt(problem.operator, sinogram, iterations=iterations, tol=tol, nonneg=nonneg, progress=problem.progress)
 
 
-def _run_cgls(sinogram, problem: ReconProblem, *, iterations: int = CGLS_DEFAULT_ITERATIONS,
-              tol: float = 0.0, weighting: str = CGLS_DEFAULT_WEIGHTING, model_error: float | None = None):
-    return cgls(problem.operator, sinogram, iterations=iterations, tol=tol,
-                weights=_weights(weighting, sinogram, problem.i0, model_error), progress=problem.progress)
+def _run_cgls(
+    sinogram,
+    problem: ReconProblem,
+    *,
+    iterations: int = CGLS_DEFAULT_ITERATIONS,
+    tol: float = 0.0,
+    weighting: str = CGLS_DEFAULT_WEIGHTING,
+    model_error: float | None = None,
+):
+    return cgls(
+        problem.operator,
+        sinogram,
+        iterations=iterations,
+        tol=tol,
+        weights=_weights(weighting, sinogram, problem.i0, model_error),
+        progress=problem.progress,
+    )
 
 
-def _run_tv(sinogram, problem: ReconProblem, *, tv_weight: float | None = None,
-            iterations: int = TV_DEFAULT_ITERATIONS, tol: float = TV_DEFAULT_TOL,
-            weighting: str = TV_DEFAULT_WEIGHTING, model_error: float | None = None):
+def _run_tv(
+    sinogram,
+    problem: ReconProblem,
+    *,
+    tv_weight: float | None = None,
+    iterations: int = TV_DEFAULT_ITERATIONS,
+    tol: float = TV_DEFAULT_TOL,
+    weighting: str = TV_DEFAULT_WEIGHTING,
+    model_error: float | None = None,
+):
     weight = tv_default_weight(problem.geometry, problem.i0) if tv_weight is None else tv_weight
     # Start from FBP: the solution is the same (convex problem) but reached in fewer iterations.
     x0 = fbp_reconstruct(sinogram, problem.geometry, filter=TV_START_FILTER).clamp_min(0.0)
-    return tv_pdhg(problem.operator, sinogram, weight=weight, iterations=iterations, tol=tol,
-                   weights=_weights(weighting, sinogram, problem.i0, model_error), x0=x0,
-                   progress=problem.progress)
+    return tv_pdhg(
+        problem.operator,
+        sinogram,
+        weight=weight,
+        iterations=iterations,
+        tol=tol,
+        weights=_weights(weighting, sinogram, problem.i0, model_error),
+        x0=x0,
+        progress=problem.progress,
+    )
 
 
-_ITER = MethodOption("--iterations", "iterations", int,
-                     "maximum iterations (defaults: SIRT %d, CGLS %d, TV %d)"
-                     % (SIRT_DEFAULT_ITERATIONS, CGLS_DEFAULT_ITERATIONS, TV_DEFAULT_ITERATIONS))
-_TOL = MethodOption("--tol", "tol", float,
-                    "stop when the relative change (CGLS: relative normal-equation residual) falls "
-                    "below this (default: SIRT/CGLS 0 = off, TV %g)" % TV_DEFAULT_TOL)
-_WEIGHTING = MethodOption("--weighting", "weighting", str,
-                          "data weighting: 'poisson' = inverse variance exp(y)/I0 + model-error^2 (exp(-y) "
-                          "when I0 is unknown), 'none', or 'auto' = poisson if the file has I0 (default auto)",
-                          choices=WEIGHTINGS)
-_MODEL_ERROR = MethodOption("--model-error", "model_error", float,
-                            "std floor of the line integrals in the Poisson weights (default %g)"
-                            % DEFAULT_MODEL_ERROR)
+_ITER = MethodOption(
+    "--iterations",
+    "iterations",
+    int,
+    f"maximum iterations (defaults: SIRT {SIRT_DEFAULT_ITERATIONS}, CGLS "
+    f"{CGLS_DEFAULT_ITERATIONS}, TV {TV_DEFAULT_ITERATIONS})",
+)
+_TOL = MethodOption(
+    "--tol",
+    "tol",
+    float,
+    "stop when the relative change (CGLS: relative normal-equation residual) falls "
+    f"below this (default: SIRT/CGLS 0 = off, TV {TV_DEFAULT_TOL:g})",
+)
+_WEIGHTING = MethodOption(
+    "--weighting",
+    "weighting",
+    str,
+    "data weighting: 'poisson' = inverse variance exp(y)/I0 + model-error^2 (exp(-y) "
+    "when I0 is unknown), 'none', or 'auto' = poisson if the file has I0 (default auto)",
+    choices=WEIGHTINGS,
+)
+_MODEL_ERROR = MethodOption(
+    "--model-error",
+    "model_error",
+    float,
+    f"std floor of the line integrals in the Poisson weights (default {DEFAULT_MODEL_ERROR:g})",
+)
+
 
 def register(registry: MethodRegistry) -> None:
     """Register ``fbp``, ``sirt``, ``cgls`` and ``tv`` in ``registry``."""
-    registry.register("fbp", _run_fbp, help="filtered back-projection", batch_size=64, options=(
-        MethodOption("--filter", "filter", str, f"FBP filter (default {FBP_DEFAULT_FILTER})", choices=FILTERS),
-        MethodOption("--cutoff", "cutoff", float, "FBP filter cut-off, fraction of Nyquist in (0, 1] (default 1)"),
-    ))
+    registry.register(
+        "fbp",
+        _run_fbp,
+        help="filtered back-projection",
+        batch_size=64,
+        options=(
+            MethodOption("--filter", "filter", str, f"FBP filter (default {FBP_DEFAULT_FILTER})", choices=FILTERS),
+            MethodOption("--cutoff", "cutoff", float, "FBP filter cut-off, fraction of Nyquist in (0, 1] (default 1)"),
+        ),
+    )
     registry.register("sirt", _run_sirt, help="SIRT, non-negative", options=(_ITER, _TOL))
-    registry.register("cgls", _run_cgls, help="CGLS (least squares; iterations regularise)",
-                    options=(_ITER, _TOL, _WEIGHTING, _MODEL_ERROR))
-    registry.register("tv", _run_tv, help="isotropic TV, non-negative (Chambolle-Pock); tuned defaults",
-                    options=(MethodOption("--tv-weight", "tv_weight", float,
-                                          "TV weight relative to the normalised data term (default: tuned "
-                                          "per geometry, see docs/reconstruction.md)"),
-                             _ITER, _TOL, _WEIGHTING, _MODEL_ERROR))
+    registry.register(
+        "cgls",
+        _run_cgls,
+        help="CGLS (least squares; iterations regularise)",
+        options=(_ITER, _TOL, _WEIGHTING, _MODEL_ERROR),
+    )
+    registry.register(
+        "tv",
+        _run_tv,
+        help="isotropic TV, non-negative (Chambolle-Pock); tuned defaults",
+        options=(
+            MethodOption(
+                "--tv-weight",
+                "tv_weight",
+                float,
+                "TV weight relative to the normalised data term (default: tuned "
+                "per geometry, see docs/reconstruction.md)",
+            ),
+            _ITER,
+            _TOL,
+            _WEIGHTING,
+            _MODEL_ERROR,
+        ),
+    )

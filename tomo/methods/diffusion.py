@@ -5,6 +5,7 @@
 transmission-Poisson variances with the model-error floor of :mod:`tomo.methods.classical` when the
 dose ``i0`` is known, white otherwise.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -27,8 +28,15 @@ __all__ = ["register", "run_dds", "run_dps", "warm_start_image", "ct_problem", "
 #: (docs/benchmarks_diffusion.md): 3 CG iterations, "leading" spacing (last step at t = 0), and a
 #: warm start: the registry's TV reconstruction noised to 20 % of the schedule (start 0.2), which
 #: beat a cold start by +1.0 dB (30 views) and +1.5 dB (8 views) on the tuning slices.
-DDS_DEFAULTS = {"steps": 50, "cg_iterations": 3, "eta": 0.85, "spacing": "leading", "seed": 0,
-                "init": "tv", "start": 0.2}
+DDS_DEFAULTS = {
+    "steps": 50,
+    "cg_iterations": 3,
+    "eta": 0.85,
+    "spacing": "leading",
+    "seed": 0,
+    "init": "tv",
+    "start": 0.2,
+}
 #: defaults of ``tomo reconstruct --method dps``; without --zeta, zeta = default_zeta(steps) = 1000 / steps
 DPS_DEFAULTS = {"steps": 1000, "seed": 0}
 
@@ -36,6 +44,7 @@ DPS_DEFAULTS = {"steps": 1000, "seed": 0}
 @lru_cache(maxsize=2)
 def _cached_prior(path: str | None, device: str):
     from tomo.priors import load_prior
+
     return load_prior(path, device=device)
 
 
@@ -44,7 +53,7 @@ def _solve(solver, defaults: dict, sinogram: torch.Tensor, problem: ReconProblem
     model = _cached_prior(None if prior is None else str(prior), str(problem.device))
     ct = ct_problem(model, problem.operator, sinogram, i0=problem.i0, model_error=DEFAULT_MODEL_ERROR)
     init = settings.pop("init", None)
-    if init in (None, "none"):                      # cold start: the whole schedule from noise
+    if init in (None, "none"):  # cold start: the whole schedule from noise
         if options.get("start") is not None and options["start"] < 1.0:
             raise ValueError("a warm start (--start < 1) needs --init METHOD (e.g. tv)")
         settings.pop("start", None)
@@ -79,8 +88,15 @@ def warm_start_image(method: str, sinogram: torch.Tensor, problem: ReconProblem,
     return ((mu - ct.offset) / ct.scale)[:, None]
 
 
-def ct_problem(prior, projector: LinearOperator, sinogram: torch.Tensor, *, i0: float | None = None,
-               model_error: float = 0.0, weights: torch.Tensor | None = None) -> ModelDomainProblem:
+def ct_problem(
+    prior,
+    projector: LinearOperator,
+    sinogram: torch.Tensor,
+    *,
+    i0: float | None = None,
+    model_error: float = 0.0,
+    weights: torch.Tensor | None = None,
+) -> ModelDomainProblem:
     """The CT problem ``sinogram = P mu + n`` in the prior's model range.
 
     ``mu = MU_WATER (1 + HU / 1000)`` and ``HU = prior.model_to_hu(x)`` compose into
@@ -120,7 +136,7 @@ def ct_problem(prior, projector: LinearOperator, sinogram: torch.Tensor, *, i0: 
 
 def run_dds(sinogram: torch.Tensor, problem: ReconProblem, *, prior=None, dds_tv=None, **options) -> torch.Tensor:
     """DDS reconstruction: mu [1/mm] ``[B, H, W]`` (options: steps, cg_iterations, eta, seed, init, start)."""
-    if dds_tv is not None:                           # the hybrid data step (tomo.solvers.dds tv_weight)
+    if dds_tv is not None:  # the hybrid data step (tomo.solvers.dds tv_weight)
         options["tv_weight"] = dds_tv
     return _solve(dds, DDS_DEFAULTS, sinogram, problem, prior, options)
 
@@ -133,36 +149,70 @@ def run_dps(sinogram: torch.Tensor, problem: ReconProblem, *, prior=None, **opti
 
 
 _COMMON = (
-    MethodOption("--steps", "steps", int, "diffusion sampling steps = network evaluations "
-                                          "(default: dds 50, dps 1000)"),
-    MethodOption("--prior", "prior", str, "diffusion prior: a shipped name (default, large) or a checkpoint folder (default: default)"),
+    MethodOption("--steps", "steps", int, "diffusion sampling steps = network evaluations (default: dds 50, dps 1000)"),
+    MethodOption(
+        "--prior",
+        "prior",
+        str,
+        "diffusion prior: a shipped name (default, large) or a checkpoint folder (default: default)",
+    ),
     MethodOption("--seed", "seed", int, "sampling seed (default 0)"),
-    MethodOption("--samples", "samples", int, "average this many posterior samples per slice (their mean is "
-                                              "the MMSE estimate; costs N times the time; default 1)"),
+    MethodOption(
+        "--samples",
+        "samples",
+        int,
+        "average this many posterior samples per slice (their mean is "
+        "the MMSE estimate; costs N times the time; default 1)",
+    ),
 )
+
 
 def register(registry: MethodRegistry) -> None:
     """Register ``dds`` and ``dps`` in ``registry``."""
     registry.register(
-        "dds", run_dds, batch_size=4,
+        "dds",
+        run_dds,
+        batch_size=4,
         help="Decomposed Diffusion Sampler: diffusion prior + CG data consistency, ~50 network evaluations",
-        options=_COMMON + (
+        options=_COMMON
+        + (
             MethodOption("--cg-iterations", "cg_iterations", int, "dds: CG iterations per step (default 3)"),
             MethodOption("--eta", "eta", float, "dds: fraction of fresh noise when re-noising, 0-1 (default 0.85)"),
-            MethodOption("--dds-tv", "dds_tv", float, "dds: TV weight of the hybrid data step (ADMM on data + TV "
-                                                      "each step, model range units; default %g = plain CG)"
-                         % DDS_DEFAULTS.get("tv_weight", 0.0)),
-            MethodOption("--admm-iterations", "admm_iterations", int,
-                         "dds: ADMM iterations per step of the hybrid data step (default 4)"),
-            MethodOption("--init", "init", str, "dds: warm start from this classical method's image, or 'none' for "
-                                                "a cold start from noise (default tv)"),
-            MethodOption("--start", "start", float, "dds: with --init, run the last START fraction of the schedule "
-                                                  "from the warm start, 0-1 (default 0.2; 1 = the whole schedule)"),
-        ))
+            MethodOption(
+                "--dds-tv",
+                "dds_tv",
+                float,
+                "dds: TV weight of the hybrid data step (ADMM on data + TV "
+                "each step, model range units, e.g. 3e-4; default 0 = plain CG)",
+            ),
+            MethodOption(
+                "--admm-iterations",
+                "admm_iterations",
+                int,
+                "dds: ADMM iterations per step of the hybrid data step (default 4)",
+            ),
+            MethodOption(
+                "--init",
+                "init",
+                str,
+                "dds: warm start from this classical method's image, or 'none' for "
+                "a cold start from noise (default tv)",
+            ),
+            MethodOption(
+                "--start",
+                "start",
+                float,
+                "dds: with --init, run the last START fraction of the schedule "
+                "from the warm start, 0-1 (default 0.2; 1 = the whole schedule)",
+            ),
+        ),
+    )
 
     registry.register(
-        "dps", run_dps, batch_size=2,
+        "dps",
+        run_dps,
+        batch_size=2,
         help="Diffusion Posterior Sampling: gradient through the prior network each step (slow: 1000 steps)",
-        options=_COMMON + (
-            MethodOption("--zeta", "zeta", float, "dps: data-consistency step size (default 1000 / steps)"),
-        ))
+        options=_COMMON
+        + (MethodOption("--zeta", "zeta", float, "dps: data-consistency step size (default 1000 / steps)"),),
+    )

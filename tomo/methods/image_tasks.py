@@ -4,6 +4,7 @@ Shared by ``tomo restore`` and ``scripts/benchmark_tasks.py``: the task's forwar
 the project's defaults, the simulated degradation (operator + white Gaussian noise in HU), and
 the diffusion restoration in the prior's model range (:func:`hu_problem`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,8 +15,17 @@ from operators import Downsample, GaussianBlur, GaussianNoise, Inpaint, LinearOp
 from tomo.solvers import dds, default_zeta, dps, sample_or_mean
 from tomo.solvers.problem import ModelDomainProblem, affine_problem, model_to_hu_affine
 
-__all__ = ["hu_problem", "TASKS", "SOLVERS", "task_operator", "default_box", "degrade", "restore", "Restoration",
-           "SOLVER_DEFAULTS"]
+__all__ = [
+    "hu_problem",
+    "TASKS",
+    "SOLVERS",
+    "task_operator",
+    "default_box",
+    "degrade",
+    "restore",
+    "Restoration",
+    "SOLVER_DEFAULTS",
+]
 
 TASKS = ("deblur", "superres", "inpaint", "outpaint")
 SOLVERS = ("dds", "dps")
@@ -30,11 +40,12 @@ SOLVER_DEFAULTS = {
     ("dds", "inpaint"): {"steps": 50, "cg_iterations": 1, "eta": 0.85, "spacing": "leading"},
     ("dds", "outpaint"): {"steps": 50, "cg_iterations": 1, "eta": 0.85, "spacing": "leading"},
 }
-SOLVER_DEFAULTS.update({("dps", task): {"steps": 1000, "zeta": None} for task in TASKS})   # None: 1000 / steps
+SOLVER_DEFAULTS.update({("dps", task): {"steps": 1000, "zeta": None} for task in TASKS})  # None: 1000 / steps
 
 
-def hu_problem(prior, operator: LinearOperator, y_hu: torch.Tensor, *,
-               weights: torch.Tensor | None = None) -> ModelDomainProblem:
+def hu_problem(
+    prior, operator: LinearOperator, y_hu: torch.Tensor, *, weights: torch.Tensor | None = None
+) -> ModelDomainProblem:
     """An image-restoration problem whose image and measurements are in HU (blur, masks, ...)."""
     h1, h0 = model_to_hu_affine(prior)
     return affine_problem(operator, y_hu, h1, h0, weights, unit="HU")
@@ -47,8 +58,9 @@ def default_box(shape) -> tuple[int, int, int, int]:
     return (h - bh) // 2, (w - bw) // 2, bh, bw
 
 
-def task_operator(task: str, shape, *, sigma_px: float = 2.0, factor: int = 4, box=None, keep: float = 0.5,
-                  device="cpu") -> LinearOperator:
+def task_operator(
+    task: str, shape, *, sigma_px: float = 2.0, factor: int = 4, box=None, keep: float = 0.5, device="cpu"
+) -> LinearOperator:
     """The forward model of a restoration task on ``(H, W)`` images.
 
     Parameters
@@ -103,8 +115,17 @@ class Restoration:
     std_hu: torch.Tensor | None = None
 
 
-def restore(prior, operator: LinearOperator, y_hu: torch.Tensor, method: str = "dds", *, seed=0,
-            samples: int = 1, progress: bool = True, **solver_kwargs) -> Restoration:
+def restore(
+    prior,
+    operator: LinearOperator,
+    y_hu: torch.Tensor,
+    method: str = "dds",
+    *,
+    seed=0,
+    samples: int = 1,
+    progress: bool = True,
+    **solver_kwargs,
+) -> Restoration:
     """Restore HU images from HU measurements ``y_hu = A hu + n`` with a diffusion solver.
 
     ``solver_kwargs`` go to :func:`~tomo.solvers.dds` or :func:`~tomo.solvers.dps`
@@ -119,8 +140,13 @@ def restore(prior, operator: LinearOperator, y_hu: torch.Tensor, method: str = "
     solver = dds if method == "dds" else dps
     if method == "dps" and solver_kwargs.get("zeta") is None:
         solver_kwargs["zeta"] = default_zeta(solver_kwargs.get("steps", 1000))
-    result = sample_or_mean(solver, prior, **problem.solver_args(), samples=samples, seed=seed, progress=progress,
-                            **solver_kwargs)
+    result = sample_or_mean(
+        solver, prior, **problem.solver_args(), samples=samples, seed=seed, progress=progress, **solver_kwargs
+    )
     std = None if result.std is None else result.std * abs(problem.scale)
-    return Restoration(hu=prior.model_to_hu(result.x), network_evaluations=result.network_evaluations * samples,
-                       gradient_evaluations=result.gradient_evaluations * samples, std_hu=std)
+    return Restoration(
+        hu=prior.model_to_hu(result.x),
+        network_evaluations=result.network_evaluations * samples,
+        gradient_evaluations=result.gradient_evaluations * samples,
+        std_hu=std,
+    )

@@ -32,12 +32,14 @@ same ``dest`` and type.
 
 Units: ``reconstruct`` returns attenuation [1/mm]; convert with :func:`operators.units.mu_to_hu`.
 """
+
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -45,8 +47,17 @@ from tqdm.auto import tqdm
 
 from operators.geometry import FanBeam2D, ParallelBeam2D
 
-__all__ = ["ReconProblem", "ReconMethod", "MethodOutput", "MethodOption", "MethodRegistry", "default_registry",
-           "get_method", "available_methods", "reconstruct"]
+__all__ = [
+    "ReconProblem",
+    "ReconMethod",
+    "MethodOutput",
+    "MethodOption",
+    "MethodRegistry",
+    "default_registry",
+    "get_method",
+    "available_methods",
+    "reconstruct",
+]
 
 
 @dataclass
@@ -64,6 +75,7 @@ class ReconProblem:
         """:class:`operators.CTProjector` of the geometry on the device (built once)."""
         if self._operator is None:
             from operators import CTProjector
+
             self._operator = CTProjector(self.geometry, device=self.device)
         return self._operator
 
@@ -129,8 +141,9 @@ class ReconMethod:
 class MethodRegistry(dict):
     """Method name -> :class:`ReconMethod`; :meth:`register` adds one (see the module docstring)."""
 
-    def register(self, name: str, run: Callable, *, help: str, options=(), batch_size: int = 16,
-                 replace: bool = False) -> ReconMethod:
+    def register(
+        self, name: str, run: Callable, *, help: str, options=(), batch_size: int = 16, replace: bool = False
+    ) -> ReconMethod:
         """Add a method; ``ValueError`` if the name is taken (unless ``replace``). Returns the entry."""
         if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"method name must be a non-empty word, got {name!r}")
@@ -155,10 +168,11 @@ class MethodRegistry(dict):
         return self[name]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def default_registry() -> MethodRegistry:
     """The registry of the built-in methods (built once; add your own with ``.register``)."""
     from . import classical, diffusion  # they import this module for MethodOption/ReconProblem
+
     registry = MethodRegistry()
     classical.register(registry)
     diffusion.register(registry)
@@ -186,9 +200,11 @@ def _as_sinogram_tensor(sinogram, geometry) -> tuple[torch.Tensor, bool]:
     if not sinogram.is_floating_point():
         raise TypeError(f"sinogram must be floating point, got {sinogram.dtype}")
     if sinogram.dim() not in (2, 3) or tuple(sinogram.shape[-2:]) != geometry.sinogram_shape:
-        raise ValueError(f"sinogram must be [views, detectors] = {geometry.sinogram_shape} or "
-                         f"[slices, {geometry.sinogram_shape[0]}, {geometry.sinogram_shape[1]}] for this "
-                         f"geometry, got shape {tuple(sinogram.shape)}")
+        raise ValueError(
+            f"sinogram must be [views, detectors] = {geometry.sinogram_shape} or "
+            f"[slices, {geometry.sinogram_shape[0]}, {geometry.sinogram_shape[1]}] for this "
+            f"geometry, got shape {tuple(sinogram.shape)}"
+        )
     if not bool(torch.isfinite(sinogram).all()):
         raise ValueError("sinogram contains NaN or Inf values")
     single = sinogram.dim() == 2
@@ -204,11 +220,33 @@ def _resolve_device(device) -> torch.device:
     return dev
 
 
-def reconstruct(sinogram, geometry, method: str = "fbp", *, i0: float | None = None,
-                device=None, batch_size: int | None = None, progress: bool = True,
-                out_device=None, problem: ReconProblem | None = None,
-                registry: MethodRegistry | None = None, return_std: bool = False,
-                **options) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+@overload
+def reconstruct(
+    sinogram, geometry, method: str = ..., *, return_std: Literal[False] = ..., **options: Any
+) -> torch.Tensor: ...
+
+
+@overload
+def reconstruct(
+    sinogram, geometry, method: str = ..., *, return_std: Literal[True], **options: Any
+) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+def reconstruct(
+    sinogram,
+    geometry,
+    method: str = "fbp",
+    *,
+    i0: float | None = None,
+    device=None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    out_device=None,
+    problem: ReconProblem | None = None,
+    registry: MethodRegistry | None = None,
+    return_std: bool = False,
+    **options,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """Reconstruct attenuation from line integrals with a registered method.
 
     Parameters
@@ -267,20 +305,24 @@ def reconstruct(sinogram, geometry, method: str = "fbp", *, i0: float | None = N
     chunks, stds = [], []
     starts = range(0, sino.shape[0], batch)
     with torch.no_grad():
-        for start in tqdm(starts, desc=f"{method} batches", disable=None if progress and len(starts) >= 2 else True,
-                          leave=False):
-            part = sino[start:start + batch].to(device=dev, dtype=torch.float32)
+        for start in tqdm(
+            starts, desc=f"{method} batches", disable=None if progress and len(starts) >= 2 else True, leave=False
+        ):
+            part = sino[start : start + batch].to(device=dev, dtype=torch.float32)
             result = entry.run(part, problem, **options)
             output = result if isinstance(result, MethodOutput) else MethodOutput(result)
             if tuple(output.mu.shape) != (part.shape[0],) + tuple(geometry.image_shape):
-                raise RuntimeError(f"method {method!r} returned shape {tuple(output.mu.shape)}, expected "
-                                   f"{(part.shape[0],) + tuple(geometry.image_shape)}")
+                raise RuntimeError(
+                    f"method {method!r} returned shape {tuple(output.mu.shape)}, expected "
+                    f"{(part.shape[0],) + tuple(geometry.image_shape)}"
+                )
             chunks.append(output.mu.to(device=out_dev, dtype=torch.float32))
             stds.append(None if output.std is None else output.std.to(device=out_dev, dtype=torch.float32))
     out = torch.cat(chunks)
     if not return_std:
         return out[0] if single else out
-    std = None if any(s is None for s in stds) else torch.cat(stds)
+    given = [s for s in stds if s is not None]
+    std = torch.cat(given) if len(given) == len(stds) else None
     if single:
         return out[0], None if std is None else std[0]
     return out, std

@@ -9,11 +9,27 @@
 
 Training: :mod:`tomo.priors.training` (``tomo train``). See ``docs/prior.md``.
 """
+
 from .checkpoint import PriorCheckpointError
 from .config import make_config
-from .prior import (SHIPPED_PRIORS, DiffusionPrior, build_scheduler, build_unet, default_prior_path, load_prior,
-                    shipped_prior_path)
+from .prior import (
+    SHIPPED_PRIORS,
+    DiffusionPrior,
+    build_scheduler,
+    build_unet,
+    default_prior_path,
+    load_prior,
+    shipped_prior_path,
+)
 
-__all__ = ["DiffusionPrior", "load_prior", "default_prior_path", "shipped_prior_path", "SHIPPED_PRIORS",
-           "PriorCheckpointError",
-           "make_config", "build_unet", "build_scheduler"]
+__all__ = [
+    "DiffusionPrior",
+    "load_prior",
+    "default_prior_path",
+    "shipped_prior_path",
+    "SHIPPED_PRIORS",
+    "PriorCheckpointError",
+    "make_config",
+    "build_unet",
+    "build_scheduler",
+]

@@ -11,10 +11,10 @@ Every file is written atomically: to a temporary file in the same folder, flushe
 then moved over the old one with :func:`os.replace`, so a killed process leaves either the old
 or the new file, never half of one.
 """
+
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -37,6 +37,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (:func:`tomo.io.atomic.atomic_file`: temporary file,
     fsync, rename), creating the folder; a kill leaves the old file or the new one."""
     from tomo.io.atomic import atomic_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path, overwrite=True) as fh:
@@ -50,6 +51,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Save tensors as safetensors, atomically. Tensors are made contiguous CPU copies."""
     from safetensors.torch import save
+
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     atomic_write_bytes(path, save(flat, metadata=metadata))
 
@@ -57,6 +59,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Load a safetensors file and its metadata; a clear error when missing or corrupt."""
     from safetensors import safe_open
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
@@ -64,9 +67,10 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:   # safetensors raises its own error types for truncated/garbled files
-        raise PriorCheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): "
-                                   f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # safetensors raises its own error types for truncated/garbled files
+        raise PriorCheckpointError(
+            f"{path} is not a readable safetensors file (corrupt or truncated?): {type(exc).__name__}: {exc}"
+        ) from exc
     return tensors, metadata
 
 
@@ -78,8 +82,10 @@ def _shard_groups(tensors: dict[str, torch.Tensor], limit: int) -> list[list[str
         # data plus a generous allowance for the tensor's entry in the JSON header
         need = t.numel() * t.element_size() + 256 + len(name)
         if need + 1024 > limit:
-            raise ValueError(f"tensor {name} alone needs {need / 2 ** 20:.1f} MiB, more than the shard "
-                             f"limit of {limit / 2 ** 20:.1f} MiB; raise the limit (--shard-mb)")
+            raise ValueError(
+                f"tensor {name} alone needs {need / 2**20:.1f} MiB, more than the shard "
+                f"limit of {limit / 2**20:.1f} MiB; raise the limit (--shard-mb)"
+            )
         if groups[-1] and size + need + 1024 > limit:
             groups.append([])
             size = 0
@@ -106,7 +112,9 @@ def save_weights(folder: Path, tensors: dict[str, torch.Tensor], shard_mb: float
         The weight files written (the index first when sharded).
     """
     import hashlib
+
     from safetensors.torch import save
+
     folder = Path(folder)
     meta = {"format": WEIGHTS_FORMAT}
     if shard_mb is None:
@@ -115,19 +123,24 @@ def save_weights(folder: Path, tensors: dict[str, torch.Tensor], shard_mb: float
             old.unlink(missing_ok=True)
         return [folder / WEIGHTS_NAME]
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    limit = int(shard_mb * 2 ** 20)
+    limit = int(shard_mb * 2**20)
     weight_map, written = {}, []
     for i, names in enumerate(_shard_groups(flat, limit), start=1):
         data = save({k: flat[k] for k in names}, metadata=meta)
-        if len(data) > limit:     # the header allowance above was not enough: say so, never exceed
+        if len(data) > limit:  # the header allowance above was not enough: say so, never exceed
             raise ValueError(f"shard {i} would be {len(data)} bytes, over the {limit}-byte limit")
         path = folder / f"prior-{i:03d}-{hashlib.sha256(data).hexdigest()[:12]}.safetensors"
         atomic_write_bytes(path, data)
         written.append(path)
         weight_map.update({k: path.name for k in names})
-    index = {"metadata": {**meta, "total_size": sum(t.numel() * t.element_size() for t in flat.values()),
-                          "shard_limit_bytes": limit},
-             "weight_map": weight_map}
+    index = {
+        "metadata": {
+            **meta,
+            "total_size": sum(t.numel() * t.element_size() for t in flat.values()),
+            "shard_limit_bytes": limit,
+        },
+        "weight_map": weight_map,
+    }
     atomic_write_text(folder / WEIGHTS_INDEX_NAME, json.dumps(index, indent=1) + "\n")
     keep = {p.name for p in written}
     for old in folder.glob(SHARD_GLOB):
@@ -147,13 +160,15 @@ def _load_sharded(index_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     for shard in sorted(set(weight_map.values())):
         path = index_path.parent / shard
         if not path.is_file():
-            raise PriorCheckpointError(f"{index_path} lists {shard}, which is missing: copy every "
-                                       f"prior-*.safetensors file of the checkpoint")
+            raise PriorCheckpointError(
+                f"{index_path} lists {shard}, which is missing: copy every prior-*.safetensors file of the checkpoint"
+            )
         part, _ = load_tensors(path)
         listed = {k for k, v in weight_map.items() if v == shard}
         if set(part) != listed:
-            raise PriorCheckpointError(f"{path} does not hold the tensors {index_path.name} lists for it "
-                                       f"(shard from another save?)")
+            raise PriorCheckpointError(
+                f"{path} does not hold the tensors {index_path.name} lists for it (shard from another save?)"
+            )
         tensors.update(part)
     return tensors, {k: str(v) for k, v in index.get("metadata", {}).items()}
 
@@ -220,12 +235,13 @@ def resolve_checkpoint(path) -> tuple[Path, Path]:
         folder = path
     elif path.suffix in (".json", ".safetensors") and path.exists():
         folder = path.parent
-        if (path.suffix == ".safetensors" and path.name != WEIGHTS_NAME
-                and not (folder / WEIGHTS_INDEX_NAME).is_file()):
+        if path.suffix == ".safetensors" and path.name != WEIGHTS_NAME and not (folder / WEIGHTS_INDEX_NAME).is_file():
             return folder / CONFIG_NAME, path
     else:
-        raise FileNotFoundError(f"prior checkpoint not found: {path} (expected a folder holding "
-                                f"{CONFIG_NAME} and {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME})")
+        raise FileNotFoundError(
+            f"prior checkpoint not found: {path} (expected a folder holding "
+            f"{CONFIG_NAME} and {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME})"
+        )
     return folder / CONFIG_NAME, weights_path(folder)
 
 
@@ -233,8 +249,11 @@ def check_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Ten
     """Raise :class:`PriorCheckpointError` when weights do not fit the architecture."""
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
-    wrong = [f"{k} {tuple(got[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in got and tuple(got[k].shape) != tuple(v.shape)]
+    wrong = [
+        f"{k} {tuple(got[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in got and tuple(got[k].shape) != tuple(v.shape)
+    ]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -243,8 +262,11 @@ def check_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Ten
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         if wrong:
             parts.append(f"{len(wrong)} with the wrong shape (e.g. {wrong[0]})")
-        raise PriorCheckpointError(f"{where}: weights do not match the configured architecture: "
-                                   + ", ".join(parts) + " -- checkpoint from a different config?")
+        raise PriorCheckpointError(
+            f"{where}: weights do not match the configured architecture: "
+            + ", ".join(parts)
+            + " -- checkpoint from a different config?"
+        )
     bad = [k for k, v in got.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise PriorCheckpointError(f"{where}: {len(bad)} weight tensors contain NaN/Inf (e.g. {bad[0]})")

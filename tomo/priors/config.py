@@ -4,6 +4,7 @@ One dictionary describes a prior completely; it is written next to the weights a
 and read back by :func:`tomo.priors.load_prior`. The keys below are a public contract (solvers
 and the model card read them); ``format_version`` changes whenever their meaning does.
 """
+
 from __future__ import annotations
 
 import copy
@@ -88,20 +89,26 @@ def default_schedule(beta_schedule: str = "linear", num_train_timesteps: int = 1
     return {
         "class": "DDPMScheduler",
         "num_train_timesteps": num_train_timesteps,
-        "beta_schedule": beta_schedule,   # "linear" or "squaredcos_cap_v2" (cosine)
+        "beta_schedule": beta_schedule,  # "linear" or "squaredcos_cap_v2" (cosine)
         "beta_start": 1e-4,
         "beta_end": 0.02,
         "prediction_type": "epsilon",
-        "clip_sample": True,              # sampling only: training data lie in [-1, 1]
+        "clip_sample": True,  # sampling only: training data lie in [-1, 1]
         "clip_sample_range": 1.0,
     }
 
 
-def make_config(*, architecture: dict | None = None, schedule: dict | None = None,
-                hu_window=DEFAULT_HU_WINDOW, pixel_size_mm: float = DEFAULT_PIXEL_SIZE_MM,
-                patch_size: int | None = 64, image_size: int = 256,
-                position_channels: bool | None = None,
-                gaussian_skip: tuple[float, float] | None = None) -> dict[str, Any]:
+def make_config(
+    *,
+    architecture: dict | None = None,
+    schedule: dict | None = None,
+    hu_window=DEFAULT_HU_WINDOW,
+    pixel_size_mm: float = DEFAULT_PIXEL_SIZE_MM,
+    patch_size: int | None = 64,
+    image_size: int = 256,
+    position_channels: bool | None = None,
+    gaussian_skip: tuple[float, float] | None = None,
+) -> dict[str, Any]:
     """Assemble and validate a prior configuration.
 
     Parameters
@@ -148,8 +155,9 @@ def make_config(*, architecture: dict | None = None, schedule: dict | None = Non
         "patch_size": None if patch_size is None else int(patch_size),
         "image_size": int(image_size),
         "position_channels": bool(position_channels),
-        "gaussian_skip": None if gaussian_skip is None else
-        {"mean": float(gaussian_skip[0]), "variance": float(gaussian_skip[1])},
+        "gaussian_skip": None
+        if gaussian_skip is None
+        else {"mean": float(gaussian_skip[0]), "variance": float(gaussian_skip[1])},
     }
     validate_config(config)
     return config
@@ -167,10 +175,19 @@ def validate_config(config: dict) -> None:
     if config.get("format") != FORMAT:
         raise ValueError(f"not a tomo prior config (format {config.get('format')!r}, expected {FORMAT!r})")
     if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"prior config format_version {config.get('format_version')!r} is not supported "
-                         f"(this tomo reads version {FORMAT_VERSION})")
-    for key in ("architecture", "schedule", "hu_window", "pixel_size_mm", "patch_size", "image_size",
-                "position_channels"):
+        raise ValueError(
+            f"prior config format_version {config.get('format_version')!r} is not supported "
+            f"(this tomo reads version {FORMAT_VERSION})"
+        )
+    for key in (
+        "architecture",
+        "schedule",
+        "hu_window",
+        "pixel_size_mm",
+        "patch_size",
+        "image_size",
+        "position_channels",
+    ):
         if key not in config:
             raise ValueError(f"prior config lacks {key!r}")
     arch, sched = config["architecture"], config["schedule"]
@@ -185,9 +202,11 @@ def validate_config(config: dict) -> None:
         raise ValueError(f"pixel_size_mm must be > 0, got {config['pixel_size_mm']}")
     expected_in = 3 if config["position_channels"] else 1
     if arch.get("in_channels") != expected_in or arch.get("out_channels") != 1:
-        raise ValueError(f"architecture in/out channels {arch.get('in_channels')}/{arch.get('out_channels')} "
-                         f"do not match position_channels={config['position_channels']} (expected "
-                         f"{expected_in}/1)")
+        raise ValueError(
+            f"architecture in/out channels {arch.get('in_channels')}/{arch.get('out_channels')} "
+            f"do not match position_channels={config['position_channels']} (expected "
+            f"{expected_in}/1)"
+        )
     factor = downsampling_factor(arch)
     p = config["patch_size"]
     if p is not None and (p <= 0 or p % factor):
@@ -195,15 +214,13 @@ def validate_config(config: dict) -> None:
     if config["image_size"] <= 0:
         raise ValueError(f"image_size must be > 0, got {config['image_size']}")
     skip = config.get("gaussian_skip")
-    if skip is not None and not (isinstance(skip, dict) and float(skip.get("variance", 0)) > 0
-                                 and "mean" in skip):
+    if skip is not None and not (isinstance(skip, dict) and float(skip.get("variance", 0)) > 0 and "mean" in skip):
         raise ValueError(f"gaussian_skip must be null or {{'mean': m, 'variance': v > 0}}, got {skip!r}")
 
 
 def unet_kwargs(config: dict) -> dict[str, Any]:
     """``UNet2DModel`` keyword arguments from a configuration (``"class"`` removed)."""
-    return {k: (tuple(v) if isinstance(v, list) else v)
-            for k, v in config["architecture"].items() if k != "class"}
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in config["architecture"].items() if k != "class"}
 
 
 def scheduler_kwargs(config: dict) -> dict[str, Any]:

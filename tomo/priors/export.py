@@ -5,14 +5,22 @@
 The training state (optimiser moments, raw weights) is not copied: the exported folder is
 what :func:`tomo.priors.load_prior` needs, plus the artefacts the model card shows.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from .checkpoint import (CONFIG_NAME, SHARD_GLOB, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, atomic_write_bytes,
-                         has_weights, weight_files)
+from .checkpoint import (
+    CONFIG_NAME,
+    SHARD_GLOB,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    atomic_write_bytes,
+    has_weights,
+    weight_files,
+)
 
 #: files copied when present, besides the weights (one file or a shard index and its shards)
 EXPORTED = (CONFIG_NAME, "samples.png", "loss.png", "log.csv")
@@ -27,8 +35,9 @@ def export_prior(run_dir, dest, force: bool = False) -> list[Path]:
         ``dest`` already holds a prior and ``force`` is False.
     """
     from .prior import load_prior
+
     run_dir, dest = Path(run_dir), Path(dest)
-    load_prior(run_dir)                                       # refuse to export a broken checkpoint
+    load_prior(run_dir)  # refuse to export a broken checkpoint
     if has_weights(dest) and not force:
         raise FileExistsError(f"{dest} already holds a prior; pass force=True (--force) to replace it")
     weights = weight_files(run_dir)
@@ -61,7 +70,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         for path in export_prior(args.run_dir, args.dest, args.force):
-            print(f"wrote {path} ({path.stat().st_size / 2 ** 20:.2f} MB)")
+            print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MB)")
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"export: error: {exc}", file=sys.stderr)
         return 2

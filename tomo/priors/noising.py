@@ -10,6 +10,7 @@ tensor broadcastable to the images (one per image, e.g. ``[B, 1, 1, 1]``, as in 
 :meth:`~tomo.priors.DiffusionPrior.x0_hat`); a float is computed in double precision before it
 scales the image, a tensor in its own dtype.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,7 +23,7 @@ def _roots(abar: float | torch.Tensor) -> tuple:
     if isinstance(abar, torch.Tensor):
         return abar.sqrt(), (1 - abar).sqrt()
     abar = float(abar)
-    return abar ** 0.5, (1.0 - abar) ** 0.5
+    return abar**0.5, (1.0 - abar) ** 0.5
 
 
 def add_noise(x0: torch.Tensor, eps: torch.Tensor, abar: float | torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ position ``x = 2 (j + 0.5) / W - 1`` and ``y = 2 (i + 0.5) / H - 1``, both in (-
 the zero padding outside the image continue the same formula (|x| or |y| > 1). The network
 input is ``[x_t, x, y]`` (3 channels) in patch mode.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,8 @@ def position_grid(top, left, size: int, height, width, dtype=torch.float32, devi
     height = torch.as_tensor(height, device=device).reshape(-1, 1).to(dtype)
     width = torch.as_tensor(width, device=device).reshape(-1, 1).to(dtype)
     offs = torch.arange(size, device=device, dtype=dtype).reshape(1, -1) + 0.5
-    xs = 2 * (left + offs) / width - 1          # [N, size]
-    ys = 2 * (top + offs) / height - 1          # [N, size]
+    xs = 2 * (left + offs) / width - 1  # [N, size]
+    ys = 2 * (top + offs) / height - 1  # [N, size]
     n = max(xs.shape[0], ys.shape[0])
     gx = xs.reshape(-1, 1, size).expand(n, size, size)
     gy = ys.reshape(-1, size, 1).expand(n, size, size)
@@ -46,9 +47,15 @@ def random_shift(patch_size: int, generator: torch.Generator | None = None) -> t
     return int(s[0]), int(s[1])
 
 
-def assemble_patches(net, x_t: torch.Tensor, t: torch.Tensor, patch_size: int,
-                     shift: tuple[int, int], position_channels: bool = True,
-                     max_patches: int = 256) -> torch.Tensor:
+def assemble_patches(
+    net,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    patch_size: int,
+    shift: tuple[int, int],
+    position_channels: bool = True,
+    max_patches: int = 256,
+) -> torch.Tensor:
     """Whole-image prediction from a shifted, non-overlapping patch partition (PaDIS).
 
     The image is zero padded so that a grid of ``patch_size`` patches, offset by ``shift``,
@@ -81,10 +88,9 @@ def assemble_patches(net, x_t: torch.Tensor, t: torch.Tensor, patch_size: int,
     p = patch_size
     sy, sx = shift
     nh, nw = -(-(h + sy) // p), -(-(w + sx) // p)
-    pad = (sx, nw * p - w - sx, sy, nh * p - h - sy)     # left, right, top, bottom
-    xp = torch.nn.functional.pad(x_t, pad)                # zero padding
-    patches = (xp.reshape(b, 1, nh, p, nw, p).permute(0, 2, 4, 1, 3, 5)
-               .reshape(b * nh * nw, 1, p, p))
+    pad = (sx, nw * p - w - sx, sy, nh * p - h - sy)  # left, right, top, bottom
+    xp = torch.nn.functional.pad(x_t, pad)  # zero padding
+    patches = xp.reshape(b, 1, nh, p, nw, p).permute(0, 2, 4, 1, 3, 5).reshape(b * nh * nw, 1, p, p)
     if position_channels:
         tops = (torch.arange(nh, device=x_t.device) * p - sy).repeat_interleave(nw)
         lefts = (torch.arange(nw, device=x_t.device) * p - sx).repeat(nh)
@@ -92,9 +98,7 @@ def assemble_patches(net, x_t: torch.Tensor, t: torch.Tensor, patch_size: int,
         pos = pos.repeat(b, 1, 1, 1)
         patches = torch.cat([patches, pos], dim=1)
     tt = t.repeat_interleave(nh * nw)
-    outs = [net(patches[i:i + max_patches], tt[i:i + max_patches])
-            for i in range(0, patches.shape[0], max_patches)]
+    outs = [net(patches[i : i + max_patches], tt[i : i + max_patches]) for i in range(0, patches.shape[0], max_patches)]
     out = torch.cat(outs, dim=0)
-    out = (out.reshape(b, nh, nw, 1, p, p).permute(0, 3, 1, 4, 2, 5)
-           .reshape(b, 1, nh * p, nw * p))
-    return out[:, :, sy:sy + h, sx:sx + w]
+    out = out.reshape(b, nh, nw, 1, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, 1, nh * p, nw * p)
+    return out[:, :, sy : sy + h, sx : sx + w]

@@ -1,4 +1,5 @@
 """The diffusion prior used by the solvers: an epsilon-predicting UNet and its DDPM schedule."""
+
 from __future__ import annotations
 
 import os
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import PriorCheckpointError, check_state_dict, load_config, load_weights, resolve_checkpoint
+from .checkpoint import check_state_dict, load_config, load_weights, resolve_checkpoint
 from .config import downsampling_factor, scheduler_kwargs, unet_kwargs
 from .noising import tweedie_x0
 from .patches import assemble_patches, random_shift
@@ -35,8 +36,10 @@ def shipped_prior_path(name: str = "default") -> Path:
         ``name`` is not one of :data:`SHIPPED_PRIORS`.
     """
     if name not in SHIPPED_PRIORS:
-        raise ValueError(f"unknown prior name {name!r}: the shipped priors are "
-                         f"{', '.join(SHIPPED_PRIORS)}; or pass a checkpoint folder")
+        raise ValueError(
+            f"unknown prior name {name!r}: the shipped priors are "
+            f"{', '.join(SHIPPED_PRIORS)}; or pass a checkpoint folder"
+        )
     folder = SHIPPED_PRIORS[name]
     in_repo = REPO_DATA / folder
     installed = Path(sys.prefix) / "share" / "tomo" / folder
@@ -58,9 +61,11 @@ def _resolve_prior(path) -> Path:
     if path is None:
         path = default_prior_path()
         if not Path(path).exists():
-            raise FileNotFoundError(f"no diffusion prior at {path}: the shipped prior lives in "
-                                    f"<repository>/data/prior; set ${PRIOR_ENV} or pass a path "
-                                    f"(train one with `tomo train`)")
+            raise FileNotFoundError(
+                f"no diffusion prior at {path}: the shipped prior lives in "
+                f"<repository>/data/prior; set ${PRIOR_ENV} or pass a path "
+                f"(train one with `tomo train`)"
+            )
         return Path(path)
     # a name only when no file or folder of that name is there: a path given is always a path
     name = str(path)
@@ -70,7 +75,8 @@ def _resolve_prior(path) -> Path:
             raise FileNotFoundError(
                 f"the {name!r} prior is not shipped with this copy of tomo (looked for {folder}); "
                 "train it on a GPU with `python scripts/train_prior_gpu.py` (docs/prior.md) and pass "
-                "its output folder, or use the 'default' prior")
+                "its output folder, or use the 'default' prior"
+            )
         return folder
     return Path(path)
 
@@ -78,12 +84,14 @@ def _resolve_prior(path) -> Path:
 def build_unet(config: dict):
     """A freshly initialised diffusers ``UNet2DModel`` for a configuration."""
     from diffusers import UNet2DModel
+
     return UNet2DModel(**unet_kwargs(config))
 
 
 def build_scheduler(config: dict):
     """The diffusers ``DDPMScheduler`` of a configuration."""
     from diffusers import DDPMScheduler
+
     return DDPMScheduler(**scheduler_kwargs(config))
 
 
@@ -114,8 +122,15 @@ def skip_coefficients(config: dict, alphas_cumprod: torch.Tensor):
     return (1 - abar).sqrt() / denom, (abar * s2 / denom).sqrt(), float(skip["mean"])
 
 
-def combine_output(net_out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, c_skip: torch.Tensor,
-                   c_out: torch.Tensor, sqrt_abar: torch.Tensor, mean: float) -> torch.Tensor:
+def combine_output(
+    net_out: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    c_skip: torch.Tensor,
+    c_out: torch.Tensor,
+    sqrt_abar: torch.Tensor,
+    mean: float,
+) -> torch.Tensor:
     """``c_skip[t] (x_t - sqrt(abar_t) mean) + c_out[t] net_out`` (per-image coefficients)."""
     shape = (-1,) + (1,) * (x_t.ndim - 1)
     cs = c_skip[t].to(x_t.dtype).reshape(shape)
@@ -154,9 +169,9 @@ class DiffusionPrior(torch.nn.Module):
         self.unet = unet
         self.config = config
         self.scheduler = build_scheduler(config)
-        self.register_buffer("alphas_cumprod",
-                             self.scheduler.alphas_cumprod.detach().clone().to(torch.float64),
-                             persistent=False)
+        self.register_buffer(
+            "alphas_cumprod", self.scheduler.alphas_cumprod.detach().clone().to(torch.float64), persistent=False
+        )
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
         c_skip, c_out, self._skip_mean = skip_coefficients(config, self.alphas_cumprod)
         self.register_buffer("_c_skip", c_skip, persistent=False)
@@ -200,8 +215,9 @@ class DiffusionPrior(torch.nn.Module):
         else:
             raise TypeError(f"t must be an int or a LongTensor [B], got {type(t).__name__}")
         if int(t.min()) < 0 or int(t.max()) >= self.num_train_timesteps:
-            raise ValueError(f"time steps must lie in [0, {self.num_train_timesteps - 1}], "
-                             f"got [{int(t.min())}, {int(t.max())}]")
+            raise ValueError(
+                f"time steps must lie in [0, {self.num_train_timesteps - 1}], got [{int(t.min())}, {int(t.max())}]"
+            )
         return t
 
     def _check_image(self, x_t) -> None:
@@ -212,8 +228,9 @@ class DiffusionPrior(torch.nn.Module):
         if not x_t.is_floating_point():
             raise TypeError(f"x_t must be floating point, got {x_t.dtype}")
         if x_t.device != self.device:
-            raise ValueError(f"x_t is on {x_t.device} but the prior is on {self.device}; "
-                             f"move one of them (prior.to(device))")
+            raise ValueError(
+                f"x_t is on {x_t.device} but the prior is on {self.device}; move one of them (prior.to(device))"
+            )
         if not torch.isfinite(x_t).all():
             raise ValueError("x_t contains NaN or Inf")
 
@@ -221,8 +238,14 @@ class DiffusionPrior(torch.nn.Module):
         dtype = next(self.unet.parameters()).dtype
         return self.unet(inp.to(dtype), t).sample.to(inp.dtype)
 
-    def eps(self, x_t: torch.Tensor, t, generator: torch.Generator | None = None,
-            shift: tuple[int, int] | None = None, max_patches: int = 256) -> torch.Tensor:
+    def eps(
+        self,
+        x_t: torch.Tensor,
+        t,
+        generator: torch.Generator | None = None,
+        shift: tuple[int, int] | None = None,
+        max_patches: int = 256,
+    ) -> torch.Tensor:
         """Predicted noise for a batch of noisy images of any size.
 
         Parameters
@@ -252,8 +275,9 @@ class DiffusionPrior(torch.nn.Module):
                 shift = random_shift(p, generator)
             if not all(0 <= int(s) < p for s in shift):
                 raise ValueError(f"shift {shift} must lie in [0, {p})")
-            out = assemble_patches(self._net, x_t, t, p, (int(shift[0]), int(shift[1])),
-                                   self.position_channels, max_patches)
+            out = assemble_patches(
+                self._net, x_t, t, p, (int(shift[0]), int(shift[1])), self.position_channels, max_patches
+            )
         else:
             out = self._whole_image_eps(x_t, t)
         if self.config.get("gaussian_skip") is None:
@@ -264,7 +288,7 @@ class DiffusionPrior(torch.nn.Module):
         b, _, h, w = x_t.shape
         f = downsampling_factor(self.config["architecture"])
         ph, pw = -h % f, -w % f
-        xp = torch.nn.functional.pad(x_t, (0, pw, 0, ph))       # zero padding right/bottom
+        xp = torch.nn.functional.pad(x_t, (0, pw, 0, ph))  # zero padding right/bottom
         if self.position_channels:
             ys = 2 * (torch.arange(h + ph, device=x_t.device, dtype=x_t.dtype) + 0.5) / h - 1
             xs = 2 * (torch.arange(w + pw, device=x_t.device, dtype=x_t.dtype) + 0.5) / w - 1
@@ -284,15 +308,25 @@ class DiffusionPrior(torch.nn.Module):
         abar = self.alphas_cumprod[t].to(x_t.dtype).reshape(-1, 1, 1, 1)
         return tweedie_x0(x_t, eps, abar)
 
-    def sample(self, n: int = 1, size: tuple[int, int] | None = None, steps: int = 50, eta: float = 0.0,
-               generator: torch.Generator | None = None, progress: bool = True) -> torch.Tensor:
+    def sample(
+        self,
+        n: int = 1,
+        size: tuple[int, int] | None = None,
+        steps: int = 50,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+    ) -> torch.Tensor:
         """Unconditional DDIM samples in model range, [n, 1, H, W] (see :func:`tomo.priors.sampling.ddim_sample`)."""
         from .sampling import ddim_sample
+
         return ddim_sample(self, n=n, size=size, steps=steps, eta=eta, generator=generator, progress=progress)
 
     def extra_repr(self) -> str:
-        return (f"patch_size={self.patch_size}, pixel_size_mm={self.pixel_size_mm}, "
-                f"hu_window={self.hu_window}, T={self.num_train_timesteps}")
+        return (
+            f"patch_size={self.patch_size}, pixel_size_mm={self.pixel_size_mm}, "
+            f"hu_window={self.hu_window}, T={self.num_train_timesteps}"
+        )
 
 
 def load_prior(path=None, device="cpu") -> DiffusionPrior:

@@ -1,4 +1,5 @@
 """Unconditional sampling (DDIM, diffusers ``DDIMScheduler``) and the sample-grid PNG."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,15 @@ import numpy as np
 import torch
 
 
-def ddim_sample(prior, n: int = 1, size: tuple[int, int] | None = None, steps: int = 50, eta: float = 0.0,
-                generator: torch.Generator | None = None, progress: bool = True) -> torch.Tensor:
+def ddim_sample(
+    prior,
+    n: int = 1,
+    size: tuple[int, int] | None = None,
+    steps: int = 50,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
     """Draw unconditional samples with DDIM.
 
     A patch prior assembles the whole-image prediction from a freshly shifted patch
@@ -35,6 +43,7 @@ def ddim_sample(prior, n: int = 1, size: tuple[int, int] | None = None, steps: i
     """
     from diffusers import DDIMScheduler
     from tqdm import tqdm
+
     if size is None:
         size = (prior.config["image_size"],) * 2
     ddim = DDIMScheduler.from_config(prior.scheduler.config)
@@ -49,18 +58,25 @@ def ddim_sample(prior, n: int = 1, size: tuple[int, int] | None = None, steps: i
     return x
 
 
-def save_grid(images_hu: np.ndarray, path, window=(-1000.0, 1000.0), ncols: int = 4, title: str | None = None,
-              pixel_size_mm: float | None = None) -> Path:
+def save_grid(
+    images_hu: np.ndarray,
+    path,
+    window=(-1000.0, 1000.0),
+    ncols: int = 4,
+    title: str | None = None,
+    pixel_size_mm: float | None = None,
+) -> Path:
     """Save HU images [n, H, W] as a grid PNG, displayed in a fixed HU window (default [-1000, 1000])."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     images_hu = np.asarray(images_hu)
     n = images_hu.shape[0]
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.6 * nrows + (0.4 if title else 0)),
-                             squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.6 * nrows + (0.4 if title else 0)), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < n:
@@ -81,6 +97,7 @@ def sample_grid(prior, path, n: int = 8, steps: int = 50, seed: int = 0, size=No
     x = ddim_sample(prior, n=n, size=size, steps=steps, generator=g, progress=progress)
     hu = prior.model_to_hu(x[:, 0].float().cpu().numpy())
     h, w = hu.shape[-2:]
-    title = (f"unconditional DDIM samples ({steps} steps), {h}x{w} px at {prior.pixel_size_mm:g} mm, "
-             f"window [-1000, 1000] HU")
+    title = (
+        f"unconditional DDIM samples ({steps} steps), {h}x{w} px at {prior.pixel_size_mm:g} mm, window [-1000, 1000] HU"
+    )
     return save_grid(hu, path, title=title)

@@ -9,6 +9,7 @@ A training sample is a square crop (patch or whole canvas) at a random position,
 flipped, that may extend past the slice border; the part outside the slice is zero padding
 and is masked out of the loss, exactly as the zero padding the patch prior sees at inference.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -38,6 +39,7 @@ class SliceRecord:
     source : str
         The series UID or file it came from.
     """
+
     hu: np.ndarray
     spacing_mm: tuple[float, float]
     group: str
@@ -47,30 +49,39 @@ class SliceRecord:
 @dataclass
 class DataReport:
     """What :func:`collect_slices` found: counts for the log and the model card."""
+
     roots: list[str] = field(default_factory=list)
     n_volumes: int = 0
     n_slices: int = 0
     groups: dict[str, int] = field(default_factory=dict)
-    skipped: list[tuple[str, str]] = field(default_factory=list)   # (path, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     spacing_range_mm: tuple[float, float] | None = None
-    sources: dict[str, dict[str, str]] = field(default_factory=dict)   # group -> collection, licence
+    sources: dict[str, dict[str, str]] = field(default_factory=dict)  # group -> collection, licence
 
     def summary(self) -> str:
-        text = (f"{self.n_slices} slices from {self.n_volumes} series/volumes in {len(self.groups)} groups")
+        text = f"{self.n_slices} slices from {self.n_volumes} series/volumes in {len(self.groups)} groups"
         if self.spacing_range_mm:
             text += f", pixel spacing {self.spacing_range_mm[0]:.3g}-{self.spacing_range_mm[1]:.3g} mm"
         if self.skipped:
             reasons = Counter(r for _, r in self.skipped)
-            text += f"; skipped {len(self.skipped)} files/series (" + ", ".join(
-                f"{n} {r}" for r, n in reasons.most_common(5)) + ")"
+            text += (
+                f"; skipped {len(self.skipped)} files/series ("
+                + ", ".join(f"{n} {r}" for r, n in reasons.most_common(5))
+                + ")"
+            )
         return text
 
     def as_dict(self) -> dict:
-        return {"roots": self.roots, "n_volumes": self.n_volumes, "n_slices": self.n_slices,
-                "groups": self.groups, "n_skipped": len(self.skipped),
-                "skipped_reasons": dict(Counter(r for _, r in self.skipped)),
-                "pixel_spacing_range_mm": list(self.spacing_range_mm) if self.spacing_range_mm else None,
-                "sources": self.sources}
+        return {
+            "roots": self.roots,
+            "n_volumes": self.n_volumes,
+            "n_slices": self.n_slices,
+            "groups": self.groups,
+            "n_skipped": len(self.skipped),
+            "skipped_reasons": dict(Counter(r for _, r in self.skipped)),
+            "pixel_spacing_range_mm": list(self.spacing_range_mm) if self.spacing_range_mm else None,
+            "sources": self.sources,
+        }
 
 
 def _short_reason(reason: str) -> str:
@@ -91,11 +102,11 @@ def _group_of(path: Path, root: Path) -> str:
     return rel.parts[0] if len(rel.parts) > 1 else path.stem
 
 
-def _add_volume(records: list, report: DataReport, hu: np.ndarray, spacing, group: str, source: str,
-                hu_window) -> None:
+def _add_volume(records: list, report: DataReport, hu: np.ndarray, spacing, group: str, source: str, hu_window) -> None:
     for k in range(hu.shape[0]):
-        records.append(SliceRecord(_to_int16(hu[k], hu_window), (float(spacing[0]), float(spacing[1])),
-                                   group, f"{source}[{k}]"))
+        records.append(
+            SliceRecord(_to_int16(hu[k], hu_window), (float(spacing[0]), float(spacing[1])), group, f"{source}[{k}]")
+        )
     report.n_volumes += 1
     report.groups[group] = report.groups.get(group, 0) + hu.shape[0]
 
@@ -110,9 +121,10 @@ def _is_volume_file(path: Path) -> bool:
 
 def _read_volume_file(path: Path, root: Path, records, report, hu_window) -> None:
     from tomo.io.volume import read_volume
+
     try:
         vol = read_volume(path)
-    except Exception as exc:   # any unreadable file is skipped and counted (e.g. zipfile.BadZipFile)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped and counted (e.g. BadZipFile)
         report.skipped.append((str(path), _short_reason(str(exc).replace(str(path), "").lstrip(": "))))
         return
     meta = _npz_metadata(path) if path.suffix.lower() == ".npz" else {}
@@ -135,9 +147,10 @@ def _npz_metadata(path: Path) -> dict[str, str]:
 
 def _read_dicom_tree(root: Path, records, report, hu_window) -> None:
     from tomo.io.dicom_read import find_series, read_series
+
     scan = find_series(root)
     for s in scan.skipped:
-        if not _is_volume_file(s.path):              # volume files are read separately
+        if not _is_volume_file(s.path):  # volume files are read separately
             report.skipped.append((str(s.path), _short_reason(s.reason)))
     for info in scan:
         where = info.files[0] if len(info.files) == 1 else info.files[0].parent
@@ -146,11 +159,10 @@ def _read_dicom_tree(root: Path, records, report, hu_window) -> None:
             continue
         try:
             vol = read_series(where, series_uid=info.uid)
-        except Exception as exc:   # a series that fails to decode is skipped and counted
+        except Exception as exc:  # noqa: BLE001 - a series that fails to decode is skipped and counted
             report.skipped.append((str(where), _short_reason(str(exc))))
             continue
-        _add_volume(records, report, vol.hu, vol.pixel_spacing_mm, _group_of(info.files[0], root),
-                    info.uid, hu_window)
+        _add_volume(records, report, vol.hu, vol.pixel_spacing_mm, _group_of(info.files[0], root), info.uid, hu_window)
 
 
 def collect_slices(paths, hu_window, warn: bool = True) -> tuple[list[SliceRecord], DataReport]:
@@ -200,13 +212,15 @@ def collect_slices(paths, hu_window, warn: bool = True) -> tuple[list[SliceRecor
         report.spacing_range_mm = (float(min(sp)), float(max(sp)))
     if warn and report.skipped:
         first = "; ".join(f"{p}: {r}" for p, r in report.skipped[:3])
-        warnings.warn(f"skipped {len(report.skipped)} files/series of the training data "
-                      f"(e.g. {first})", stacklevel=2)
+        warnings.warn(f"skipped {len(report.skipped)} files/series of the training data (e.g. {first})", stacklevel=2)
     if not records:
         where = ", ".join(report.roots)
-        why = (f"{len(report.skipped)} files skipped: " + ", ".join(
-            f"{n} {r}" for r, n in Counter(r for _, r in report.skipped).most_common(3))
-               if report.skipped else "the folder is empty")
+        why = (
+            f"{len(report.skipped)} files skipped: "
+            + ", ".join(f"{n} {r}" for r, n in Counter(r for _, r in report.skipped).most_common(3))
+            if report.skipped
+            else "the folder is empty"
+        )
         raise ValueError(f"no readable CT slices in {where} ({why})")
     return records, report
 
@@ -214,11 +228,13 @@ def collect_slices(paths, hu_window, warn: bool = True) -> tuple[list[SliceRecor
 def resample(hu: np.ndarray, spacing_mm, pixel_size_mm: float) -> np.ndarray:
     """Resample a slice to square pixels of ``pixel_size_mm`` (anti-aliased when shrinking)."""
     from skimage.transform import rescale
+
     scale = (spacing_mm[0] / pixel_size_mm, spacing_mm[1] / pixel_size_mm)
     if abs(scale[0] - 1) < 1e-6 and abs(scale[1] - 1) < 1e-6:
         return hu.astype(np.float32)
-    return rescale(hu.astype(np.float32), scale, order=1, mode="edge", preserve_range=True,
-                   anti_aliasing=min(scale) < 1).astype(np.float32)
+    return rescale(
+        hu.astype(np.float32), scale, order=1, mode="edge", preserve_range=True, anti_aliasing=min(scale) < 1
+    ).astype(np.float32)
 
 
 class SliceSampler:
@@ -240,8 +256,15 @@ class SliceSampler:
         Memory for cached resampled slices; beyond it slices are resampled on every use.
     """
 
-    def __init__(self, records: list[SliceRecord], config: dict, hflip: bool = True, vflip: bool = False,
-                 balance: str = "sqrt", cache_mb: float = 2048.0):
+    def __init__(
+        self,
+        records: list[SliceRecord],
+        config: dict,
+        hflip: bool = True,
+        vflip: bool = False,
+        balance: str = "sqrt",
+        cache_mb: float = 2048.0,
+    ):
         if not records:
             raise ValueError("no training slices")
         if balance not in ("slice", "sqrt", "group"):
@@ -257,7 +280,7 @@ class SliceSampler:
         power = {"slice": 0.0, "sqrt": 0.5, "group": 1.0}[balance]
         self.weights = torch.tensor([counts[r.group] ** -power for r in records], dtype=torch.float64)
         self._cache: dict[int, np.ndarray] = {}
-        self._cache_bytes, self._cache_limit = 0, cache_mb * 2 ** 20
+        self._cache_bytes, self._cache_limit = 0, cache_mb * 2**20
 
     def image(self, i: int) -> np.ndarray:
         """Slice ``i`` resampled to the target pixel size, model range [-1, 1], float32."""
@@ -275,7 +298,7 @@ class SliceSampler:
     def _offset_range(self, n: int) -> tuple[int, int]:
         """Inclusive range of crop starts along an axis of ``n`` pixels."""
         c = self.crop
-        if self.patch_mode:   # patches may hang over the border by up to half a patch
+        if self.patch_mode:  # patches may hang over the border by up to half a patch
             return -(c // 2), max(n - c + c // 2, -(c // 2))
         return (0, n - c) if n >= c else (n - c, 0)
 
@@ -311,15 +334,16 @@ class SliceSampler:
             ys, ye = max(top, 0), min(top + c, h)
             xs, xe = max(left, 0), min(left + c, w)
             if ye > ys and xe > xs:
-                x0[b, 0, ys - top:ye - top, xs - left:xe - left] = torch.from_numpy(
-                    np.ascontiguousarray(img[ys:ye, xs:xe]))
-                mask[b, 0, ys - top:ye - top, xs - left:xe - left] = 1
+                x0[b, 0, ys - top : ye - top, xs - left : xe - left] = torch.from_numpy(
+                    np.ascontiguousarray(img[ys:ye, xs:xe])
+                )
+                mask[b, 0, ys - top : ye - top, xs - left : xe - left] = 1
             tops.append(top), lefts.append(left), hs.append(h), ws.append(w)
         pos = position_grid(tops, lefts, c, hs, ws) if self.position_channels else None
         return x0, mask, pos
 
 
-def pixel_statistics(sampler: "SliceSampler", max_slices: int = 500) -> tuple[float, float]:
+def pixel_statistics(sampler: SliceSampler, max_slices: int = 500) -> tuple[float, float]:
     """Mean and variance (model range) of training pixels, slices weighted as they are sampled.
 
     Uses at most ``max_slices`` slices (evenly spaced, deterministic) to bound the cost.
@@ -331,4 +355,4 @@ def pixel_statistics(sampler: "SliceSampler", max_slices: int = 500) -> tuple[fl
     m1 = np.array([float(sampler.image(i).astype(np.float64).mean()) for i in idx])
     m2 = np.array([float(np.square(sampler.image(i).astype(np.float64)).mean()) for i in idx])
     mean = float(w @ m1)
-    return mean, float(w @ m2 - mean ** 2)
+    return mean, float(w @ m2 - mean**2)

@@ -7,6 +7,7 @@
 The methods by name with tuned defaults (``reconstruct(sinogram, geometry, method="tv")``) are the
 application layer's: :mod:`tomo.methods`. See ``docs/reconstruction.md`` for the maths.
 """
+
 from .analytic import fbp_reconstruct
 from .iterative import cgls, sirt
 from .tv import gradient, gradient_adjoint, total_variation, tv_pdhg

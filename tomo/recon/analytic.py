@@ -1,4 +1,5 @@
 """Filtered back-projection as a reconstruction method (wraps :func:`operators.fbp`)."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,14 @@ from operators.geometry import FanBeam2D, ParallelBeam2D
 __all__ = ["fbp_reconstruct", "FILTERS"]
 
 
-def fbp_reconstruct(sinogram: torch.Tensor, geometry: ParallelBeam2D | FanBeam2D, *,
-                    filter: str = "ram-lak", cutoff: float = 1.0, nonneg: bool = False) -> torch.Tensor:
+def fbp_reconstruct(
+    sinogram: torch.Tensor,
+    geometry: ParallelBeam2D | FanBeam2D,
+    *,
+    filter: str = "ram-lak",
+    cutoff: float = 1.0,
+    nonneg: bool = False,
+) -> torch.Tensor:
     """FBP of line integrals to attenuation.
 
     Parameters

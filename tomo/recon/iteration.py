@@ -1,7 +1,8 @@
 """Shared plumbing of the iterative solvers: batching, validation, stopping rule, progress."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -21,9 +22,11 @@ def as_batch(op: LinearOperator, y: torch.Tensor, name: str = "y") -> tuple[torc
         raise TypeError(f"the operator must be an operators.LinearOperator, got {type(op).__name__}")
     check_tensor(y, name)
     nd = len(op.out_shape)
-    if y.dim() < nd or tuple(y.shape[y.dim() - nd:]) != op.out_shape:
-        raise ValueError(f"{name} must have shape {op.out_shape} or [B, {', '.join(map(str, op.out_shape))}] "
-                         f"to match the operator, got {tuple(y.shape)}")
+    if y.dim() < nd or tuple(y.shape[y.dim() - nd :]) != op.out_shape:
+        raise ValueError(
+            f"{name} must have shape {op.out_shape} or [B, {', '.join(map(str, op.out_shape))}] "
+            f"to match the operator, got {tuple(y.shape)}"
+        )
     if y.dim() > nd + 1:
         raise ValueError(f"{name} must have at most one batch dimension, got shape {tuple(y.shape)}")
     unbatched = y.dim() == nd
@@ -71,8 +74,7 @@ class Stopper:
     Freezing items individually makes a batched run give the same result as per-item runs.
     """
 
-    def __init__(self, batch: int, iterations: int, tol: float, progress: bool, desc: str,
-                 device: torch.device):
+    def __init__(self, batch: int, iterations: int, tol: float, progress: bool, desc: str, device: torch.device):
         self.tol = tol
         self.active = torch.ones(batch, dtype=torch.bool, device=device)
         self.iterations_run = torch.zeros(batch, dtype=torch.long, device=device)

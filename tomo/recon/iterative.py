@@ -7,6 +7,7 @@ per-item runs, because items that meet the stopping rule are frozen).
 Units follow the operator: for :class:`operators.CTProjector` the image is attenuation mu
 [1/mm] and the data line integrals (dimensionless, mu x mm).
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,9 +30,18 @@ __all__ = ["sirt", "cgls"]
 
 
 @torch.no_grad()
-def sirt(op: LinearOperator, y: torch.Tensor, *, iterations: int = 100, tol: float = 0.0,
-         relaxation: float = 1.0, nonneg: bool = True, x0: torch.Tensor | None = None,
-         progress: bool = True, callback: Callback | None = None) -> torch.Tensor:
+def sirt(
+    op: LinearOperator,
+    y: torch.Tensor,
+    *,
+    iterations: int = 100,
+    tol: float = 0.0,
+    relaxation: float = 1.0,
+    nonneg: bool = True,
+    x0: torch.Tensor | None = None,
+    progress: bool = True,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """Simultaneous Iterative Reconstruction Technique.
 
     ``x <- P(x + relaxation * C A^T R (y - A x))`` with ``R = 1 / A 1`` (inverse row sums),
@@ -94,9 +104,17 @@ def sirt(op: LinearOperator, y: torch.Tensor, *, iterations: int = 100, tol: flo
 
 
 @torch.no_grad()
-def cgls(op: LinearOperator, y: torch.Tensor, *, iterations: int = 30, tol: float = 0.0,
-         weights: torch.Tensor | None = None, x0: torch.Tensor | None = None,
-         progress: bool = True, callback: Callback | None = None) -> torch.Tensor:
+def cgls(
+    op: LinearOperator,
+    y: torch.Tensor,
+    *,
+    iterations: int = 30,
+    tol: float = 0.0,
+    weights: torch.Tensor | None = None,
+    x0: torch.Tensor | None = None,
+    progress: bool = True,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """Conjugate gradients on the (weighted) normal equations ``A^T W A x = A^T W y``.
 
     Minimises ``||W^(1/2) (A x - y)||^2`` (least squares; weighted least squares with
@@ -168,8 +186,7 @@ def _check_weights(weights: torch.Tensor | None, yb: torch.Tensor) -> torch.Tens
     except RuntimeError:
         fits = False
     if not fits:
-        raise ValueError(f"weights of shape {tuple(w.shape)} do not broadcast to the data shape "
-                         f"{tuple(yb.shape)}")
+        raise ValueError(f"weights of shape {tuple(w.shape)} do not broadcast to the data shape {tuple(yb.shape)}")
     if bool((w < 0).any()):
         raise ValueError("weights must be non-negative")
     return w

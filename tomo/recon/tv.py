@@ -19,6 +19,7 @@ The algorithm is PDHG (Chambolle & Pock 2011, Alg. 1 with theta = 1) on
 (norm <= 1), so ``||K|| <= sqrt(2)`` and the step sizes ``tau = 1 / (L r)``, ``sigma = r / L``
 (``L = 1.01 sqrt(2)``, ``r`` the primal-dual balance) satisfy ``tau sigma ||K||^2 < 1``.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,11 +59,21 @@ def _tv_weights(weight, batch: int, like: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def tv_pdhg(op: LinearOperator, y: torch.Tensor, *, weight, iterations: int = 300,
-            tol: float = 0.0, weights: torch.Tensor | None = None, nonneg: bool = True,
-            x0: torch.Tensor | None = None, balance: float = DEFAULT_BALANCE,
-            norm_iterations: int = 30, progress: bool = True,
-            callback: Callback | None = None) -> torch.Tensor:
+def tv_pdhg(
+    op: LinearOperator,
+    y: torch.Tensor,
+    *,
+    weight,
+    iterations: int = 300,
+    tol: float = 0.0,
+    weights: torch.Tensor | None = None,
+    nonneg: bool = True,
+    x0: torch.Tensor | None = None,
+    balance: float = DEFAULT_BALANCE,
+    norm_iterations: int = 30,
+    progress: bool = True,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """Isotropic-TV regularised (weighted) least squares by Chambolle-Pock, with ``mu >= 0``.
 
     Parameters
@@ -121,14 +132,14 @@ def tv_pdhg(op: LinearOperator, y: torch.Tensor, *, weight, iterations: int = 30
         a_norm = power_iteration(lambda x: op.adjoint(w * op(x)), start, norm_iterations).sqrt()
     if bool((a_norm == 0).any()):
         raise ValueError("the (weighted) operator is zero for some item: nothing to reconstruct")
-    c = expand_as(a_norm * mu_w, yb)                 # [B, 1, 1]
-    scale_img = mu_w / c.reshape((-1, 1, 1))          # B^T p = scale_img * A^T(sqrt_w * p)
-    data = sqrt_w * yb / c                            # b
+    c = expand_as(a_norm * mu_w, yb)  # [B, 1, 1]
+    scale_img = mu_w / c.reshape((-1, 1, 1))  # B^T p = scale_img * A^T(sqrt_w * p)
+    data = sqrt_w * yb / c  # b
 
-    def fwd(u):                                        # B u
+    def fwd(u):  # B u
         return sqrt_w * op(u) * (mu_w / c)
 
-    def adj(p):                                        # B^T p
+    def adj(p):  # B^T p
         return op.adjoint(sqrt_w * p) * scale_img
 
     inv_sqrt8 = 1.0 / math.sqrt(8.0)

@@ -12,6 +12,7 @@ gradients) or :func:`dps`.
 >>> result = dds(prior, **problem.solver_args(), steps=50, seed=0)     # doctest: +SKIP
 >>> hu = prior.model_to_hu(result.x)                                   # doctest: +SKIP
 """
+
 from .data_terms import DataFidelity, conjugate_gradient, transmission_poisson_weights
 from .dds import dds
 from .dps import default_zeta, dps
@@ -21,7 +22,24 @@ from .problem import ModelDomainProblem, affine_problem, model_to_hu_affine
 from .sampler_setup import SolverResult
 from .schedule import SamplingSchedule, ddim_step, ddpm_posterior_step, make_schedule, tweedie_x0
 
-__all__ = ["dds", "dps", "default_zeta", "posterior_mean", "sample_or_mean", "SolverResult", "DataFidelity", "conjugate_gradient", "transmission_poisson_weights",
-           "GaussianPrior", "linear_beta_alphas_cumprod", "ModelDomainProblem", "affine_problem",
-           "model_to_hu_affine", "SamplingSchedule", "make_schedule",
-           "tweedie_x0", "ddpm_posterior_step", "ddim_step"]
+__all__ = [
+    "dds",
+    "dps",
+    "default_zeta",
+    "posterior_mean",
+    "sample_or_mean",
+    "SolverResult",
+    "DataFidelity",
+    "conjugate_gradient",
+    "transmission_poisson_weights",
+    "GaussianPrior",
+    "linear_beta_alphas_cumprod",
+    "ModelDomainProblem",
+    "affine_problem",
+    "model_to_hu_affine",
+    "SamplingSchedule",
+    "make_schedule",
+    "tweedie_x0",
+    "ddpm_posterior_step",
+    "ddim_step",
+]

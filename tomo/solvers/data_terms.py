@@ -13,13 +13,20 @@ does not change its minimisers. Solvers know nothing about CT: they see only the
 :class:`~operators.base.LinearOperator` interface. The norm estimate and the conjugate
 gradients are the shared kernels of :mod:`operators.linalg`.
 """
+
 from __future__ import annotations
 
 import torch
 
 from operators.base import LinearOperator, check_tensor
-from operators.linalg import (conjugate_gradient, gradient, gradient_adjoint, power_iteration, random_start,
-                              shrink_isotropic)
+from operators.linalg import (
+    conjugate_gradient,
+    gradient,
+    gradient_adjoint,
+    power_iteration,
+    random_start,
+    shrink_isotropic,
+)
 from operators.noise import transmission_weights
 
 __all__ = ["DataFidelity", "conjugate_gradient", "transmission_poisson_weights", "batch_measurements"]
@@ -36,9 +43,8 @@ def batch_measurements(operator: LinearOperator, y: torch.Tensor, name: str = "y
     check_tensor(y, name)
     out = operator.out_shape
     nd = len(out)
-    if y.dim() < nd or tuple(y.shape[y.dim() - nd:]) != out:
-        raise ValueError(f"{name} must end in the operator's measurement shape {out}, got shape "
-                         f"{tuple(y.shape)}")
+    if y.dim() < nd or tuple(y.shape[y.dim() - nd :]) != out:
+        raise ValueError(f"{name} must end in the operator's measurement shape {out}, got shape {tuple(y.shape)}")
     lead = tuple(y.shape[: y.dim() - nd])
     if lead == ():
         return y.reshape((1, 1) + out)
@@ -46,8 +52,10 @@ def batch_measurements(operator: LinearOperator, y: torch.Tensor, name: str = "y
         return y.reshape((lead[0], 1) + out)
     if len(lead) == 2 and lead[1] == 1:
         return y
-    raise ValueError(f"{name} must have shape {out}, [B, {', '.join(map(str, out))}] or "
-                     f"[B, 1, {', '.join(map(str, out))}], got {tuple(y.shape)}")
+    raise ValueError(
+        f"{name} must have shape {out}, [B, {', '.join(map(str, out))}] or "
+        f"[B, 1, {', '.join(map(str, out))}], got {tuple(y.shape)}"
+    )
 
 
 class DataFidelity:
@@ -76,13 +84,21 @@ class DataFidelity:
         Applications of ``A`` or ``A^T`` so far (a batched call counts once).
     """
 
-    def __init__(self, operator: LinearOperator, y: torch.Tensor, weights: torch.Tensor | None = None,
-                 *, normalize: bool = True, power_iterations: int = 20):
+    def __init__(
+        self,
+        operator: LinearOperator,
+        y: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        *,
+        normalize: bool = True,
+        power_iterations: int = 20,
+    ):
         if not isinstance(operator, LinearOperator):
             raise TypeError(f"operator must be an operators.LinearOperator, got {type(operator).__name__}")
         if len(operator.in_shape) != 2:
-            raise ValueError(f"the solvers reconstruct 2-D images: operator.in_shape must be (H, W), "
-                             f"got {operator.in_shape}")
+            raise ValueError(
+                f"the solvers reconstruct 2-D images: operator.in_shape must be (H, W), got {operator.in_shape}"
+            )
         self.operator = operator
         self.y = batch_measurements(operator, y)
         self.batch = self.y.shape[0]
@@ -103,13 +119,14 @@ class DataFidelity:
         if bool((weights < 0).any()):
             raise ValueError("weights (inverse noise variances) must be >= 0")
         out = self.operator.out_shape
-        if weights.dim() >= len(out) and tuple(weights.shape[-len(out):]) == out and weights.dim() <= len(out) + 1:
+        if weights.dim() >= len(out) and tuple(weights.shape[-len(out) :]) == out and weights.dim() <= len(out) + 1:
             weights = batch_measurements(self.operator, weights, "weights")
         try:
             w = torch.broadcast_to(weights, self.y.shape)
         except RuntimeError:
-            raise ValueError(f"weights of shape {tuple(weights.shape)} do not broadcast to the measurements "
-                             f"{tuple(self.y.shape)}") from None
+            raise ValueError(
+                f"weights of shape {tuple(weights.shape)} do not broadcast to the measurements {tuple(self.y.shape)}"
+            ) from None
         if bool((w.flatten(1).sum(dim=1) == 0).any()):
             raise ValueError("weights are all zero for at least one item: nothing to fit")
         return w.to(self.y.dtype).sqrt()
@@ -135,7 +152,7 @@ class DataFidelity:
         return r if self.sqrt_w is None else r * self.sqrt_w
 
     def _scale_like(self, t, power: int = 1):
-        return (self.scale ** power).reshape((-1,) + (1,) * (t.dim() - 1))
+        return (self.scale**power).reshape((-1,) + (1,) * (t.dim() - 1))
 
     def _normal_unscaled(self, x):
         return self._apply_adjoint(self._weigh(self._weigh(self._apply(x))))
@@ -171,8 +188,16 @@ class DataFidelity:
             return conjugate_gradient(lambda v: self.normal(v) + lam * v, rhs, x0, iterations, tol)
         return conjugate_gradient(self.normal, rhs, x0, iterations, tol)
 
-    def solve_tv(self, x0: torch.Tensor, tv_weight: float, *, admm_iterations: int = 4, cg_iterations: int = 3,
-                 rho: float | None = None, lam: float = 0.0) -> torch.Tensor:
+    def solve_tv(
+        self,
+        x0: torch.Tensor,
+        tv_weight: float,
+        *,
+        admm_iterations: int = 4,
+        cg_iterations: int = 3,
+        rho: float | None = None,
+        lam: float = 0.0,
+    ) -> torch.Tensor:
         """A few ADMM iterations on the data term plus isotropic TV, started at ``x0``.
 
         Minimises ``1/2 ||r(x)||^2 + lam/2 ||x - x0||^2 + tv_weight TV(x)`` by splitting
@@ -211,10 +236,10 @@ class DataFidelity:
         if admm_iterations < 1:
             raise ValueError(f"admm_iterations must be >= 1, got {admm_iterations}")
 
-        def diff(v):                                   # [B, 1, H, W] -> [B, 2, H, W]
+        def diff(v):  # [B, 1, H, W] -> [B, 2, H, W]
             return gradient(v[:, 0])
 
-        def diff_adjoint(g):                           # [B, 2, H, W] -> [B, 1, H, W]
+        def diff_adjoint(g):  # [B, 2, H, W] -> [B, 1, H, W]
             return gradient_adjoint(g)[:, None]
 
         def matrix(v):

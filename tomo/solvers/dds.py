@@ -10,6 +10,7 @@ and the result is re-noised with DDIM (``eta`` ~ 0.85 of fresh noise). Early-sto
 ``x0_hat`` stays in the Krylov neighbourhood of the prior's estimate, so it never needs a
 backward pass through the network.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,13 +25,28 @@ from .schedule import ddim_step
 __all__ = ["dds"]
 
 
-def dds(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tensor | None = None,
-        steps: int = 50, eta: float = 0.85, cg_iterations: int = 5, lam: float = 0.0,
-        tv_weight: float = 0.0, admm_iterations: int = 4, admm_rho: float | None = None,
-        seed: int | torch.Generator | None = None, clip_x0: bool = True, normalize: bool = True,
-        spacing: str = "trailing", x_init: torch.Tensor | None = None, start: float = 1.0,
-        autocast_dtype: torch.dtype | None = None,
-        progress: bool = True) -> SolverResult:
+def dds(
+    prior,
+    operator: LinearOperator,
+    y: torch.Tensor,
+    *,
+    weights: torch.Tensor | None = None,
+    steps: int = 50,
+    eta: float = 0.85,
+    cg_iterations: int = 5,
+    lam: float = 0.0,
+    tv_weight: float = 0.0,
+    admm_iterations: int = 4,
+    admm_rho: float | None = None,
+    seed: int | torch.Generator | None = None,
+    clip_x0: bool = True,
+    normalize: bool = True,
+    spacing: str = "trailing",
+    x_init: torch.Tensor | None = None,
+    start: float = 1.0,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> SolverResult:
     """Reconstruct ``x`` from ``y = A x + n`` with DDS.
 
     Parameters
@@ -95,8 +111,18 @@ def dds(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
         raise ValueError(f"tv_weight must be a finite number >= 0, got {tv_weight!r}")
     if not (isinstance(lam, (int, float)) and 0.0 <= lam < float("inf")):
         raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-    schedule, data, generator, x = start_sampling(prior, operator, y, weights, steps=steps, spacing=spacing,
-                                                  start=start, normalize=normalize, seed=seed, x_init=x_init)
+    schedule, data, generator, x = start_sampling(
+        prior,
+        operator,
+        y,
+        weights,
+        steps=steps,
+        spacing=spacing,
+        start=start,
+        normalize=normalize,
+        seed=seed,
+        x_init=x_init,
+    )
     precision = network_precision(data.y.device, autocast_dtype)
     history = []
     with torch.no_grad():
@@ -107,8 +133,9 @@ def dds(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
             if clip_x0:
                 x0 = x0.clamp(-1.0, 1.0)
             if tv_weight > 0:
-                x0 = data.solve_tv(x0, tv_weight, admm_iterations=admm_iterations, cg_iterations=cg_iterations,
-                                   rho=admm_rho, lam=lam)
+                x0 = data.solve_tv(
+                    x0, tv_weight, admm_iterations=admm_iterations, cg_iterations=cg_iterations, rho=admm_rho, lam=lam
+                )
             else:
                 x0 = data.solve(x0, cg_iterations, lam)
             history.append([float(v) for v in data.residual_norm(x0)])
@@ -116,6 +143,11 @@ def dds(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
             x = ddim_step(x0, eps, abar_prev, eta, noise)
             if not bool(torch.isfinite(x).all()):
                 raise FloatingPointError(f"DDS produced non-finite values at timestep {t}")
-    return SolverResult(x=x, network_evaluations=len(schedule), gradient_evaluations=0,
-                        operator_calls=data.operator_calls, residual_norms=history,
-                        timesteps=list(schedule.timesteps))
+    return SolverResult(
+        x=x,
+        network_evaluations=len(schedule),
+        gradient_evaluations=0,
+        operator_calls=data.operator_calls,
+        residual_norms=history,
+        timesteps=list(schedule.timesteps),
+    )

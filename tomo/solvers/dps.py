@@ -14,6 +14,7 @@ The residual is the noise-aware, normalised one of :class:`~tomo.solvers.data_te
 ``r = s W^{1/2} (y - A x)`` with ``||s W^{1/2} A|| = 1``, so ``zeta`` is dimensionless and
 transfers between operators.
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,11 +42,23 @@ def default_zeta(steps: int) -> float:
     return 1000.0 / steps
 
 
-def dps(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tensor | None = None,
-        steps: int = 1000, zeta: float = 1.0, seed: int | torch.Generator | None = None,
-        clip_x0: bool = True, normalize: bool = True, spacing: str = "trailing",
-        x_init: torch.Tensor | None = None, start: float = 1.0,
-        autocast_dtype: torch.dtype | None = None, progress: bool = True) -> SolverResult:
+def dps(
+    prior,
+    operator: LinearOperator,
+    y: torch.Tensor,
+    *,
+    weights: torch.Tensor | None = None,
+    steps: int = 1000,
+    zeta: float = 1.0,
+    seed: int | torch.Generator | None = None,
+    clip_x0: bool = True,
+    normalize: bool = True,
+    spacing: str = "trailing",
+    x_init: torch.Tensor | None = None,
+    start: float = 1.0,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> SolverResult:
     """Sample ``p(x | y)`` for ``y = A x + n`` with DPS.
 
     Parameters
@@ -94,8 +107,18 @@ def dps(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
     check_prior(prior)
     if not (isinstance(zeta, (int, float)) and zeta >= 0 and zeta == zeta and zeta != float("inf")):
         raise ValueError(f"zeta must be a finite number >= 0, got {zeta!r}")
-    schedule, data, generator, x = start_sampling(prior, operator, y, weights, steps=steps, spacing=spacing,
-                                                  start=start, normalize=normalize, seed=seed, x_init=x_init)
+    schedule, data, generator, x = start_sampling(
+        prior,
+        operator,
+        y,
+        weights,
+        steps=steps,
+        spacing=spacing,
+        start=start,
+        normalize=normalize,
+        seed=seed,
+        x_init=x_init,
+    )
     history = []
     for t, abar, abar_prev in tqdm(schedule, desc="DPS", disable=None if progress else True, leave=False):
         x = x.detach().requires_grad_(True)
@@ -106,7 +129,7 @@ def dps(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
             residual_norm = data.residual_norm(x0)
             # grad ||r_b|| for every item at once: items do not interact, so the gradient of the
             # sum is the stack of the per-item gradients
-            grad, = torch.autograd.grad(residual_norm.sum(), x)
+            (grad,) = torch.autograd.grad(residual_norm.sum(), x)
         with torch.no_grad():
             x0 = x0.detach()
             x0_step = x0.clamp(-1.0, 1.0) if clip_x0 else x0
@@ -117,6 +140,11 @@ def dps(prior, operator: LinearOperator, y: torch.Tensor, *, weights: torch.Tens
         history.append([float(v) for v in residual_norm.detach()])
         if not bool(torch.isfinite(x).all()):
             raise FloatingPointError(f"DPS diverged at timestep {t} (non-finite image); lower zeta (now {zeta})")
-    return SolverResult(x=x.detach(), network_evaluations=len(schedule), gradient_evaluations=len(schedule),
-                        operator_calls=data.operator_calls, residual_norms=history,
-                        timesteps=list(schedule.timesteps))
+    return SolverResult(
+        x=x.detach(),
+        network_evaluations=len(schedule),
+        gradient_evaluations=len(schedule),
+        operator_calls=data.operator_calls,
+        residual_norms=history,
+        timesteps=list(schedule.timesteps),
+    )

@@ -4,6 +4,7 @@ DDS and DPS draw samples of ``p(x | y)``; for PSNR-type scores the posterior *me
 better point estimate (it minimises the expected squared error), and the spread of the samples
 is a per-pixel uncertainty map. Samples of every item are run as one batch.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,17 +17,26 @@ from .sampler_setup import SolverResult
 __all__ = ["posterior_mean", "sample_or_mean"]
 
 
-def sample_or_mean(solver, prior, operator: LinearOperator, y: torch.Tensor, *, samples: int = 1,
-                   **kwargs) -> SolverResult:
+def sample_or_mean(
+    solver, prior, operator: LinearOperator, y: torch.Tensor, *, samples: int = 1, **kwargs
+) -> SolverResult:
     """One run of ``solver`` (``samples == 1``, ``std`` None) or :func:`posterior_mean` of ``samples`` runs."""
     if samples == 1:
         return solver(prior, operator, y, **kwargs)
     return posterior_mean(solver, prior, operator, y, samples=samples, **kwargs)
 
 
-def posterior_mean(solver, prior, operator: LinearOperator, y: torch.Tensor, *, samples: int = 4,
-                   weights: torch.Tensor | None = None, x_init: torch.Tensor | None = None,
-                   **kwargs) -> SolverResult:
+def posterior_mean(
+    solver,
+    prior,
+    operator: LinearOperator,
+    y: torch.Tensor,
+    *,
+    samples: int = 4,
+    weights: torch.Tensor | None = None,
+    x_init: torch.Tensor | None = None,
+    **kwargs,
+) -> SolverResult:
     """Average ``samples`` runs of ``solver`` (:func:`~tomo.solvers.dds` or :func:`~tomo.solvers.dps`).
 
     Parameters
@@ -65,8 +75,15 @@ def posterior_mean(solver, prior, operator: LinearOperator, y: torch.Tensor, *, 
     result = solver(prior, operator, repeat(yb), weights=wb, **kwargs)
     xs = result.x.reshape((b, samples) + tuple(result.x.shape[1:]))
     std = xs.std(dim=1, unbiased=True) if samples > 1 else torch.zeros_like(xs[:, 0])
-    residuals = [[sum(row[i * samples:(i + 1) * samples]) / samples for i in range(b)]
-                 for row in result.residual_norms]
-    return SolverResult(x=xs.mean(dim=1), network_evaluations=result.network_evaluations,
-                        gradient_evaluations=result.gradient_evaluations, operator_calls=result.operator_calls,
-                        residual_norms=residuals, timesteps=result.timesteps, std=std)
+    residuals = [
+        [sum(row[i * samples : (i + 1) * samples]) / samples for i in range(b)] for row in result.residual_norms
+    ]
+    return SolverResult(
+        x=xs.mean(dim=1),
+        network_evaluations=result.network_evaluations,
+        gradient_evaluations=result.gradient_evaluations,
+        operator_calls=result.operator_calls,
+        residual_norms=residuals,
+        timesteps=result.timesteps,
+        std=std,
+    )

@@ -9,6 +9,7 @@ With a linear Gaussian measurement ``y = A x + n`` the posterior is Gaussian wit
 mean, which makes this the reference for testing posterior solvers (no network, any size,
 differentiable).
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,9 @@ from tomo.priors.noising import tweedie_x0
 __all__ = ["GaussianPrior", "linear_beta_alphas_cumprod"]
 
 
-def linear_beta_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1e-4,
-                               beta_end: float = 0.02) -> torch.Tensor:
+def linear_beta_alphas_cumprod(
+    num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> torch.Tensor:
     """``alphas_cumprod`` [T] (float64) of the DDPM linear beta schedule."""
     betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
     return torch.cumprod(1.0 - betas, dim=0)
@@ -42,14 +44,18 @@ class GaussianPrior:
         Nominal pixel size (kept for interface compatibility).
     """
 
-    def __init__(self, mean=0.0, std: float = 0.5, alphas_cumprod=None,
-                 hu_window=(-1000.0, 1000.0), pixel_size_mm: float = 1.0):
+    def __init__(
+        self, mean=0.0, std: float = 0.5, alphas_cumprod=None, hu_window=(-1000.0, 1000.0), pixel_size_mm: float = 1.0
+    ):
         if not std > 0:
             raise ValueError(f"std must be > 0, got {std}")
         self.mean = torch.as_tensor(mean, dtype=torch.float32)
         self.std = float(std)
-        self.alphas_cumprod = (linear_beta_alphas_cumprod() if alphas_cumprod is None
-                               else torch.as_tensor(alphas_cumprod, dtype=torch.float64))
+        self.alphas_cumprod = (
+            linear_beta_alphas_cumprod()
+            if alphas_cumprod is None
+            else torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        )
         self.num_train_timesteps = int(self.alphas_cumprod.numel())
         self.hu_window = (float(hu_window[0]), float(hu_window[1]))
         self.pixel_size_mm = float(pixel_size_mm)
@@ -71,7 +77,7 @@ class GaussianPrior:
         self.calls += 1
         abar = self._abar(t)
         m = self.mean.to(device=x_t.device, dtype=x_t.dtype)
-        return (1.0 - abar) ** 0.5 * (x_t - abar ** 0.5 * m) / (abar * self.std ** 2 + 1.0 - abar)
+        return (1.0 - abar) ** 0.5 * (x_t - abar**0.5 * m) / (abar * self.std**2 + 1.0 - abar)
 
     def x0_hat(self, x_t: torch.Tensor, t, generator=None) -> torch.Tensor:
         """Tweedie's estimate ``E[x0 | x_t]``."""
@@ -87,5 +93,5 @@ class GaussianPrior:
         n = M.shape[1]
         m = torch.broadcast_to(self.mean.to(torch.float64).reshape(-1), (n,))
         noise_var = torch.broadcast_to(torch.as_tensor(noise_std, dtype=torch.float64) ** 2, (M.shape[0],))
-        gram = self.std ** 2 * M @ M.T + torch.diag(noise_var)
-        return m + self.std ** 2 * M.T @ torch.linalg.solve(gram, y.to(torch.float64).reshape(-1) - M @ m)
+        gram = self.std**2 * M @ M.T + torch.diag(noise_var)
+        return m + self.std**2 * M.T @ torch.linalg.solve(gram, y.to(torch.float64).reshape(-1) - M @ m)

@@ -9,6 +9,7 @@ units (CT: line integrals of mu [1/mm]; image restoration: HU). When the physica
 so a solver only needs the operator ``A' = a A`` (:class:`~operators.base.ScaledOperator`) and
 the shifted data ``y'``; the noise, and hence the weights, are unchanged.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -66,13 +67,20 @@ def model_to_hu_affine(prior) -> tuple[float, float]:
     hu = torch.as_tensor(prior.model_to_hu(probe), dtype=torch.float64).reshape(-1)
     h0, h1 = float(hu[0]), float(hu[1] - hu[0])
     if h1 == 0 or abs(float(hu[2]) - (h0 - 0.5 * h1)) > 1e-6 * max(1.0, abs(h1)):
-        raise ValueError("prior.model_to_hu is not an affine map with non-zero slope; "
-                         "the model-domain change of variable needs one")
+        raise ValueError(
+            "prior.model_to_hu is not an affine map with non-zero slope; the model-domain change of variable needs one"
+        )
     return h1, h0
 
 
-def affine_problem(operator: LinearOperator, y: torch.Tensor, scale: float, offset: float,
-                   weights: torch.Tensor | None = None, unit: str = "") -> ModelDomainProblem:
+def affine_problem(
+    operator: LinearOperator,
+    y: torch.Tensor,
+    scale: float,
+    offset: float,
+    weights: torch.Tensor | None = None,
+    unit: str = "",
+) -> ModelDomainProblem:
     """The model-domain problem for a physical image ``u = scale * x + offset``.
 
     Parameters
@@ -94,5 +102,6 @@ def affine_problem(operator: LinearOperator, y: torch.Tensor, scale: float, offs
     with torch.no_grad():
         ones = torch.ones((1, 1) + operator.in_shape, dtype=yb.dtype, device=yb.device)
         shifted = yb - float(offset) * operator(ones)
-    return ModelDomainProblem(ScaledOperator(operator, float(scale)), shifted, weights,
-                              float(scale), float(offset), unit)
+    return ModelDomainProblem(
+        ScaledOperator(operator, float(scale)), shifted, weights, float(scale), float(offset), unit
+    )

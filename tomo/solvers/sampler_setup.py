@@ -1,4 +1,5 @@
 """Pieces shared by the sampling loops: result type, input checks, seeded noise."""
+
 from __future__ import annotations
 
 import contextlib
@@ -47,8 +48,10 @@ def check_prior(prior) -> None:
     """Refuse objects lacking the prior interface the solvers use."""
     missing = [name for name in ("eps", "alphas_cumprod") if not hasattr(prior, name)]
     if missing:
-        raise TypeError(f"prior must provide eps(x_t, t, generator=None) and alphas_cumprod "
-                        f"(like tomo.priors.DiffusionPrior); {type(prior).__name__} lacks {', '.join(missing)}")
+        raise TypeError(
+            f"prior must provide eps(x_t, t, generator=None) and alphas_cumprod "
+            f"(like tomo.priors.DiffusionPrior); {type(prior).__name__} lacks {', '.join(missing)}"
+        )
 
 
 def make_generator(seed: int | torch.Generator | None) -> torch.Generator:
@@ -61,11 +64,12 @@ def make_generator(seed: int | torch.Generator | None) -> torch.Generator:
     """
     if isinstance(seed, torch.Generator):
         if seed.device.type != "cpu":
-            raise ValueError(f"the generator must live on the CPU (the prior draws its patch shifts "
-                             f"there), got one on {seed.device}")
+            raise ValueError(
+                f"the generator must live on the CPU (the prior draws its patch shifts there), got one on {seed.device}"
+            )
         return seed
     if seed is None:
-        seed = int(torch.randint(0, 2 ** 62, (1,)).item())
+        seed = int(torch.randint(0, 2**62, (1,)).item())
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}")
     return torch.Generator(device="cpu").manual_seed(seed)
@@ -92,8 +96,9 @@ def check_same_device(prior, operator) -> None:
         raise ValueError(f"prior is on {pd} but the operator is on {od}; build both on the same device")
 
 
-def initial_state(shape, abar_first: float, generator: torch.Generator, like: torch.Tensor,
-                  x_init: torch.Tensor | None, start: float) -> torch.Tensor:
+def initial_state(
+    shape, abar_first: float, generator: torch.Generator, like: torch.Tensor, x_init: torch.Tensor | None, start: float
+) -> torch.Tensor:
     """``x_T``: pure noise, or ``x_init`` noised to the first timestep when ``start < 1``.
 
     ``x_init`` (model range) must broadcast to ``shape`` = [B, 1, H, W].
@@ -110,7 +115,9 @@ def initial_state(shape, abar_first: float, generator: torch.Generator, like: to
     try:
         x0 = torch.broadcast_to(x_init.to(device=like.device, dtype=like.dtype), shape)
     except RuntimeError:
-        raise ValueError(f"x_init of shape {tuple(x_init.shape)} does not broadcast to the images {tuple(shape)}") from None
+        raise ValueError(
+            f"x_init of shape {tuple(x_init.shape)} does not broadcast to the images {tuple(shape)}"
+        ) from None
     return add_noise(x0, z, abar_first)
 
 
@@ -128,8 +135,9 @@ def network_precision(device: torch.device, autocast_dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=autocast_dtype)
 
 
-def start_sampling(prior, operator, y, weights, *, steps: int, spacing: str, start: float, normalize: bool,
-                   seed, x_init):
+def start_sampling(
+    prior, operator, y, weights, *, steps: int, spacing: str, start: float, normalize: bool, seed, x_init
+):
     """Set-up shared by the samplers: checks, respaced schedule, data term, generator and ``x_T``.
 
     Returns ``(schedule, data, generator, x)``.

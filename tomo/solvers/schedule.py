@@ -8,6 +8,7 @@ Notation (DDPM, Ho et al. 2020): ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
 ``abar_t = alphas_cumprod[t]`` of the prior's training schedule. That noising and its Tweedie
 inverse live with the prior, in :mod:`tomo.priors.noising` (``tweedie_x0`` is re-exported here).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,8 +46,7 @@ class SamplingSchedule:
         return iter(zip(self.timesteps, self.abar, self.abar_prev))
 
 
-def make_schedule(alphas_cumprod, steps: int, spacing: str = "trailing",
-                  start: float = 1.0) -> SamplingSchedule:
+def make_schedule(alphas_cumprod, steps: int, spacing: str = "trailing", start: float = 1.0) -> SamplingSchedule:
     """Respace a training schedule to ``steps`` timesteps (diffusers' timestep selection).
 
     Parameters
@@ -94,8 +94,9 @@ def make_schedule(alphas_cumprod, steps: int, spacing: str = "trailing",
     return SamplingSchedule(timesteps=timesteps, abar=values, abar_prev=values[1:] + [1.0])
 
 
-def ddpm_posterior_step(x_t: torch.Tensor, x0: torch.Tensor, abar: float, abar_prev: float,
-                        noise: torch.Tensor | None) -> torch.Tensor:
+def ddpm_posterior_step(
+    x_t: torch.Tensor, x0: torch.Tensor, abar: float, abar_prev: float, noise: torch.Tensor | None
+) -> torch.Tensor:
     """One ancestral DDPM step: a sample of ``q(x_prev | x_t, x0)`` (respaced schedule).
 
     With ``beta = 1 - abar / abar_prev`` the posterior is Gaussian with mean
@@ -104,17 +105,18 @@ def ddpm_posterior_step(x_t: torch.Tensor, x0: torch.Tensor, abar: float, abar_p
     ``noise`` (standard normal, shape of ``x_t``) is ignored when ``abar_prev == 1``.
     """
     beta = 1.0 - abar / abar_prev
-    c0 = abar_prev ** 0.5 * beta / (1.0 - abar)
+    c0 = abar_prev**0.5 * beta / (1.0 - abar)
     ct = (1.0 - beta) ** 0.5 * (1.0 - abar_prev) / (1.0 - abar)
     mean = c0 * x0 + ct * x_t
     variance = beta * (1.0 - abar_prev) / (1.0 - abar)
     if noise is None or variance <= 0.0:
         return mean
-    return mean + variance ** 0.5 * noise
+    return mean + variance**0.5 * noise
 
 
-def ddim_step(x0: torch.Tensor, eps: torch.Tensor, abar_prev: float, eta: float,
-              noise: torch.Tensor | None) -> torch.Tensor:
+def ddim_step(
+    x0: torch.Tensor, eps: torch.Tensor, abar_prev: float, eta: float, noise: torch.Tensor | None
+) -> torch.Tensor:
     """Re-noise an estimate ``x0`` to the level ``abar_prev``, as in DDS (Chung et al. 2024).
 
     ``x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) (eta z + sqrt(1 - eta^2) eps)``:
@@ -124,7 +126,7 @@ def ddim_step(x0: torch.Tensor, eps: torch.Tensor, abar_prev: float, eta: float,
     if abar_prev >= 1.0:
         return x0
     scale = (1.0 - abar_prev) ** 0.5
-    out = abar_prev ** 0.5 * x0 + scale * (1.0 - eta ** 2) ** 0.5 * eps
+    out = abar_prev**0.5 * x0 + scale * (1.0 - eta**2) ** 0.5 * eps
     if noise is not None and eta > 0.0:
         out = out + scale * eta * noise
     return out

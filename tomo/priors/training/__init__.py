@@ -5,6 +5,7 @@ Modules by role: :mod:`.options` (``TrainOptions``, validation, learning-rate sc
 (checkpoints and the training record), :mod:`.log` (``log.csv``, loss plot), :mod:`.loop`
 (:func:`train`).
 """
+
 from .log import plot_loss, read_log
 from .loop import load_ema_prior, train
 from .options import TrainOptions

@@ -1,4 +1,5 @@
 """Process group helpers: one code path for 1 CPU, 1 GPU or many processes (torchrun, DDP)."""
+
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ import torch
 @dataclass
 class Dist:
     """Where this process runs: its rank among ``world`` processes and its device."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
@@ -30,9 +32,10 @@ def setup(device: str, threads: int | None = None) -> Dist:
         raise ValueError(f"--device {device} asked for CUDA, which is not available")
     if world > 1:
         import torch.distributed as dist
+
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        if not use_cuda and not threads:   # share the CPU cores between the local processes
+        if not use_cuda and not threads:  # share the CPU cores between the local processes
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if use_cuda:
@@ -49,6 +52,7 @@ def all_mean(value: float, d: Dist) -> float:
     if d.world == 1:
         return value
     import torch.distributed as dist
+
     t = torch.tensor([value], dtype=torch.float64, device=d.device)
     dist.all_reduce(t)
     return float(t) / d.world
@@ -57,12 +61,14 @@ def all_mean(value: float, d: Dist) -> float:
 def barrier(d: Dist) -> None:
     if d.world > 1:
         import torch.distributed as dist
+
         dist.barrier()
 
 
 def shutdown(d: Dist) -> None:
     if d.world > 1:
         import torch.distributed as dist
+
         dist.destroy_process_group()
 
 
@@ -77,6 +83,7 @@ def check_replicas_agree(model: torch.nn.Module, d: Dist) -> None:
     if d.world == 1:
         return
     import torch.distributed as dist
+
     local = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
     gathered = [torch.zeros_like(local) for _ in range(d.world)]
     dist.all_gather(gathered, local)

@@ -1,4 +1,5 @@
 """Exponential moving average of the weights during training."""
+
 from __future__ import annotations
 
 import torch
@@ -15,6 +16,7 @@ class EMA:
 
     def __init__(self, model: torch.nn.Module, max_decay: float):
         from torch.optim.swa_utils import AveragedModel
+
         self.max_decay = max_decay
 
         def multi_avg_fn(ema_params, params, num_averaged):
@@ -39,7 +41,7 @@ class EMA:
         return {"n_averaged": self.n_averaged, "max_decay": self.max_decay}
 
     def load(self, shadow: list[torch.Tensor], meta: dict) -> None:
-        n = meta.get("n_averaged", meta.get("optimization_step"))   # (older files: diffusers EMAModel)
+        n = meta.get("n_averaged", meta.get("optimization_step"))  # (older files: diffusers EMAModel)
         with torch.no_grad():
             for p, v in zip(self.averaged.module.parameters(), shadow):
                 p.copy_(v)

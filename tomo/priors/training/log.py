@@ -1,4 +1,5 @@
 """The training log: ``log.csv`` rows and the loss plot."""
+
 from __future__ import annotations
 
 import csv
@@ -46,8 +47,10 @@ def read_log(path) -> list[dict]:
 def plot_loss(log_path, png_path, title: str = "training loss") -> Path:
     """PNG of the loss curve (log scale) from ``log.csv``."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     rows = read_log(log_path)
     steps = np.array([r["step"] for r in rows])
     loss = np.array([r["loss"] for r in rows])
@@ -56,7 +59,7 @@ def plot_loss(log_path, png_path, title: str = "training loss") -> Path:
     if len(loss) >= 20:
         k = max(5, len(loss) // 30)
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1:], smooth, lw=1.5, label=f"running mean of {k} rows")
+        ax.plot(steps[k - 1 :], smooth, lw=1.5, label=f"running mean of {k} rows")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("masked eps MSE")

@@ -21,6 +21,7 @@ Files in the output folder (each written atomically, every ``checkpoint_every`` 
 The other modules of this package: :mod:`.options` (options, validation, learning rate),
 :mod:`.distributed` (process group), :mod:`.ema`, :mod:`.state` (checkpoints), :mod:`.log`.
 """
+
 from __future__ import annotations
 
 import sys
@@ -34,7 +35,7 @@ import torch
 
 from ..checkpoint import CONFIG_NAME, TRAIN_STATE_NAME, has_weights, load_config
 from ..prior import DiffusionPrior, build_scheduler, build_unet, combine_output, skip_coefficients
-from ..sampling import sample_grid   # imported up front: a long run must not pick up later edits
+from ..sampling import sample_grid  # imported up front: a long run must not pick up later edits
 from ..training_data import SliceSampler, collect_slices, pixel_statistics
 from . import distributed as dist_
 from .ema import EMA
@@ -53,8 +54,7 @@ def _run_config(opts: TrainOptions, out: Path) -> dict:
         check_resume_options(opts, config, out)
         return config
     if has_ckpt or has_weights(out):
-        raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or "
-                              f"choose another --out")
+        raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
     return requested_config(opts) if not opts.init_from else init_config(opts.init_from)
 
 
@@ -154,22 +154,28 @@ def train(opts: TrainOptions) -> dict:
         meta = load_train_state(out, model, ema, opt, scaler)
         step, wall0 = int(meta["step"]), float(meta["wall_time_s"])
         if meta.get("world_size", 1) != d.world and d.main:
-            print(f"tomo train: warning: resuming a {meta['world_size']}-process run with {d.world} "
-                  "processes; batches differ from the original run", file=sys.stderr)
+            print(
+                f"tomo train: warning: resuming a {meta['world_size']}-process run with {d.world} "
+                "processes; batches differ from the original run",
+                file=sys.stderr,
+            )
         if d.main:
             truncate_log(out / LOG_NAME, step)
             print(f"tomo train: resumed {out} at step {step}", file=sys.stderr)
     net = model
     if d.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None
+        )
     if opts.compile:
         net = torch.compile(net)
 
     scheduler = build_scheduler(config)
     T = scheduler.config.num_train_timesteps
-    c_skip, c_out, skip_mean = (v.to(d.device) if isinstance(v, torch.Tensor) else v
-                                for v in skip_coefficients(config, scheduler.alphas_cumprod))
+    c_skip, c_out, skip_mean = (
+        v.to(d.device) if isinstance(v, torch.Tensor) else v
+        for v in skip_coefficients(config, scheduler.alphas_cumprod)
+    )
     sqrt_abar = scheduler.alphas_cumprod.to(torch.float64).sqrt().to(d.device)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / LOG_NAME
@@ -182,22 +188,26 @@ def train(opts: TrainOptions) -> dict:
     interval_t0 = time.time()
     last_row: dict = {}
     last_ckpt = time.time()
-    bar = tqdm(total=opts.steps, initial=step, desc="training", unit="step",
-               disable=None if (d.main and opts.progress) else True,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+    bar = tqdm(
+        total=opts.steps,
+        initial=step,
+        desc="training",
+        unit="step",
+        disable=None if (d.main and opts.progress) else True,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+        dynamic_ncols=True,
+    )
     model.train()
     stop_early = False
     batches = _batches(sampler, opts, d, step, T)
     memory = torch.channels_last if opts.channels_last else torch.contiguous_format
     while step < opts.steps and not stop_early:
-        x0, mask, noise, t, pos = (v.to(d.device, non_blocking=True) if v is not None else None
-                                   for v in next(batches))
-        x_t = scheduler.add_noise(x0, noise, t) * mask          # zero padding outside the slice
+        x0, mask, noise, t, pos = (v.to(d.device, non_blocking=True) if v is not None else None for v in next(batches))
+        x_t = scheduler.add_noise(x0, noise, t) * mask  # zero padding outside the slice
         inp = torch.cat([x_t, pos], dim=1) if pos is not None else x_t
         for group in opt.param_groups:
             group["lr"] = lr_at(step, opts)
-        with torch.autocast(device_type=d.device.type, dtype=amp_dtype or torch.float32,
-                            enabled=amp_dtype is not None):
+        with torch.autocast(device_type=d.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             pred = net(inp.contiguous(memory_format=memory), t).sample
         pred = combine_output(pred.float(), x_t, t, c_skip, c_out, sqrt_abar, skip_mean)
         loss = ((pred - noise) ** 2 * mask).sum() / mask.sum().clamp_min(1.0)
@@ -222,9 +232,14 @@ def train(opts: TrainOptions) -> dict:
             mean_loss = dist_.all_mean(float(np.mean(values)), d)
             now = time.time()
             rate = len(values) * opts.batch_size * d.world / max(now - interval_t0, 1e-9)
-            last_row = {"step": step, "loss": f"{mean_loss:.6f}", "lr": f"{lr_at(step - 1, opts):.3e}",
-                        "grad_norm": f"{float(grad_norm):.4f}", "patches_per_s": f"{rate:.2f}",
-                        "elapsed_s": f"{wall0 + now - t_start:.1f}"}
+            last_row = {
+                "step": step,
+                "loss": f"{mean_loss:.6f}",
+                "lr": f"{lr_at(step - 1, opts):.3e}",
+                "grad_norm": f"{float(grad_norm):.4f}",
+                "patches_per_s": f"{rate:.2f}",
+                "elapsed_s": f"{wall0 + now - t_start:.1f}",
+            }
             if d.main:
                 append_row(log_path, last_row)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", patches_s=f"{rate:.1f}", refresh=False)
@@ -239,23 +254,45 @@ def train(opts: TrainOptions) -> dict:
         if d.world > 1:
             due = dist_.all_mean(float(due), d) > 0
         if step % opts.checkpoint_every == 0 or step == opts.steps or stop_early or due:
-            _check_finite(interval_losses, step - len(interval_losses))   # never save NaN weights
+            _check_finite(interval_losses, step - len(interval_losses))  # never save NaN weights
             last_ckpt = time.time()
             if d.main:
-                save_checkpoint(out, model, ema, opt, scaler, config, step, wall0 + time.time() - t_start,
-                                opts, data_record, d, amp_name)
+                save_checkpoint(
+                    out,
+                    model,
+                    ema,
+                    opt,
+                    scaler,
+                    config,
+                    step,
+                    wall0 + time.time() - t_start,
+                    opts,
+                    data_record,
+                    d,
+                    amp_name,
+                )
                 if not sys.stderr.isatty():
-                    print(f"tomo train: step {step}/{opts.steps} loss {last_row.get('loss', '?')} "
-                          f"checkpoint saved ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
+                    print(
+                        f"tomo train: step {step}/{opts.steps} loss {last_row.get('loss', '?')} "
+                        f"checkpoint saved ({time.strftime('%H:%M:%S')})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             dist_.barrier(d)
     bar.close()
     batches.close()
     dist_.check_replicas_agree(model, d)
 
-    summary = {"out": str(out), "steps": step, "steps_this_session": step - start_step,
-               "wall_time_s": wall0 + time.time() - t_start, "world_size": d.world,
-               "stopped_by_time_limit": stop_early,
-               "last_loss": float(last_row["loss"]) if last_row else None, "data": data_record}
+    summary = {
+        "out": str(out),
+        "steps": step,
+        "steps_this_session": step - start_step,
+        "wall_time_s": wall0 + time.time() - t_start,
+        "world_size": d.world,
+        "stopped_by_time_limit": stop_early,
+        "last_loss": float(last_row["loss"]) if last_row else None,
+        "data": data_record,
+    }
     if d.main:
         _finish(out, opts, config, d, step, summary)
     dist_.barrier(d)
@@ -271,12 +308,20 @@ def _finish(out: Path, opts: TrainOptions, config: dict, d: dist_.Dist, step: in
     if opts.samples > 0:
         prior = load_ema_prior(out, d.device)
         size = (opts.sample_size or config["image_size"],) * 2
-        sample_grid(prior, out / "samples.png", n=opts.samples, steps=opts.sample_steps, seed=opts.seed,
-                    size=size, progress=opts.progress)
+        sample_grid(
+            prior,
+            out / "samples.png",
+            n=opts.samples,
+            steps=opts.sample_steps,
+            seed=opts.seed,
+            size=size,
+            progress=opts.progress,
+        )
         summary["samples"] = str(out / "samples.png")
 
 
 def load_ema_prior(folder, device="cpu") -> DiffusionPrior:
     """The EMA prior of a training folder (same as :func:`tomo.priors.load_prior`)."""
     from ..prior import load_prior
+
     return load_prior(folder, device=device)

@@ -1,5 +1,6 @@
 """Options of ``tomo train``: :class:`TrainOptions`, their validation, the model configuration
 they ask for, and the learning-rate schedule."""
+
 from __future__ import annotations
 
 import json
@@ -14,24 +15,25 @@ from ..config import ARCHITECTURES, DEFAULT_HU_WINDOW, DEFAULT_PIXEL_SIZE_MM, de
 @dataclass
 class TrainOptions:
     """Everything ``tomo train`` needs; see ``tomo train --help`` for the meaning of each."""
+
     data: list[str]
     out: str
     steps: int = 4000
-    batch_size: int = 16               # per process
+    batch_size: int = 16  # per process
     lr: float = 2e-4
-    lr_schedule: str = "cosine"        # "cosine" (to 10 % of lr) or "constant", after warm-up
+    lr_schedule: str = "cosine"  # "cosine" (to 10 % of lr) or "constant", after warm-up
     warmup_steps: int = 200
     weight_decay: float = 1e-2
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     seed: int = 0
     checkpoint_every: int = 250
-    checkpoint_minutes: float | None = 10.0   # also checkpoint when this much wall time passed since the last
-    init_from: str | None = None       # prior folder whose weights (and model config) start a new run
+    checkpoint_minutes: float | None = 10.0  # also checkpoint when this much wall time passed since the last
+    init_from: str | None = None  # prior folder whose weights (and model config) start a new run
     log_every: int = 10
     # model (None: default for a new run, the checkpoint's value when resuming)
-    arch: str | None = None            # "small", "tiny" or a JSON file of UNet2DModel arguments
-    patch_size: int | None = None      # 0 -> whole-image mode
+    arch: str | None = None  # "small", "tiny" or a JSON file of UNet2DModel arguments
+    patch_size: int | None = None  # 0 -> whole-image mode
     image_size: int | None = None
     pixel_size_mm: float | None = None
     hu_window: tuple[float, float] | None = None
@@ -44,18 +46,18 @@ class TrainOptions:
     # run
     resume: bool = False
     device: str = "auto"
-    amp: bool = True                   # mixed precision on CUDA (bf16 where supported, else fp16)
-    cpu_bf16: bool = False             # bf16 autocast on CPU (about 1.6x faster with AVX512-BF16/AMX)
-    channels_last: bool = False        # NHWC memory format for the UNet and its input (faster convs on GPUs)
-    compile: bool = False              # torch.compile the training forward/backward
-    shard_mb: float | None = None      # write the EMA weights as safetensors shards of at most this many MiB
-    samples: int = 8                   # unconditional samples drawn at the end (0: none)
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
+    cpu_bf16: bool = False  # bf16 autocast on CPU (about 1.6x faster with AVX512-BF16/AMX)
+    channels_last: bool = False  # NHWC memory format for the UNet and its input (faster convs on GPUs)
+    compile: bool = False  # torch.compile the training forward/backward
+    shard_mb: float | None = None  # write the EMA weights as safetensors shards of at most this many MiB
+    samples: int = 8  # unconditional samples drawn at the end (0: none)
     sample_steps: int = 50
-    sample_size: int | None = None     # default: image_size
-    max_minutes: float | None = None   # stop (with a checkpoint) once the run's total wall time exceeds this
-    threads: int | None = None         # torch CPU threads per process (default: torch's choice)
+    sample_size: int | None = None  # default: image_size
+    max_minutes: float | None = None  # stop (with a checkpoint) once the run's total wall time exceeds this
+    threads: int | None = None  # torch CPU threads per process (default: torch's choice)
     progress: bool = True
-    command: str | None = None         # command line recorded in prior.json (default: this process's argv)
+    command: str | None = None  # command line recorded in prior.json (default: this process's argv)
 
 
 def validate(opts: TrainOptions) -> None:
@@ -109,7 +111,9 @@ def requested_config(opts: TrainOptions) -> dict:
         schedule=default_schedule(opts.beta_schedule or "linear"),
         hu_window=opts.hu_window or DEFAULT_HU_WINDOW,
         pixel_size_mm=opts.pixel_size_mm or DEFAULT_PIXEL_SIZE_MM,
-        patch_size=patch, image_size=opts.image_size or 256)
+        patch_size=patch,
+        image_size=opts.image_size or 256,
+    )
 
 
 def init_config(prior_dir: str) -> dict:
@@ -122,20 +126,25 @@ def init_config(prior_dir: str) -> dict:
 
 def check_resume_options(opts: TrainOptions, config: dict, where: Path) -> None:
     """Options given explicitly on --resume must agree with the checkpoint's configuration."""
-    given = {"patch_size": opts.patch_size if opts.patch_size is None else (opts.patch_size or None),
-             "image_size": opts.image_size, "pixel_size_mm": opts.pixel_size_mm,
-             "hu_window": list(map(float, opts.hu_window)) if opts.hu_window else None}
+    given = {
+        "patch_size": opts.patch_size if opts.patch_size is None else (opts.patch_size or None),
+        "image_size": opts.image_size,
+        "pixel_size_mm": opts.pixel_size_mm,
+        "hu_window": list(map(float, opts.hu_window)) if opts.hu_window else None,
+    }
     if opts.patch_size is None:
         given.pop("patch_size")
-    conflicts = [f"{k}={v} (checkpoint: {config[k]})" for k, v in given.items()
-                 if v is not None and v != config[k]]
+    conflicts = [f"{k}={v} (checkpoint: {config[k]})" for k, v in given.items() if v is not None and v != config[k]]
     if opts.gaussian_skip is not None and opts.gaussian_skip != (config.get("gaussian_skip") is not None):
         conflicts.append(f"gaussian_skip={opts.gaussian_skip} (checkpoint: {config.get('gaussian_skip')})")
     if opts.beta_schedule and opts.beta_schedule != config["schedule"].get("beta_schedule"):
         conflicts.append(f"beta_schedule={opts.beta_schedule} (checkpoint: {config['schedule'].get('beta_schedule')})")
     if opts.arch is not None:
-        arch = dict(architecture(opts.arch), in_channels=config["architecture"]["in_channels"],
-                    sample_size=config["architecture"]["sample_size"])
+        arch = dict(
+            architecture(opts.arch),
+            in_channels=config["architecture"]["in_channels"],
+            sample_size=config["architecture"]["sample_size"],
+        )
         if arch != config["architecture"]:
             conflicts.append(f"--arch {opts.arch} differs from the checkpoint's architecture")
     if conflicts:

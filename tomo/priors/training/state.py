@@ -1,5 +1,6 @@
 """Checkpoints of a training run: the resumable training state, the exported EMA weights and
 the ``prior.json`` record (configuration, training, data, hardware)."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,17 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import (CONFIG_NAME, TRAIN_STATE_NAME, PriorCheckpointError, check_state_dict, load_tensors,
-                         load_weights, save_config, save_tensors, save_weights)
+from ..checkpoint import (
+    CONFIG_NAME,
+    TRAIN_STATE_NAME,
+    PriorCheckpointError,
+    check_state_dict,
+    load_tensors,
+    load_weights,
+    save_config,
+    save_tensors,
+    save_weights,
+)
 from .distributed import Dist
 from .ema import EMA
 from .options import TrainOptions
@@ -56,8 +66,8 @@ def load_train_state(out: Path, model, ema: EMA, opt, scaler) -> dict:
     if metadata.get("format") != "tomo-prior-train-state":
         raise PriorCheckpointError(f"{path} is not a tomo training state")
     meta = json.loads(metadata["state"])
-    raw = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    ema_sd = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+    raw = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    ema_sd = {k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")}
     params = dict(model.named_parameters())
     check_state_dict(model.state_dict(), raw, f"{path} (raw weights)")
     check_state_dict({k: p for k, p in params.items()}, ema_sd, f"{path} (EMA weights)")
@@ -72,21 +82,39 @@ def load_train_state(out: Path, model, ema: EMA, opt, scaler) -> dict:
     return meta
 
 
-def save_checkpoint(out: Path, model, ema: EMA, opt, scaler, config: dict, step: int, wall: float,
-                    opts: TrainOptions, data_record: dict, d: Dist, amp: str) -> None:
+def save_checkpoint(
+    out: Path,
+    model,
+    ema: EMA,
+    opt,
+    scaler,
+    config: dict,
+    step: int,
+    wall: float,
+    opts: TrainOptions,
+    data_record: dict,
+    d: Dist,
+    amp: str,
+) -> None:
     """Write the training state, then the EMA weights, then ``prior.json`` (each atomically)."""
     opt_tensors, opt_meta = _flatten_optimizer(opt)
     names = [n for n, _ in model.named_parameters()]
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"ema.{n}": s for n, s in zip(names, ema.shadow_params)})
     tensors.update(opt_tensors)
-    meta = {"step": step, "wall_time_s": wall, "seed": opts.seed, "world_size": d.world,
-            "target_steps": opts.steps, "ema": ema.meta(), "optimizer": opt_meta,
-            "scaler": scaler.state_dict() if scaler is not None else None}
+    meta = {
+        "step": step,
+        "wall_time_s": wall,
+        "seed": opts.seed,
+        "world_size": d.world,
+        "target_steps": opts.steps,
+        "ema": ema.meta(),
+        "optimizer": opt_meta,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+    }
     # training state first, exported weights + config last: the config never claims more
     # steps than the weights next to it hold
-    save_tensors(out / TRAIN_STATE_NAME, tensors,
-                 {"format": "tomo-prior-train-state", "state": json.dumps(meta)})
+    save_tensors(out / TRAIN_STATE_NAME, tensors, {"format": "tomo-prior-train-state", "state": json.dumps(meta)})
     save_weights(out, ema.state_dict_of(model), opts.shard_mb)
     record = dict(config)
     record["training"] = training_record(opts, step, wall, d, amp)
@@ -97,18 +125,29 @@ def save_checkpoint(out: Path, model, ema: EMA, opt, scaler, config: dict, step:
 def training_record(opts: TrainOptions, step: int, wall: float, d: Dist, amp: str) -> dict:
     """The ``training`` section of ``prior.json``."""
     return {
-        "steps": step, "target_steps": opts.steps, "wall_time_s": round(wall, 1),
-        "batch_size_per_process": opts.batch_size, "processes": d.world,
+        "steps": step,
+        "target_steps": opts.steps,
+        "wall_time_s": round(wall, 1),
+        "batch_size_per_process": opts.batch_size,
+        "processes": d.world,
         "patches_seen": step * opts.batch_size * d.world,
-        "optimizer": {"name": "AdamW", "lr": opts.lr, "lr_schedule": opts.lr_schedule,
-                      "warmup_steps": opts.warmup_steps, "weight_decay": opts.weight_decay,
-                      "grad_clip": opts.grad_clip},
+        "optimizer": {
+            "name": "AdamW",
+            "lr": opts.lr,
+            "lr_schedule": opts.lr_schedule,
+            "warmup_steps": opts.warmup_steps,
+            "weight_decay": opts.weight_decay,
+            "grad_clip": opts.grad_clip,
+        },
         "ema": {"max_decay": opts.ema_decay, "decay_at_update_k": "min(max_decay, 1 - k^(-2/3))"},
-        "augmentation": {"hflip": opts.hflip, "vflip": opts.vflip, "random_crops": True,
-                         "balance": opts.balance},
-        "seed": opts.seed, "mixed_precision": amp, "initialised_from": opts.init_from,
-        "channels_last": opts.channels_last, "compiled": opts.compile,
-        "hardware": hardware(d), "software": software(),
+        "augmentation": {"hflip": opts.hflip, "vflip": opts.vflip, "random_crops": True, "balance": opts.balance},
+        "seed": opts.seed,
+        "mixed_precision": amp,
+        "initialised_from": opts.init_from,
+        "channels_last": opts.channels_last,
+        "compiled": opts.compile,
+        "hardware": hardware(d),
+        "software": software(),
         "command": opts.command or command_line(),
     }
 
@@ -128,8 +167,9 @@ def command_line() -> str:
 def hardware(d: Dist) -> str:
     if d.device.type == "cuda":
         return f"{d.world} x {torch.cuda.get_device_name(d.device)}"
-    return f"{d.world} process(es) on {os.cpu_count()} CPU cores ({cpu_model()}), " \
-           f"{torch.get_num_threads()} thread(s) each"
+    return (
+        f"{d.world} process(es) on {os.cpu_count()} CPU cores ({cpu_model()}), {torch.get_num_threads()} thread(s) each"
+    )
 
 
 def cpu_model() -> str:
@@ -145,4 +185,5 @@ def cpu_model() -> str:
 
 def software() -> dict:
     import diffusers
+
     return {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version()}
