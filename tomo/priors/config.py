@@ -26,8 +26,8 @@ def default_architecture(in_channels: int = 3, sample_size: int = 64) -> dict[st
     """diffusers ``UNet2DModel`` arguments of the shipped prior (4.3 M parameters, 17 MB fp32).
 
     Four resolution levels (64 -> 8 px for a 64 px patch), one ResNet block per level, self
-    attention only at the lowest level, where it is cheap (measured 0.9 s per step of 16
-    patches on 2 CPU cores, against 3.3 s with attention at 16 x 16).
+    attention only at the lowest level, where it is cheap (costs per evaluation and training
+    step of this and other candidates: docs/prior.md).
     """
     return {
         "class": "UNet2DModel",

@@ -124,9 +124,9 @@ def initial_state(
 def network_precision(device: torch.device, autocast_dtype: torch.dtype | None):
     """Context for the prior's network calls: ``torch.autocast`` to ``autocast_dtype`` or nothing.
 
-    bfloat16 autocast is about 1.8x faster on recent CPUs (measured: 0.6 s against 1.1 s per
-    256 x 256 evaluation of the shipped prior on one core) for about 0.4 % relative error in
-    ``eps``; the solvers' own arithmetic (Tweedie, CG, steps) stays in the input's dtype.
+    bfloat16 autocast is faster on CPUs with native bf16 (AVX512-BF16 / AMX) and much slower on
+    those without (timings: docs/prior.md); it costs about 0.4 % relative error in ``eps``. The
+    solvers' own arithmetic (Tweedie, CG, steps) stays in the input's dtype.
     """
     if autocast_dtype is None:
         return contextlib.nullcontext()
