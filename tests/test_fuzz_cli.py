@@ -22,24 +22,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.memory_cap import memory_limit
 from tomo.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
+
 EXAMPLE_MEMORY = 2 << 30
-
-
-@contextlib.contextmanager
-def memory_limit(extra_bytes: int = EXAMPLE_MEMORY):
-    """Cap this process's address space at its current size plus ``extra_bytes``."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    with open("/proc/self/statm") as fh:
-        mapped = int(fh.read().split()[0]) * resource.getpagesize()
-    cap = mapped + extra_bytes
-    resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +182,7 @@ def test_command_lines_in_process(pool, tmp_path, data):
     out_dir = Path(tempfile.mkdtemp(dir=tmp_path))  # a fresh output folder per example
     before = {p: p.stat().st_mtime_ns for p in pool.values() if p.is_file()}
     err = io.StringIO()
-    with memory_limit(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    with memory_limit(EXAMPLE_MEMORY), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
             code = main(_resolve(argv, pool, out_dir))
         except SystemExit as exc:  # argparse: usage errors (2) and --help (0)

@@ -9,9 +9,7 @@ test files (``CT_small.dcm``, ``MR_small.dcm``), so no data folder is needed.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import resource
 import warnings
 
 import numpy as np
@@ -22,6 +20,7 @@ from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.uid import RLELossless
 
+from tests.memory_cap import memory_limit
 from tomo.io.dicom_read import DicomReadError, find_series, read_series
 
 EXAMPLE_MEMORY = 1 << 30
@@ -29,20 +28,6 @@ FUZZ = settings(
     max_examples=50, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture], derandomize=True
 )
 CT_SOP = "1.2.840.10008.5.1.4.1.1.2"
-
-
-@contextlib.contextmanager
-def memory_limit(extra_bytes: int = EXAMPLE_MEMORY):
-    """Cap this process's address space at its current size plus ``extra_bytes``."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    with open("/proc/self/statm") as fh:
-        mapped = int(fh.read().split()[0]) * resource.getpagesize()
-    cap = mapped + extra_bytes
-    resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def _local(name: str) -> str:
@@ -70,7 +55,7 @@ SOURCES = {"ct": CT, "ct_rle": CT_RLE, "mr": MR}
 
 def _check(path, from_mr: bool) -> None:
     """The property, for one file."""
-    with memory_limit(), warnings.catch_warnings():
+    with memory_limit(EXAMPLE_MEMORY), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scan = find_series(path, read_pixels=True)
         if from_mr:

@@ -8,9 +8,7 @@ than its deadline.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import resource
 import zipfile
 
 import numpy as np
@@ -19,27 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators.geometry import ParallelBeam2D
-from tomo.io.sinogram import SinogramFormatError, load_sinogram, open_sinogram, save_sinogram
 
 #: extra address space an example may use beyond what the test process already maps
+from tests.memory_cap import memory_limit
+from tomo.io.sinogram import SinogramFormatError, load_sinogram, open_sinogram, save_sinogram
+
 EXAMPLE_MEMORY = 1 << 30
 FUZZ = settings(
     max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture], derandomize=True
 )
-
-
-@contextlib.contextmanager
-def memory_limit(extra_bytes: int = EXAMPLE_MEMORY):
-    """Cap this process's address space at its current size plus ``extra_bytes``."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    with open("/proc/self/statm") as fh:
-        mapped = int(fh.read().split()[0]) * resource.getpagesize()
-    cap = mapped + extra_bytes
-    resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def _valid_bytes() -> bytes:
@@ -74,7 +60,7 @@ VALID = _valid_bytes()
 
 def _check(path) -> None:
     """The property: a valid result, or SinogramFormatError; streaming agrees with loading."""
-    with memory_limit():
+    with memory_limit(EXAMPLE_MEMORY):
         try:
             sf = load_sinogram(path)
         except SinogramFormatError as exc:
@@ -190,6 +176,6 @@ def test_a_header_promising_a_petabyte_is_refused_before_reading(tmp_path):
         for n, blob in members.items():
             zf.writestr(n, blob)
         zf.writestr("sinogram.npy", header.getvalue())
-    with memory_limit(), pytest.raises(SinogramFormatError) as info:
+    with memory_limit(EXAMPLE_MEMORY), pytest.raises(SinogramFormatError) as info:
         load_sinogram(path)
     assert "views but 'angles'" in str(info.value) or "memory" in str(info.value)
