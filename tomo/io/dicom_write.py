@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from tomo.io.atomic import atomic_folder
-from tomo.io.volume import CTVolume
+from tomo.io.volume import CTVolume, spacing_pair
 
 __all__ = ["write_series", "choose_rescale", "default_series_number"]
 
@@ -118,15 +118,6 @@ def _as_volume(hu) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"hu contains {int(np.sum(~np.isfinite(arr)))} NaN/Inf values")
     return arr
-
-
-def _pair(value, name: str) -> tuple[float, float]:
-    arr = np.atleast_1d(np.asarray(value, dtype=float)).ravel()
-    if arr.size == 1:
-        arr = np.repeat(arr, 2)
-    if arr.shape != (2,) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"{name} must be one or two positive mm values (row, col), got {value!r}")
-    return float(arr[0]), float(arr[1])
 
 
 def _unit_frame(orientation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -302,7 +293,7 @@ def write_series(
     n, rows, cols = vol.shape
     if rows > 65535 or cols > 65535:
         raise ValueError(f"image size {rows}x{cols} exceeds DICOM's 65535")
-    spacing = _pair(pixel_spacing_mm, "pixel_spacing_mm")
+    spacing = spacing_pair(pixel_spacing_mm, "pixel_spacing_mm")
     if not isinstance(description, str) or not isinstance(derivation, str) or not derivation.strip():
         raise TypeError("description and derivation must be strings (derivation non-empty)")
     if orientation is None:

@@ -40,7 +40,7 @@ import numpy as np
 
 from .atomic import atomic_file
 from .resources import check_memory
-from .volume import CTVolume, VolumeReadError
+from .volume import CTVolume, VolumeReadError, spacing_pair
 
 if TYPE_CHECKING:
     import nibabel
@@ -251,15 +251,6 @@ def read_nifti_volume(path: str | os.PathLike) -> CTVolume:
 # ----------------------------------------------------------------------------- writing
 
 
-def _pair(value, name: str) -> tuple[float, float]:
-    arr = np.atleast_1d(np.asarray(value, dtype=float)).ravel()
-    if arr.size == 1:
-        arr = np.repeat(arr, 2)
-    if arr.shape != (2,) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"{name} must be one or two positive mm values (row, col), got {value!r}")
-    return float(arr[0]), float(arr[1])
-
-
 def _frame(orientation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row cosines, column cosines and normal (LPS unit vectors) of 6 direction cosines."""
     o = np.asarray(orientation, dtype=float).ravel()
@@ -373,7 +364,7 @@ def write_nifti_volume(
     nib = _nibabel()
     path = Path(path)
     vol = _checked_hu(hu)
-    spacing = _pair(pixel_spacing_mm, "pixel_spacing_mm")
+    spacing = spacing_pair(pixel_spacing_mm, "pixel_spacing_mm")
     if slice_spacing_mm is None and reference is not None:
         slice_spacing_mm = reference.slice_spacing_mm
     if slice_spacing_mm is None or not np.isfinite(slice_spacing_mm) or slice_spacing_mm <= 0:

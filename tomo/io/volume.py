@@ -16,7 +16,7 @@ import numpy as np
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["CTVolume", "VolumeReadError", "read_volume"]
+__all__ = ["CTVolume", "VolumeReadError", "read_volume", "spacing_pair"]
 
 
 class VolumeReadError(ValueError):
@@ -77,6 +77,16 @@ class CTVolume:
         o = np.asarray(self.orientation, dtype=float)
         n = np.cross(o[:3], o[3:])
         return n / np.linalg.norm(n)
+
+
+def spacing_pair(value: object, name: str) -> tuple[float, float]:
+    """One or two positive pixel sizes in mm as ``(row, col)``; ``ValueError`` naming ``name`` otherwise."""
+    arr = np.atleast_1d(np.asarray(value, dtype=float)).ravel()
+    if arr.size == 1:
+        arr = np.repeat(arr, 2)
+    if arr.shape != (2,) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{name} must be one or two positive mm values (row, col), got {value!r}")
+    return float(arr[0]), float(arr[1])
 
 
 def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> CTVolume:
