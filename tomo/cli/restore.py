@@ -114,16 +114,11 @@ def read_hu_slice(path: Path, index: int | None) -> tuple[np.ndarray, str]:
 
 def resize_for_task(hu: np.ndarray, size: int, multiple: int) -> np.ndarray:
     """Resize (anti-aliased) so the longer side is ``size`` and both sides divide by ``multiple``."""
-    from skimage.transform import resize
+    from tomo.methods.image_tasks import resize_to_task_grid
 
-    h, w = hu.shape
     if size < 0:
         raise CommandError(f"--size must be >= 0, got {size}")
-    scale = 1.0 if size == 0 else size / max(h, w)
-    shape = tuple(max(multiple, int(round(s * scale / multiple)) * multiple) for s in (h, w))
-    if shape == (h, w):
-        return hu
-    return resize(hu, shape, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
+    return resize_to_task_grid(hu, size, multiple)
 
 
 # ----- output --------------------------------------------------------------------------------------

@@ -200,13 +200,7 @@ def build_operators(cases: list[Case]) -> list[float]:
 def task_reference(hu: np.ndarray, size: int = 256, multiple: int = 4) -> np.ndarray:
     """Reference of the image tasks: HU clipped to [-1024, 3071], resized (anti-aliased) so that the
     longer side is ``size`` pixels and both sides divide by ``multiple``; float32 [h, w] (HU)."""
-    from skimage.transform import resize
-
     from operators.units import HU_MAX, HU_MIN
+    from tomo.methods.image_tasks import resize_to_task_grid
 
-    hu = np.clip(hu, HU_MIN, HU_MAX).astype(np.float32)
-    scale = size / max(hu.shape)
-    shape = tuple(max(multiple, int(round(s * scale / multiple)) * multiple) for s in hu.shape)
-    if shape == hu.shape:
-        return hu
-    return resize(hu, shape, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
+    return resize_to_task_grid(np.clip(hu, HU_MIN, HU_MAX).astype(np.float32), size, multiple)

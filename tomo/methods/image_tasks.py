@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from operators import Downsample, GaussianBlur, GaussianNoise, Inpaint, LinearOperator, Outpaint, box_mask
@@ -49,6 +50,18 @@ def hu_problem(
     """An image-restoration problem whose image and measurements are in HU (blur, masks, ...)."""
     h1, h0 = model_to_hu_affine(prior)
     return affine_problem(operator, y_hu, h1, h0, weights, unit="HU")
+
+
+def resize_to_task_grid(hu: np.ndarray, size: int, multiple: int) -> np.ndarray:
+    """Resize (anti-aliased) so the longer side is ``size`` pixels (0: keep it) and both sides divide
+    by ``multiple`` (the super-resolution factor); float32 [h, w] in HU, unchanged if already so."""
+    from skimage.transform import resize
+
+    scale = 1.0 if size == 0 else size / max(hu.shape)
+    shape = tuple(max(multiple, int(round(s * scale / multiple)) * multiple) for s in hu.shape)
+    if shape == hu.shape:
+        return hu
+    return resize(hu, shape, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
 
 
 def default_box(shape) -> tuple[int, int, int, int]:
