@@ -74,6 +74,7 @@ def main(argv=None) -> int:
         runs += [("dds", parse_setting(s)) for s in args.setting]
         for method, settings in runs:
             records = evaluate_registry(method, cases, settings, verbose=False)
+            q90 = [r.error_std_q90 for r in records if r.error_std_q90 is not None]
             for s in summarise(records):
                 row = {
                     "config": config,
@@ -85,6 +86,8 @@ def main(argv=None) -> int:
                     "nfe": s.network_evaluations,
                     "psnr_each": [round(v, 2) for v in s.psnr_each],
                 }
+                if s.coverage is not None:  # several samples: the interval mean +- 1.645 std
+                    row.update(coverage=round(s.coverage, 3), error_std_q90_each=[round(v, 3) for v in q90])
                 print(json.dumps(row), flush=True)
                 if args.json:
                     with open(args.json, "a") as f:

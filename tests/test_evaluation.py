@@ -11,6 +11,8 @@ from tomo.evaluation.cases import (
     Slice,
     build_cases,
     build_operators,
+    load_dev_axial_slices,
+    load_dev_reformats,
     load_dev_slices,
     load_train_slices,
     task_reference,
@@ -27,7 +29,7 @@ from tomo.evaluation.report import (
     write_section,
 )
 from tomo.evaluation.runner import evaluate, evaluate_registry, evaluate_task, registry_options, task_cases
-from tomo.evaluation.scores import psnr
+from tomo.evaluation.scores import Z_90, error_to_std_quantile, interval_coverage, psnr, z_difference_rmse
 from tomo.evaluation.simulation import simulate_volume
 from tomo.evaluation.tuning import parse_grid, settings_grid
 from tomo.methods import MethodOption, MethodRegistry
@@ -83,6 +85,16 @@ def test_real_dev_set_is_the_18_slices(shared_data):
     assert len(names) == 18 and names == sorted(names)
 
 
+def test_real_dev_axial_set_covers_the_five_patients_and_reformats_stay_apart(shared_data):
+    axial, reformats = load_dev_axial_slices(shared_data), load_dev_reformats(shared_data)
+    names = [s.name for s in axial]
+    assert len(axial) == 10 and all("/coronal/" not in n and "/sagittal/" not in n for n in names)
+    patients = {n.split("/")[2].split("[")[0] for n in names}  # A046441 ... and the two ct-native files
+    assert len(patients) == 5, patients
+    assert len(reformats) == 12 and not set(names) & {s.name for s in reformats}
+    assert all(s.hu.shape == (512, 512) for s in axial)
+
+
 def test_task_reference_longer_side_and_multiple():
     ref = task_reference(np.full((300, 200), 5000.0, np.float32), size=256, multiple=4)
     assert ref.shape == (256, 172) and ref.dtype == np.float32
@@ -99,6 +111,46 @@ def test_evaluate_scores_against_the_reference(slices):
     fbp = evaluate_registry("fbp", cases, verbose=False)
     assert [r.case for r in fbp] == ["a", "b"] and all(np.isfinite(r.psnr) and r.psnr < 60 for r in fbp)
     assert all(r.network_evaluations == 0 and r.seconds >= 0 for r in fbp)
+
+
+def test_evaluate_scores_the_interval_of_a_method_with_a_std(slices):
+    """A method that returns (mu, std): coverage of mean +- 1.645 std over tissue pixels."""
+    cases = build_cases(slices, "parallel-8")[:1]
+    ref = torch.from_numpy(hu_to_mu(cases[0].data.hu_reference))
+    offset = 0.02 * 0.0192  # 20 HU off everywhere
+
+    def method(std_hu):
+        return lambda sino, case: (ref + offset, torch.full_like(ref, std_hu * 0.0192 / 1000))
+
+    wide = evaluate(method(100.0), cases, name="wide", verbose=False)[0]  # 20 HU < 164.5 HU
+    narrow = evaluate(method(5.0), cases, name="narrow", verbose=False)[0]  # 20 HU > 8.2 HU
+    assert wide.coverage == 1.0 and narrow.coverage == 0.0
+    assert narrow.error_std_q90 == pytest.approx(4.0, rel=1e-3)  # |error| / std = 20 / 5
+    assert summarise([wide])[0].coverage == 1.0 and "coverage" in wide.as_dict()
+    assert evaluate_registry("fbp", cases, verbose=False)[0].coverage is None
+
+
+def test_coverage_scores_of_gaussian_errors_and_their_calibration():
+    gen = np.random.default_rng(0)
+    truth = gen.normal(0.0, 200.0, (128, 128))
+    std = np.full_like(truth, 20.0)
+    mean = truth + gen.normal(0.0, 40.0, truth.shape)  # errors twice the stated std
+    assert interval_coverage(mean, std, truth) == pytest.approx(0.59, abs=0.02)  # P(|z| < 0.82)
+    factor = error_to_std_quantile(mean, std, truth) / Z_90
+    assert factor == pytest.approx(2.0, rel=0.03)
+    assert interval_coverage(mean, factor * std, truth) == pytest.approx(0.90, abs=0.005)
+    air = np.full_like(truth, -1000.0)
+    with pytest.raises(ValueError, match="tissue"):
+        interval_coverage(mean, std, air)
+
+
+def test_z_difference_rmse_sees_slice_to_slice_noise_that_a_constant_bias_hides():
+    truth = np.zeros((4, 8, 8)) + np.arange(4)[:, None, None] * 10.0
+    assert z_difference_rmse(truth + 50.0, truth) == 0.0
+    noisy = truth + np.array([0.0, 5.0, 0.0, 5.0])[:, None, None]
+    assert z_difference_rmse(noisy, truth) == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="slices"):
+        z_difference_rmse(truth[:1], truth[:1])
 
 
 def test_evaluate_registry_passes_settings_and_seeds_each_case(slices):

@@ -2,6 +2,9 @@
 
 * :func:`load_dev_slices` -- every file of ``dev/dicom`` under the shared data root (18 slices:
   3 patients x axial/coronal/sagittal x 2 studies), the held-out set the project reports on.
+* :func:`load_dev_axial_slices` -- the axial slices of all five dev patients (the 6 axial
+  ``dev/dicom`` files and :data:`NATIVE_SLICES` of each ``dev/ct-native`` volume);
+  :func:`load_dev_reformats` -- the 12 coronal and sagittal ``dev/dicom`` files, reported apart.
 * :func:`load_train_slices` / :func:`read_slices` -- train/ slices for tuning (never dev/).
 * :func:`build_cases` -- the protocol simulation of :mod:`tomo.evaluation.simulation` of each
   slice for one standard configuration (noise seed ``seed + index``), with a shared
@@ -35,6 +38,10 @@ __all__ = [
     "TV_TUNE_SLICES",
     "DIFFUSION_TUNE_SLICES",
     "load_dev_slices",
+    "load_dev_axial_slices",
+    "load_dev_reformats",
+    "DEV_NATIVE",
+    "NATIVE_SLICES",
     "load_train_slices",
     "read_slices",
     "build_cases",
@@ -46,6 +53,11 @@ __all__ = [
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 #: the evaluation slices, relative to the data root
 DEV_DICOM = "dev/dicom"
+#: the two native-grid dev volumes (32 contiguous axial slices each), relative to the data root
+DEV_NATIVE = "dev/ct-native"
+#: slices of each dev/ct-native volume in the axial evaluation set: two per patient, a quarter and
+#: three quarters into the block, fixed before any result was seen
+NATIVE_SLICES = (8, 24)
 
 #: train/dicom slices for tuning the classical methods: (path under train/dicom, slice index or
 #: None = first file of the folder). One per patient (8 of the 9; A072894 left out), mixing axial,
@@ -131,6 +143,28 @@ def load_dev_slices(data_root: str | Path = DEFAULT_DATA_ROOT, limit: int | None
     if not files:
         raise FileNotFoundError(f"no DICOM files under {root}; pass the shared data folder (--data)")
     return [_read(f, 0, str(f.relative_to(root))) for f in files[: limit or None]]
+
+
+def load_dev_axial_slices(data_root: str | Path = DEFAULT_DATA_ROOT, native_slices=NATIVE_SLICES) -> list[Slice]:
+    """The axial dev slices of all five dev patients: the ``axial`` files of ``dev/dicom`` (3 patients x
+    2 studies) and slices ``native_slices`` of each ``dev/ct-native`` volume (2 patients), named
+    ``dev/dicom/...`` and ``dev/ct-native/FILE[index]``."""
+    root = Path(data_root)
+    dicom = [s for s in load_dev_slices(root) if "/axial/" in f"/{s.name}"]
+    volumes = sorted((root / DEV_NATIVE).glob("*.npz"))
+    if not volumes:
+        raise FileNotFoundError(f"no .npz volumes under {root / DEV_NATIVE}; pass the shared data folder (--data)")
+    native = [_read(f, k, f"{DEV_NATIVE}/{f.name}[{k}]") for f in volumes for k in native_slices]
+    return [s._replace(name=f"{DEV_DICOM}/{s.name}") for s in dicom] + native
+
+
+def load_dev_reformats(data_root: str | Path = DEFAULT_DATA_ROOT) -> list[Slice]:
+    """The coronal and sagittal reformats of ``dev/dicom`` (12 slices), reported apart from the axial ones."""
+    return [
+        s._replace(name=f"{DEV_DICOM}/{s.name}")
+        for s in load_dev_slices(data_root)
+        if "/coronal/" in f"/{s.name}" or "/sagittal/" in f"/{s.name}"
+    ]
 
 
 def load_train_slices(data_root: str | Path = DEFAULT_DATA_ROOT, entries=TV_TUNE_SLICES) -> list[Slice]:

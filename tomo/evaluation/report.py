@@ -52,6 +52,12 @@ class Record:
         Prior network evaluations (times the number of posterior samples); 0 for classical methods.
     settings : dict
         The method's options (empty: its defaults).
+    coverage : float or None
+        Methods with a posterior std (several samples): fraction of tissue pixels whose truth lies
+        in ``mean +- 1.645 std`` (:func:`tomo.evaluation.scores.interval_coverage`).
+    error_std_q90 : float or None
+        The 90 % quantile of ``|mean - truth| / std`` over tissue pixels (``/ 1.645``: the factor
+        that would calibrate this slice's std).
     """
 
     case: str
@@ -62,9 +68,11 @@ class Record:
     seconds: float
     network_evaluations: int = 0
     settings: dict = field(default_factory=dict)
+    coverage: float | None = None
+    error_std_q90: float | None = None
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "config": self.config,
             "method": self.method,
             "slice": self.case,
@@ -74,6 +82,9 @@ class Record:
             "network_evaluations": self.network_evaluations,
             "settings": self.settings,
         }
+        if self.coverage is not None:
+            out.update(coverage=self.coverage, error_std_q90=self.error_std_q90)
+        return out
 
 
 @dataclass
@@ -93,9 +104,11 @@ class Summary:
     cases: list
     psnr_each: list
     ssim_each: list
+    coverage: float | None = None
 
     def as_dict(self) -> dict:
         return {
+            **({} if self.coverage is None else {"coverage": self.coverage}),
             "config": self.config,
             "method": self.method,
             "settings": self.settings,
@@ -128,6 +141,7 @@ class Summary:
             d.get("slices", []),
             d.get("psnr_each", []),
             d.get("ssim_each", []),
+            d.get("coverage"),
         )
 
 
@@ -139,6 +153,7 @@ def summarise(records: list[Record]) -> list[Summary]:
     out = []
     for (config, method), rs in groups.items():
         p, s = np.array([r.psnr for r in rs]), np.array([r.ssim for r in rs])
+        cov = [r.coverage for r in rs if r.coverage is not None]
         out.append(
             Summary(
                 config,
@@ -154,6 +169,7 @@ def summarise(records: list[Record]) -> list[Summary]:
                 [r.case for r in rs],
                 [r.psnr for r in rs],
                 [r.ssim for r in rs],
+                float(np.mean(cov)) if len(cov) == len(rs) else None,
             )
         )
     return out

@@ -20,18 +20,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from operators.units import mu_to_hu
+from operators.units import MU_WATER_PER_MM, mu_to_hu
 from tomo.methods.diffusion import DDS_DEFAULTS, DPS_DEFAULTS
-from tomo.methods.registry import MethodRegistry, default_registry
+from tomo.methods.registry import MethodOutput, MethodRegistry, default_registry
 
 from .baselines import run_baseline
 from .cases import Case, task_reference
 from .report import Record
-from .scores import psnr, ssim
+from .scores import error_to_std_quantile, interval_coverage, psnr, ssim
 
 __all__ = ["MethodFn", "evaluate", "evaluate_registry", "registry_options", "TaskCase", "task_cases", "evaluate_task"]
 
 #: ``method(sinogram [views, detectors] float32 tensor on the case's device, case) -> mu [H, W] (1/mm)``
+#: or ``(mu, std)`` with a posterior standard deviation [H, W] (1/mm; None when there is none)
 MethodFn = Callable[[torch.Tensor, Case], torch.Tensor]
 
 _SOLVER_DEFAULTS = {"dds": DDS_DEFAULTS, "dps": DPS_DEFAULTS}
@@ -69,28 +70,29 @@ def evaluate(
 ) -> list[Record]:
     """Run ``method`` on every case and score it; one :class:`Record` per case.
 
-    ``settings`` and ``network_evaluations`` (per case) are stored in the records as given.
+    ``settings`` and ``network_evaluations`` (per case) are stored in the records as given. A method
+    that returns ``(mu, std)`` with a std also gets the coverage scores of its interval.
     """
     records = []
     for case in cases:
         sino = torch.from_numpy(case.data.sinogram).to(case.problem.device)
-        mu, seconds = _timed(method, sino, case)
-        mu = mu.detach().cpu().numpy() if isinstance(mu, torch.Tensor) else np.asarray(mu)
-        hu = mu_to_hu(mu.astype(np.float32))
-        records.append(
-            _record(
-                hu,
-                case.data.hu_reference,
-                case.name,
-                case.config,
-                name,
-                seconds,
-                network_evaluations,
-                settings or {},
-                verbose,
-            )
-        )
+        out, seconds = _timed(method, sino, case)
+        mu, std = out if isinstance(out, tuple) else (out, None)
+        hu = mu_to_hu(_numpy(mu))
+        ref = case.data.hu_reference
+        rec = _record(hu, ref, case.name, case.config, name, seconds, network_evaluations, settings or {}, verbose)
+        if std is not None:
+            std_hu = _numpy(std) * (1000.0 / MU_WATER_PER_MM)
+            rec.coverage = interval_coverage(hu, std_hu, ref)
+            rec.error_std_q90 = error_to_std_quantile(hu, std_hu, ref)
+            if verbose:
+                print(f"  {'':12s} coverage of mean +- 1.645 std {rec.coverage:.3f}", flush=True)
+        records.append(rec)
     return records
+
+
+def _numpy(a) -> np.ndarray:
+    return (a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)).astype(np.float32)
 
 
 def registry_options(name: str, settings: dict) -> dict:
@@ -165,7 +167,10 @@ def evaluate_registry(
     def run(sino, case):
         seeded = {"seed": case.index} if "seed" in entry.option_names and "seed" not in options else {}
         with torch.no_grad():
-            return entry.run(sino[None], case.problem, **options, **seeded)[0]
+            out = entry.run(sino[None], case.problem, **options, **seeded)
+        if isinstance(out, MethodOutput):
+            return out.mu[0], None if out.std is None else out.std[0]
+        return out[0]
 
     return evaluate(
         run,

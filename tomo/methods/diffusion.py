@@ -19,10 +19,20 @@ from tomo.solvers import dds, default_zeta, dps, sample_or_mean
 from tomo.solvers.data_terms import batch_measurements
 from tomo.solvers.problem import ModelDomainProblem, affine_problem, model_to_hu_affine
 
-from .classical import DEFAULT_MODEL_ERROR
+from .classical import DEFAULT_MODEL_ERROR, effective_views
 from .registry import MethodOption, MethodOutput, MethodRegistry, ReconProblem, get_method
 
-__all__ = ["register", "run_dds", "run_dps", "warm_start_image", "ct_problem", "DDS_DEFAULTS", "DPS_DEFAULTS"]
+__all__ = [
+    "register",
+    "run_dds",
+    "run_dps",
+    "dds_tv_default",
+    "DDS_TV_AT_ONE_VIEW",
+    "warm_start_image",
+    "ct_problem",
+    "DDS_DEFAULTS",
+    "DPS_DEFAULTS",
+]
 
 #: defaults of ``tomo reconstruct --method dds``, chosen on train/ slices with the shipped prior
 #: (docs/benchmarks_diffusion.md): 3 CG iterations, "leading" spacing (last step at t = 0), and a
@@ -134,10 +144,34 @@ def ct_problem(
     return affine_problem(projector, sinogram, a, b, weights, unit="1/mm")
 
 
-def run_dds(sinogram: torch.Tensor, problem: ReconProblem, *, prior=None, dds_tv=None, **options) -> torch.Tensor:
-    """DDS reconstruction: mu [1/mm] ``[B, H, W]`` (options: steps, cg_iterations, eta, seed, init, start)."""
-    if dds_tv is not None:  # the hybrid data step (tomo.solvers.dds tv_weight)
-        options["tv_weight"] = dds_tv
+#: TV weight of the hybrid data step at one view per half turn; the default weight is this divided
+#: by the views per half turn (:func:`dds_tv_default`), tuned on train/ (docs/solvers.md)
+DDS_TV_AT_ONE_VIEW = 2.4e-3
+
+
+def dds_tv_default(geometry) -> float:
+    """Default ``--dds-tv``: :data:`DDS_TV_AT_ONE_VIEW` / views per half turn
+    (:func:`tomo.methods.classical.effective_views`; parallel-8: 3e-4, parallel-30 and fan beam
+    with 60 views over a full turn: 8e-5). Fewer views leave more of the image to the prior and
+    the TV term, as for the classical TV weight."""
+    return DDS_TV_AT_ONE_VIEW / effective_views(geometry)
+
+
+def run_dds(
+    sinogram: torch.Tensor, problem: ReconProblem, *, prior=None, dds_tv=None, dds_tv_z=None, **options
+) -> torch.Tensor:
+    """DDS reconstruction: mu [1/mm] ``[B, H, W]`` (options: steps, cg_iterations, eta, seed, init,
+    start, dds_tv: the hybrid data step's TV weight, None = :func:`dds_tv_default`, 0 = plain CG;
+    dds_tv_z: TV along z coupling the ``B`` slices, which must be consecutive slices of a volume)."""
+    if dds_tv is not None and dds_tv < 0:
+        raise ValueError(f"--dds-tv must be >= 0, got {dds_tv}")
+    options["tv_weight"] = dds_tv_default(problem.geometry) if dds_tv is None else dds_tv
+    if dds_tv_z:
+        if (options.get("samples") or 1) > 1:
+            raise ValueError("--dds-tv-z couples neighbouring slices and cannot be combined with --samples > 1")
+        if not options["tv_weight"] > 0:
+            raise ValueError("--dds-tv-z needs the hybrid data step (--dds-tv > 0)")
+        options["tv_z_weight"] = dds_tv_z
     return _solve(dds, DDS_DEFAULTS, sinogram, problem, prior, options)
 
 
@@ -182,8 +216,17 @@ def register(registry: MethodRegistry) -> None:
                 "--dds-tv",
                 "dds_tv",
                 float,
-                "dds: TV weight of the hybrid data step (ADMM on data + TV "
-                "each step, model range units, e.g. 3e-4; default 0 = plain CG)",
+                "dds: TV weight of the hybrid data step (ADMM on data + TV each step, "
+                "model range units; default 2.4e-3 / views per half turn, e.g. 3e-4 at 8 "
+                "parallel views; 0 = plain CG data step)",
+            ),
+            MethodOption(
+                "--dds-tv-z",
+                "dds_tv_z",
+                float,
+                "dds: TV weight along z, coupling the slices reconstructed together into one "
+                "consistent volume (the slices of each --batch-size chunk, in series order; "
+                "e.g. the --dds-tv value; default 0 = slice by slice)",
             ),
             MethodOption(
                 "--admm-iterations",

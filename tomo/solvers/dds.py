@@ -38,6 +38,7 @@ def dds(
     tv_weight: float = 0.0,
     admm_iterations: int = 4,
     admm_rho: float | None = None,
+    tv_z_weight: float = 0.0,
     seed: int | torch.Generator | None = None,
     clip_x0: bool = True,
     normalize: bool = True,
@@ -77,6 +78,10 @@ def dds(
         ADMM iterations per step (with ``tv_weight > 0``).
     admm_rho : float, optional
         ADMM penalty (with ``tv_weight > 0``; default ``10 * tv_weight``).
+    tv_z_weight : float
+        > 0 (with ``tv_weight > 0``): the batch holds consecutive slices of one volume, in order,
+        and the hybrid data step adds TV along z with this weight, coupling the slices
+        (:meth:`~tomo.solvers.data_terms.DataFidelity.solve_tv`).
     seed : int, torch.Generator or None
         Randomness of the initial and re-noising noise and of the prior's patch shifts.
     clip_x0 : bool
@@ -109,6 +114,8 @@ def dds(
         raise ValueError(f"cg_iterations must be an int >= 0, got {cg_iterations!r}")
     if not (isinstance(tv_weight, (int, float)) and 0.0 <= tv_weight < float("inf")):
         raise ValueError(f"tv_weight must be a finite number >= 0, got {tv_weight!r}")
+    if tv_z_weight and not tv_weight > 0:
+        raise ValueError("tv_z_weight (TV along z) needs the hybrid data step: set tv_weight > 0 too")
     if not (isinstance(lam, (int, float)) and 0.0 <= lam < float("inf")):
         raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
     schedule, data, generator, x = start_sampling(
@@ -134,7 +141,13 @@ def dds(
                 x0 = x0.clamp(-1.0, 1.0)
             if tv_weight > 0:
                 x0 = data.solve_tv(
-                    x0, tv_weight, admm_iterations=admm_iterations, cg_iterations=cg_iterations, rho=admm_rho, lam=lam
+                    x0,
+                    tv_weight,
+                    admm_iterations=admm_iterations,
+                    cg_iterations=cg_iterations,
+                    rho=admm_rho,
+                    lam=lam,
+                    tv_z_weight=tv_z_weight,
                 )
             else:
                 x0 = data.solve(x0, cg_iterations, lam)
