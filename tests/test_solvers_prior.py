@@ -182,3 +182,46 @@ def test_bfloat16_autocast_of_the_network_stays_close_to_float32(tiny_prior):
     assert float((fast - exact).norm() / exact.norm()) < 0.05
     with pytest.raises(ValueError, match="autocast_dtype"):
         dds(tiny_prior, op, y, steps=1, autocast_dtype=torch.int8, progress=False)
+
+
+def test_registry_dds_default_tv_weight_follows_views_and_dose(tiny_prior_dir, monkeypatch):
+    """The hybrid data step is on by default with 2.4e-3 / views per half turn, doubled per decade
+    of dose below 1e6; --dds-tv 0 is plain CG; --dds-tv-z reaches the solver and refuses samples."""
+    from operators import CTProjector, FanBeam2D, ParallelBeam2D
+    from tomo.methods import diffusion as solver_methods
+    from tomo.methods.registry import reconstruct
+
+    parallel = ParallelBeam2D(
+        image_shape=(16, 16),
+        pixel_spacing_mm=1.5,
+        angles=torch.arange(8) * 3.14159 / 8,
+        detector_count=24,
+        detector_spacing_mm=1.5,
+    )
+    fan = FanBeam2D(
+        image_shape=(16, 16),
+        pixel_spacing_mm=1.5,
+        angles=torch.arange(60) * 2 * 3.14159 / 60,
+        detector_count=32,
+        detector_spacing_mm=2.0,
+        source_origin_mm=48.0,
+        origin_detector_mm=24.0,
+    )
+    assert solver_methods.dds_tv_default(parallel) == pytest.approx(3e-4)
+    assert solver_methods.dds_tv_default(parallel, 1e6) == pytest.approx(3e-4)
+    assert solver_methods.dds_tv_default(fan, 1e5) == pytest.approx(1.6e-4)  # 30 views per half turn, x2
+    assert solver_methods.dds_tv_default(fan, 1e2) == pytest.approx(3.2e-4)  # at most x4
+    seen = []
+    real = solver_methods.sample_or_mean
+    monkeypatch.setattr(solver_methods, "sample_or_mean", lambda *a, **k: seen.append(k) or real(*a, **k))
+    sino = CTProjector(parallel)(torch.full((3, 16, 16), 0.0192))
+    kw = dict(progress=False, prior=str(tiny_prior_dir), steps=2, i0=1e6)
+    reconstruct(sino, parallel, "dds", **kw)
+    reconstruct(sino, parallel, "dds", dds_tv=0.0, **kw)
+    reconstruct(sino, parallel, "dds", dds_tv_z=1e-3, batch_size=3, **kw)
+    assert seen[0]["tv_weight"] == pytest.approx(3e-4) and seen[1]["tv_weight"] == 0.0
+    assert seen[2]["tv_z_weight"] == 1e-3 and "tv_z_weight" not in seen[0]
+    with pytest.raises(ValueError, match="samples"):
+        reconstruct(sino, parallel, "dds", dds_tv_z=1e-3, samples=2, **kw)
+    with pytest.raises(ValueError, match="dds-tv"):
+        reconstruct(sino, parallel, "dds", dds_tv=-1.0, **kw)

@@ -8,6 +8,7 @@ dose ``i0`` is known, white otherwise.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import torch
@@ -37,9 +38,11 @@ __all__ = [
 #: defaults of ``tomo reconstruct --method dds``, chosen on train/ slices with the shipped prior
 #: (docs/benchmarks_diffusion.md): 3 CG iterations, "leading" spacing (last step at t = 0), and a
 #: warm start: the registry's TV reconstruction noised to 20 % of the schedule (start 0.2), which
-#: beat a cold start by +1.0 dB (30 views) and +1.5 dB (8 views) on the tuning slices.
+#: beat a cold start by +1.0 dB (30 views) and +1.5 dB (8 views) on the tuning slices; 25 steps
+#: (with the TV data step of :func:`dds_tv_default`), which fit 30 s per 256 x 256 slice on a 2-core
+#: CPU and lost nothing against 50 at 8 views (docs/solvers.md).
 DDS_DEFAULTS = {
-    "steps": 50,
+    "steps": 25,
     "cg_iterations": 3,
     "eta": 0.85,
     "spacing": "leading",
@@ -149,12 +152,18 @@ def ct_problem(
 DDS_TV_AT_ONE_VIEW = 2.4e-3
 
 
-def dds_tv_default(geometry) -> float:
+def dds_tv_default(geometry, i0: float | None = None) -> float:
     """Default ``--dds-tv``: :data:`DDS_TV_AT_ONE_VIEW` / views per half turn
-    (:func:`tomo.methods.classical.effective_views`; parallel-8: 3e-4, parallel-30 and fan beam
-    with 60 views over a full turn: 8e-5). Fewer views leave more of the image to the prior and
-    the TV term, as for the classical TV weight."""
-    return DDS_TV_AT_ONE_VIEW / effective_views(geometry)
+    (:func:`tomo.methods.classical.effective_views`), doubled for every decade of dose below
+    1e6 photons per bin (``i0``; halved per decade above, within a factor 0.5-4; unknown dose: 1).
+
+    Fewer views and fewer photons leave more of the image to the prior and the TV term, as for
+    the classical TV weight. parallel-8 (I0 1e6): 3e-4; parallel-30: 8e-5; fan beam with 60 views
+    over a full turn at I0 1e5: 1.6e-4 -- the best of the weights tried on train/ slices for each
+    standard configuration (docs/solvers.md).
+    """
+    dose = 1.0 if i0 is None else min(4.0, max(0.5, 2.0 ** math.log10(1e6 / float(i0))))
+    return DDS_TV_AT_ONE_VIEW / effective_views(geometry) * dose
 
 
 def run_dds(
@@ -165,7 +174,7 @@ def run_dds(
     dds_tv_z: TV along z coupling the ``B`` slices, which must be consecutive slices of a volume)."""
     if dds_tv is not None and dds_tv < 0:
         raise ValueError(f"--dds-tv must be >= 0, got {dds_tv}")
-    options["tv_weight"] = dds_tv_default(problem.geometry) if dds_tv is None else dds_tv
+    options["tv_weight"] = dds_tv_default(problem.geometry, problem.i0) if dds_tv is None else dds_tv
     if dds_tv_z:
         if (options.get("samples") or 1) > 1:
             raise ValueError("--dds-tv-z couples neighbouring slices and cannot be combined with --samples > 1")
@@ -183,7 +192,7 @@ def run_dps(sinogram: torch.Tensor, problem: ReconProblem, *, prior=None, **opti
 
 
 _COMMON = (
-    MethodOption("--steps", "steps", int, "diffusion sampling steps = network evaluations (default: dds 50, dps 1000)"),
+    MethodOption("--steps", "steps", int, "diffusion sampling steps = network evaluations (default: dds 25, dps 1000)"),
     MethodOption(
         "--prior",
         "prior",
@@ -207,7 +216,7 @@ def register(registry: MethodRegistry) -> None:
         "dds",
         run_dds,
         batch_size=4,
-        help="Decomposed Diffusion Sampler: diffusion prior + CG data consistency, ~50 network evaluations",
+        help="Decomposed Diffusion Sampler: diffusion prior + data consistency with TV (ADMM), 25 network evaluations",
         options=_COMMON
         + (
             MethodOption("--cg-iterations", "cg_iterations", int, "dds: CG iterations per step (default 3)"),
