@@ -112,7 +112,11 @@ def main(argv=None) -> int:
                     "ssim_each": [round(v, 4) for v in s.ssim_each],
                 }
                 if s.coverage is not None:  # several samples: the interval mean +- 1.645 std
-                    row.update(coverage=round(s.coverage, 3), error_std_q90_each=[round(v, 3) for v in q90])
+                    row.update(
+                        coverage=round(s.coverage, 3),
+                        error_std_q90_each=[round(v, 3) for v in q90],
+                        error_std_quantiles_each=[r.error_std_quantiles for r in records],
+                    )
                 print(json.dumps(row), flush=True)
                 if args.json:
                     with open(args.json, "a") as f:

@@ -29,7 +29,15 @@ from tomo.evaluation.report import (
     write_section,
 )
 from tomo.evaluation.runner import evaluate, evaluate_registry, evaluate_task, registry_options, task_cases
-from tomo.evaluation.scores import Z_90, error_to_std_quantile, interval_coverage, psnr, z_difference_rmse
+from tomo.evaluation.scores import (
+    Z_90,
+    coverage_from_quantiles,
+    error_to_std_quantile,
+    error_to_std_quantiles,
+    interval_coverage,
+    psnr,
+    z_difference_rmse,
+)
 from tomo.evaluation.simulation import simulate_volume
 from tomo.evaluation.tuning import parse_grid, settings_grid
 from tomo.methods import MethodOption, MethodRegistry
@@ -139,6 +147,9 @@ def test_coverage_scores_of_gaussian_errors_and_their_calibration():
     factor = error_to_std_quantile(mean, std, truth) / Z_90
     assert factor == pytest.approx(2.0, rel=0.03)
     assert interval_coverage(mean, factor * std, truth) == pytest.approx(0.90, abs=0.005)
+    quantiles = error_to_std_quantiles(mean, std, truth)  # stored results, calibrated afterwards
+    for c in (0.5, 1.0, factor, 3.0):
+        assert coverage_from_quantiles(quantiles, c) == pytest.approx(interval_coverage(mean, c * std, truth), abs=2e-3)
     air = np.full_like(truth, -1000.0)
     with pytest.raises(ValueError, match="tissue"):
         interval_coverage(mean, std, air)

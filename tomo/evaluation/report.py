@@ -55,6 +55,9 @@ class Record:
     coverage : float or None
         Methods with a posterior std (several samples): fraction of tissue pixels whose truth lies
         in ``mean +- 1.645 std`` (:func:`tomo.evaluation.scores.interval_coverage`).
+    error_std_quantiles : list or None
+        Its 0.001 ... 0.999 quantiles (:func:`tomo.evaluation.scores.error_to_std_quantiles`): the
+        coverage at any calibration factor.
     error_std_q90 : float or None
         The 90 % quantile of ``|mean - truth| / std`` over tissue pixels (``/ 1.645``: the factor
         that would calibrate this slice's std).
@@ -70,6 +73,7 @@ class Record:
     settings: dict = field(default_factory=dict)
     coverage: float | None = None
     error_std_q90: float | None = None
+    error_std_quantiles: list | None = None
 
     def as_dict(self) -> dict:
         out = {
@@ -83,7 +87,11 @@ class Record:
             "settings": self.settings,
         }
         if self.coverage is not None:
-            out.update(coverage=self.coverage, error_std_q90=self.error_std_q90)
+            out.update(
+                coverage=self.coverage,
+                error_std_q90=self.error_std_q90,
+                error_std_quantiles=self.error_std_quantiles,
+            )
         return out
 
 

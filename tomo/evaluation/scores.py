@@ -27,6 +27,8 @@ __all__ = [
     "interval_coverage",
     "error_to_std_quantile",
     "z_difference_rmse",
+    "error_to_std_quantiles",
+    "coverage_from_quantiles",
 ]
 
 #: pixels whose true value exceeds this [HU] count as tissue in the coverage scores (not air)
@@ -148,6 +150,26 @@ def error_to_std_quantile(mean_hu, std_hu, truth_hu, q: float = 0.9, tissue_min_
     if not 0.0 < q < 1.0:
         raise ValueError(f"q must lie in (0, 1), got {q}")
     return float(np.quantile(_standardised_errors(mean_hu, std_hu, truth_hu, tissue_min_hu), q))
+
+
+#: the probabilities at which :func:`error_to_std_quantiles` samples the distribution
+QUANTILE_LEVELS = np.round(np.arange(1, 1000) / 1000, 3)
+
+
+def error_to_std_quantiles(mean_hu, std_hu, truth_hu, tissue_min_hu: float = TISSUE_MIN_HU) -> np.ndarray:
+    """The 0.001 ... 0.999 quantiles (:data:`QUANTILE_LEVELS`) of ``|mean - truth| / std`` over tissue
+    pixels: enough to give the coverage of ``mean +- z c std`` for any factor ``c`` afterwards
+    (:func:`coverage_from_quantiles`), so a calibration factor found later on train/ can be
+    applied to stored dev results without running them again."""
+    return np.quantile(_standardised_errors(mean_hu, std_hu, truth_hu, tissue_min_hu), QUANTILE_LEVELS)
+
+
+def coverage_from_quantiles(quantiles, factor: float = 1.0, z: float = Z_90) -> float:
+    """Coverage of ``mean +- z factor std`` from :func:`error_to_std_quantiles` (interpolated, to 0.001)."""
+    q = np.maximum.accumulate(np.asarray(quantiles, dtype=np.float64))
+    levels = np.concatenate([[0.0], QUANTILE_LEVELS, [1.0]])
+    knots = np.concatenate([[0.0], q, [np.inf]])
+    return float(np.interp(z * factor, knots[:-1], levels[:-1], right=1.0))
 
 
 def z_difference_rmse(volume_hu, truth_hu, tissue_min_hu: float = TISSUE_MIN_HU) -> float:
