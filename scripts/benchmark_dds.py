@@ -18,10 +18,16 @@ Prints PSNR/SSIM (mean over slices), seconds per slice and network evaluations f
 Settings with ``samples`` >= 2 also print the coverage of ``mean +- 1.645 std`` over tissue pixels
 and each slice's ``|error| / std`` 90 % quantile (``/ 1.645``: the factor that calibrates it).
 
+``--table ROWS.jsonl --calibration TRAIN.jsonl`` prints a markdown table of saved rows instead
+(difference to TV in the same file and configuration; coverage of the std calibrated per
+configuration on the train/ rows of ``--calibration`` with
+:func:`tomo.evaluation.scores.calibration_factor`).
+
 Examples::
 
     python scripts/benchmark_dds.py --config parallel-8 --setting "" "dds_tv=1e-3" "steps=12,samples=4"
     python scripts/benchmark_dds.py --set dev-axial --config parallel-30 parallel-8 fanbeam-60 --setting ""
+    python scripts/benchmark_dds.py --table dev_axial.jsonl --calibration calib.jsonl
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from tomo.evaluation.cases import (
 )
 from tomo.evaluation.report import summarise
 from tomo.evaluation.runner import evaluate_registry
+from tomo.evaluation.scores import calibration_factor, coverage_from_quantiles
 from tomo.evaluation.tuning import parse_value
 
 #: (file under train/ct-1.5mm, slice index): chest, abdomen, lung, kidney; 4 patients, 4 scanners
@@ -73,6 +80,52 @@ def parse_setting(text: str) -> dict:
     return settings
 
 
+def read_rows(paths) -> list[dict]:
+    return [json.loads(line) for path in paths for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def calibration_factors(rows: list[dict]) -> dict:
+    """Per configuration: the std factor that gives 90 % coverage on these (train/) rows."""
+    sets: dict[str, list] = {}
+    for row in rows:
+        if row.get("set", "train") != "train":
+            raise ValueError("calibrate on train/ rows only")
+        sets.setdefault(row["config"], []).extend(row.get("error_std_quantiles_each") or [])
+    return {config: calibration_factor(q) for config, q in sets.items() if q}
+
+
+def _label(row: dict) -> str:
+    if row["method"] == "tv":
+        return "TV (tuned default)"
+    settings = ", ".join(f"{k}={v}" for k, v in row["settings"].items())
+    return "DDS default" if not settings else f"DDS {settings}"
+
+
+def markdown_table(rows: list[dict], factors: dict) -> str:
+    """One line per row: PSNR / SSIM, difference to TV of the same configuration, time, NFE, coverage."""
+    tv = {r["config"]: r for r in rows if r["method"] == "tv"}
+    lines = [
+        "| configuration | method | slices | PSNR [dB] | SSIM | PSNR - TV | s / slice | NFE | coverage (raw / calibrated, factor) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        base = tv.get(r["config"])
+        delta = "" if base is None or r is base else f"{r['psnr'] - base['psnr']:+.2f}"
+        cov = ""
+        if r.get("error_std_quantiles_each"):
+            c = factors.get(r["config"])
+            raw = sum(coverage_from_quantiles(q) for q in r["error_std_quantiles_each"])
+            cov = f"{raw / len(r['error_std_quantiles_each']):.3f}"
+            if c is not None:
+                cal = [coverage_from_quantiles(q, c) for q in r["error_std_quantiles_each"]]
+                cov += f" / {sum(cal) / len(cal):.3f} (x{c:.2f})"
+        lines.append(
+            f"| {r['config']} | {_label(r)} | {len(r['psnr_each'])} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
+            f"{delta} | {r['seconds']:.1f} | {r['nfe']} | {cov} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="shared data folder")
@@ -84,7 +137,12 @@ def main(argv=None) -> int:
     parser.add_argument("--setting", nargs="*", default=[""], help="dds options, key=value,... ('' = defaults)")
     parser.add_argument("--no-tv", action="store_true", help="skip the TV baseline")
     parser.add_argument("--json", type=Path, help="append the summaries here (JSON lines)")
+    parser.add_argument("--table", type=Path, nargs="+", help="print saved rows (JSON lines) as markdown instead")
+    parser.add_argument("--calibration", type=Path, nargs="*", default=[], help="train/ rows with samples >= 2")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(read_rows(args.table), calibration_factors(read_rows(args.calibration))))
+        return 0
     if args.slice_set == "train":
         slices = load_slices(args.data, args.slices or len(TUNE_SLICES))
     else:

@@ -31,6 +31,7 @@ from tomo.evaluation.report import (
 from tomo.evaluation.runner import evaluate, evaluate_registry, evaluate_task, registry_options, task_cases
 from tomo.evaluation.scores import (
     Z_90,
+    calibration_factor,
     coverage_from_quantiles,
     error_to_std_quantile,
     error_to_std_quantiles,
@@ -148,6 +149,7 @@ def test_coverage_scores_of_gaussian_errors_and_their_calibration():
     assert factor == pytest.approx(2.0, rel=0.03)
     assert interval_coverage(mean, factor * std, truth) == pytest.approx(0.90, abs=0.005)
     quantiles = error_to_std_quantiles(mean, std, truth)  # stored results, calibrated afterwards
+    assert calibration_factor([quantiles, quantiles]) == pytest.approx(factor, rel=0.01)
     for c in (0.5, 1.0, factor, 3.0):
         assert coverage_from_quantiles(quantiles, c) == pytest.approx(interval_coverage(mean, c * std, truth), abs=2e-3)
     air = np.full_like(truth, -1000.0)

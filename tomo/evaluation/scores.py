@@ -29,6 +29,7 @@ __all__ = [
     "z_difference_rmse",
     "error_to_std_quantiles",
     "coverage_from_quantiles",
+    "calibration_factor",
 ]
 
 #: pixels whose true value exceeds this [HU] count as tissue in the coverage scores (not air)
@@ -170,6 +171,25 @@ def coverage_from_quantiles(quantiles, factor: float = 1.0, z: float = Z_90) -> 
     levels = np.concatenate([[0.0], QUANTILE_LEVELS, [1.0]])
     knots = np.concatenate([[0.0], q, [np.inf]])
     return float(np.interp(z * factor, knots[:-1], levels[:-1], right=1.0))
+
+
+def calibration_factor(quantile_sets, target: float = 0.90, z: float = Z_90) -> float:
+    """The factor ``c`` for which ``mean +- z c std`` holds the truth in ``target`` of the tissue pixels,
+    averaged over slices (each a list of :func:`error_to_std_quantiles`); found by bisection."""
+    sets = [np.asarray(q, dtype=np.float64) for q in quantile_sets]
+    if not sets:
+        raise ValueError("need the quantiles of at least one slice")
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target must lie in (0, 1), got {target}")
+
+    def coverage(c: float) -> float:
+        return float(np.mean([coverage_from_quantiles(q, c, z) for q in sets]))
+
+    lo, hi = 1e-3, 1e3
+    for _ in range(60):  # geometric bisection: coverage grows with c
+        mid = float(np.sqrt(lo * hi))
+        lo, hi = (mid, hi) if coverage(mid) < target else (lo, mid)
+    return float(np.sqrt(lo * hi))
 
 
 def z_difference_rmse(volume_hu, truth_hu, tissue_min_hu: float = TISSUE_MIN_HU) -> float:
