@@ -113,6 +113,29 @@ def register(subparsers) -> None:
         default="sqrt",
         help="slice sampling weight: uniform, 1/sqrt(group size) (default), 1/group size",
     )
+    a.add_argument(
+        "--rotate-deg",
+        type=float,
+        default=0.0,
+        metavar="DEG",
+        help="random rotation about the slice centre by an angle uniform in [-DEG, +DEG] degrees, "
+        "at most 180 (default 0: none)",
+    )
+    a.add_argument(
+        "--scale-jitter",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="random isotropic scaling about the slice centre by a factor uniform in "
+        "[1 - FRACTION, 1 + FRACTION], FRACTION < 0.5, e.g. 0.1 for +-10%% (default 0: none)",
+    )
+    a.add_argument(
+        "--hu-jitter",
+        type=float,
+        default=0.0,
+        metavar="HU",
+        help="random intensity offset uniform in [-HU, +HU] HU added inside the slice (default 0: none)",
+    )
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     r.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")

@@ -8,6 +8,9 @@ linear interpolation, :func:`skimage.transform.rescale`) and cached, then mapped
 A training sample is a square crop (patch or whole canvas) at a random position, optionally
 flipped, that may extend past the slice border; the part outside the slice is zero padding
 and is masked out of the loss, exactly as the zero padding the patch prior sees at inference.
+Optional augmentations (all off by default): a random rotation and a random isotropic scaling
+of the slice about its centre (one affine resampling before cropping) and a random HU offset
+inside the slice.
 """
 
 from __future__ import annotations
@@ -237,6 +240,67 @@ def resample(hu: np.ndarray, spacing_mm, pixel_size_mm: float) -> np.ndarray:
     ).astype(np.float32)
 
 
+def check_augmentation(rotate_deg: float = 0.0, scale_jitter: float = 0.0, hu_jitter: float = 0.0) -> None:
+    """Raise ``ValueError`` for augmentation amounts no run can use.
+
+    Parameters
+    ----------
+    rotate_deg : float
+        Largest rotation, degrees; must be in [0, 180].
+    scale_jitter : float
+        Largest relative change of scale (fraction, not percent); must be in [0, 0.5).
+    hu_jitter : float
+        Largest intensity offset, HU; must be >= 0 and finite.
+    """
+    if not 0 <= rotate_deg <= 180:
+        raise ValueError(f"rotate_deg (--rotate-deg) must be between 0 and 180 degrees, got {rotate_deg}")
+    if not 0 <= scale_jitter < 0.5:
+        raise ValueError(
+            f"scale_jitter (--scale-jitter) must be a fraction >= 0 and < 0.5 "
+            f"(scale factors in [1 - j, 1 + j]), got {scale_jitter}"
+        )
+    if not 0 <= hu_jitter < float("inf"):
+        raise ValueError(f"hu_jitter (--hu-jitter) must be a finite offset >= 0 in HU, got {hu_jitter}")
+
+
+def rotate_scale(img: np.ndarray, angle_deg: float, scale: float, fill: float = -1.0) -> np.ndarray:
+    """Rotate and scale a slice about its centre, keeping its shape (one linear resampling).
+
+    Parameters
+    ----------
+    img : numpy.ndarray
+        [rows, cols] slice (model range in the sampler).
+    angle_deg : float
+        Rotation, degrees; positive turns the image counter-clockwise as displayed (row 0 at
+        the top).
+    scale : float
+        Isotropic scale factor about the centre (pixel (rows - 1) / 2, (cols - 1) / 2); > 1
+        enlarges the anatomy (as a smaller pixel size would), < 1 shrinks it.
+    fill : float
+        Value of output pixels that come from outside the slice (-1 = air in model range).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, same shape as ``img``.
+    """
+    from scipy.ndimage import affine_transform
+
+    theta = np.deg2rad(angle_deg)
+    cos, sin = np.cos(theta), np.sin(theta)
+    # output (row, col) offset from the centre -> input offset: inverse of scale * rotation
+    matrix = np.array([[cos, sin], [-sin, cos]]) / scale
+    centre = (np.array(img.shape, dtype=np.float64) - 1) / 2
+    return affine_transform(
+        np.ascontiguousarray(img, dtype=np.float32),
+        matrix,
+        offset=centre - matrix @ centre,
+        order=1,
+        mode="constant",
+        cval=fill,
+    ).astype(np.float32, copy=False)
+
+
 class SliceSampler:
     """Draws training batches (crops with masks and position channels) from slice records.
 
@@ -253,7 +317,27 @@ class SliceSampler:
         group). "sqrt" (default) keeps one long series from dominating the few-slice patients
         without repeating those few slices too often.
     cache_mb : float
-        Memory for cached resampled slices; beyond it slices are resampled on every use.
+        Memory for cached resampled slices, MiB; beyond it slices are resampled on every use.
+    rotate_deg : float
+        Random rotation about the slice centre by an angle uniform in
+        [-rotate_deg, +rotate_deg], degrees (0, the default: none; at most 180).
+    scale_jitter : float
+        Random isotropic scaling about the slice centre by a factor uniform in
+        [1 - scale_jitter, 1 + scale_jitter] (a fraction; 0, the default: none; below 0.5),
+        as between scanners with different pixel sizes.
+    hu_jitter : float
+        Random intensity offset uniform in [-hu_jitter, +hu_jitter], HU (0, the default:
+        none), added inside the slice only (the padding stays 0) and clipped to [-1, 1] in
+        model range (an offset of ``d`` HU is ``2 d / (hi - lo)`` there).
+
+    Notes
+    -----
+    Rotation and scaling are one affine resampling of the resampled slice (linear
+    interpolation, same shape, pixels from outside the slice filled with -1 = air) before
+    the crop, so crops, masks and position channels work as without them. Each enabled
+    augmentation draws its random numbers from the generator given to :meth:`sample` after
+    the slice, flip and crop draws; disabled ones draw nothing, so the default sampler's
+    random stream is that of a sampler without augmentations.
     """
 
     def __init__(
@@ -264,11 +348,16 @@ class SliceSampler:
         vflip: bool = False,
         balance: str = "sqrt",
         cache_mb: float = 2048.0,
+        rotate_deg: float = 0.0,
+        scale_jitter: float = 0.0,
+        hu_jitter: float = 0.0,
     ):
         if not records:
             raise ValueError("no training slices")
         if balance not in ("slice", "sqrt", "group"):
             raise ValueError(f"balance must be 'slice', 'sqrt' or 'group', got {balance!r}")
+        check_augmentation(rotate_deg, scale_jitter, hu_jitter)
+        self.rotate_deg, self.scale_jitter, self.hu_jitter = float(rotate_deg), float(scale_jitter), float(hu_jitter)
         self.records = records
         self.hu_window = tuple(config["hu_window"])
         self.pixel_size_mm = float(config["pixel_size_mm"])
@@ -318,6 +407,11 @@ class SliceSampler:
         idx = torch.multinomial(self.weights, batch, replacement=True, generator=generator).tolist()
         flips = torch.rand(batch, 2, generator=generator)
         unif = torch.rand(batch, 2, generator=generator, dtype=torch.float64)
+        # augmentations draw only when enabled (the default random stream stays unchanged)
+        angles = self._uniform(batch, self.rotate_deg, generator)
+        scales = 1 + self._uniform(batch, self.scale_jitter, generator)
+        hu_offsets = self._uniform(batch, self.hu_jitter, generator)
+        affine = self.rotate_deg > 0 or self.scale_jitter > 0
         x0 = torch.zeros(batch, 1, c, c)
         mask = torch.zeros(batch, 1, c, c)
         tops, lefts, hs, ws = [], [], [], []
@@ -327,6 +421,8 @@ class SliceSampler:
                 img = img[:, ::-1]
             if self.vflip and flips[b, 1] < 0.5:
                 img = img[::-1, :]
+            if affine:
+                img = rotate_scale(img, float(angles[b]), float(scales[b]))
             h, w = img.shape
             (t0, t1), (l0, l1) = self._offset_range(h), self._offset_range(w)
             top = t0 + int(unif[b, 0] * (t1 - t0 + 1))
@@ -339,8 +435,20 @@ class SliceSampler:
                 )
                 mask[b, 0, ys - top : ye - top, xs - left : xe - left] = 1
             tops.append(top), lefts.append(left), hs.append(h), ws.append(w)
+        if self.hu_jitter > 0:
+            lo, hi = self.hu_window
+            shift = (2 * hu_offsets / (hi - lo)).to(x0.dtype).view(batch, 1, 1, 1)
+            x0 = torch.where(mask > 0, (x0 + shift).clamp(-1, 1), x0)
         pos = position_grid(tops, lefts, c, hs, ws) if self.position_channels else None
         return x0, mask, pos
+
+    @staticmethod
+    def _uniform(batch: int, half_width: float, generator: torch.Generator) -> torch.Tensor:
+        """``batch`` float64 draws uniform in [-half_width, +half_width]; zeros, drawing
+        nothing from ``generator``, when ``half_width`` is 0."""
+        if half_width <= 0:
+            return torch.zeros(batch, dtype=torch.float64)
+        return (2 * torch.rand(batch, generator=generator, dtype=torch.float64) - 1) * half_width
 
 
 def pixel_statistics(sampler: SliceSampler, max_slices: int = 500) -> tuple[float, float]:

@@ -64,7 +64,16 @@ def _load_data(opts: TrainOptions, config: dict, d: dist_.Dist) -> tuple[SliceSa
         if not d.main:
             warnings.simplefilter("ignore")
         records, report = collect_slices(opts.data, config["hu_window"])
-    sampler = SliceSampler(records, config, hflip=opts.hflip, vflip=opts.vflip, balance=opts.balance)
+    sampler = SliceSampler(
+        records,
+        config,
+        hflip=opts.hflip,
+        vflip=opts.vflip,
+        balance=opts.balance,
+        rotate_deg=opts.rotate_deg,
+        scale_jitter=opts.scale_jitter,
+        hu_jitter=opts.hu_jitter,
+    )
     if not opts.resume and not opts.init_from and opts.gaussian_skip is not False:
         mean, var = pixel_statistics(sampler)
         config["gaussian_skip"] = {"mean": mean, "variance": var}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..checkpoint import CONFIG_NAME, PriorCheckpointError, has_weights, load_config
 from ..config import ARCHITECTURES, DEFAULT_HU_WINDOW, DEFAULT_PIXEL_SIZE_MM, default_schedule, make_config
+from ..training_data import check_augmentation
 
 
 @dataclass
@@ -43,6 +44,9 @@ class TrainOptions:
     hflip: bool = True
     vflip: bool = False
     balance: str = "sqrt"
+    rotate_deg: float = 0.0  # random rotation in [-rotate_deg, +rotate_deg], degrees (0: none)
+    scale_jitter: float = 0.0  # random scale factor in [1 - j, 1 + j], a fraction (0: none)
+    hu_jitter: float = 0.0  # random offset in [-hu_jitter, +hu_jitter] HU inside the slice (0: none)
     # run
     resume: bool = False
     device: str = "auto"
@@ -75,6 +79,7 @@ def validate(opts: TrainOptions) -> None:
         raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {opts.lr_schedule!r}")
     if not opts.data:
         raise ValueError("no training data given")
+    check_augmentation(opts.rotate_deg, opts.scale_jitter, opts.hu_jitter)
 
 
 def lr_at(step: int, opts: TrainOptions) -> float:
