@@ -98,7 +98,8 @@ def _label(row: dict) -> str:
     if row["method"] == "tv":
         return "TV (tuned default)"
     settings = ", ".join(f"{k}={v}" for k, v in row["settings"].items())
-    return "DDS default" if not settings else f"DDS {settings}"
+    name = row["method"].upper()
+    return f"{name} default" if not settings else f"{name} {settings}"
 
 
 def markdown_table(rows: list[dict], factors: dict) -> str:
@@ -134,7 +135,8 @@ def main(argv=None) -> int:
         "--set", dest="slice_set", choices=("train", "dev-axial", "dev-reformats"), default="train", help="slices"
     )
     parser.add_argument("--slices", type=int, help="only the first N slices of the set (default: all)")
-    parser.add_argument("--setting", nargs="*", default=[""], help="dds options, key=value,... ('' = defaults)")
+    parser.add_argument("--method", default="dds", choices=("dds", "dps"), help="diffusion method of the registry")
+    parser.add_argument("--setting", nargs="*", default=[""], help="its options, key=value,... ('' = defaults)")
     parser.add_argument("--no-tv", action="store_true", help="skip the TV baseline")
     parser.add_argument("--json", type=Path, help="append the summaries here (JSON lines)")
     parser.add_argument("--table", type=Path, nargs="+", help="print saved rows (JSON lines) as markdown instead")
@@ -152,7 +154,7 @@ def main(argv=None) -> int:
         cases = build_cases(slices, config)
         build_operators(cases)
         runs = [] if args.no_tv else [("tv", {})]
-        runs += [("dds", parse_setting(s)) for s in args.setting]
+        runs += [(args.method, parse_setting(s)) for s in args.setting]
         for method, settings in runs:
             records = evaluate_registry(method, cases, settings, verbose=False)
             q90 = [r.error_std_q90 for r in records if r.error_std_q90 is not None]

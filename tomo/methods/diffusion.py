@@ -226,8 +226,8 @@ def register(registry: MethodRegistry) -> None:
                 "dds_tv",
                 float,
                 "dds: TV weight of the hybrid data step (ADMM on data + TV each step, "
-                "model range units; default 2.4e-3 / views per half turn, e.g. 3e-4 at 8 "
-                "parallel views; 0 = plain CG data step)",
+                "model range units; default 2.4e-3 / views per half turn, doubled per decade "
+                "of dose below I0 1e6, e.g. 3e-4 at 8 parallel views; 0 = plain CG data step)",
             ),
             MethodOption(
                 "--dds-tv-z",
