@@ -50,6 +50,7 @@ from tomo.evaluation.report import summarise
 from tomo.evaluation.runner import evaluate_registry
 from tomo.evaluation.scores import calibration_factor, coverage_from_quantiles
 from tomo.evaluation.tuning import parse_value
+from tomo.methods.diffusion import std_calibration
 
 #: (file under train/ct-1.5mm, slice index): chest, abdomen, lung, kidney; 4 patients, 4 scanners
 TUNE_SLICES = (
@@ -84,13 +85,20 @@ def read_rows(paths) -> list[dict]:
     return [json.loads(line) for path in paths for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def raw_quantiles(row: dict) -> list:
+    """Each slice's ``|error| / std`` quantiles for the raw spread of the samples (rows store them
+    for the std as returned, which already carries the factor ``std_factor_applied``)."""
+    applied = row.get("std_factor_applied", 1.0)
+    return [[v * applied for v in q] for q in row.get("error_std_quantiles_each") or []]
+
+
 def calibration_factors(rows: list[dict]) -> dict:
-    """Per configuration: the std factor that gives 90 % coverage on these (train/) rows."""
+    """Per configuration: the factor on the raw spread that gives 90 % coverage on these (train/) rows."""
     sets: dict[str, list] = {}
     for row in rows:
         if row.get("set", "train") != "train":
             raise ValueError("calibrate on train/ rows only")
-        sets.setdefault(row["config"], []).extend(row.get("error_std_quantiles_each") or [])
+        sets.setdefault(row["config"], []).extend(raw_quantiles(row))
     return {config: calibration_factor(q) for config, q in sets.items() if q}
 
 
@@ -113,12 +121,12 @@ def markdown_table(rows: list[dict], factors: dict) -> str:
         base = tv.get(r["config"])
         delta = "" if base is None or r is base else f"{r['psnr'] - base['psnr']:+.2f}"
         cov = ""
-        if r.get("error_std_quantiles_each"):
+        quantiles = raw_quantiles(r)
+        if quantiles:
             c = factors.get(r["config"])
-            raw = sum(coverage_from_quantiles(q) for q in r["error_std_quantiles_each"])
-            cov = f"{raw / len(r['error_std_quantiles_each']):.3f}"
+            cov = f"{sum(coverage_from_quantiles(q) for q in quantiles) / len(quantiles):.3f}"
             if c is not None:
-                cal = [coverage_from_quantiles(q, c) for q in r["error_std_quantiles_each"]]
+                cal = [coverage_from_quantiles(q, c) for q in quantiles]
                 cov += f" / {sum(cal) / len(cal):.3f} (x{c:.2f})"
         lines.append(
             f"| {r['config']} | {_label(r)} | {len(r['psnr_each'])} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
@@ -176,6 +184,8 @@ def main(argv=None) -> int:
                         coverage=round(s.coverage, 3),
                         error_std_q90_each=[round(v, 3) for v in q90],
                         error_std_quantiles_each=[r.error_std_quantiles for r in records],
+                        # the calibration factor already in the std (1: raw spread of the samples)
+                        std_factor_applied=std_calibration(method, cases[0].geometry),
                     )
                 print(json.dumps(row), flush=True)
                 if args.json:

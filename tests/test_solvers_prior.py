@@ -225,3 +225,37 @@ def test_registry_dds_default_tv_weight_follows_views_and_dose(tiny_prior_dir, m
         reconstruct(sino, parallel, "dds", dds_tv_z=1e-3, samples=2, **kw)
     with pytest.raises(ValueError, match="dds-tv"):
         reconstruct(sino, parallel, "dds", dds_tv=-1.0, **kw)
+
+
+def test_std_calibration_per_solver_and_nearest_configuration():
+    """The std factor is chosen by solver and by the standard configuration nearest to the scan."""
+    from operators import FanBeam2D, ParallelBeam2D
+    from tomo.methods import diffusion as solver_methods
+
+    def parallel(views):
+        return ParallelBeam2D(
+            image_shape=(16, 16),
+            pixel_spacing_mm=1.5,
+            angles=torch.arange(views) * 3.14159 / views,
+            detector_count=24,
+            detector_spacing_mm=1.5,
+        )
+
+    fan = FanBeam2D(
+        image_shape=(16, 16),
+        pixel_spacing_mm=1.5,
+        angles=torch.arange(60) * 2 * 3.14159 / 60,
+        detector_count=32,
+        detector_spacing_mm=2.0,
+        source_origin_mm=48.0,
+        origin_detector_mm=24.0,
+    )
+    table = solver_methods.STD_CALIBRATION["dds"]
+    assert solver_methods.nearest_configuration(parallel(8)) == "parallel-8"
+    assert solver_methods.nearest_configuration(parallel(30)) == "parallel-30"
+    assert solver_methods.nearest_configuration(parallel(180)) == "parallel-30"
+    assert solver_methods.nearest_configuration(fan) == "fanbeam-60"
+    assert solver_methods.std_calibration("dds", parallel(8)) == table["parallel-8"]
+    assert solver_methods.std_calibration("dds", fan) == table["fanbeam-60"]
+    assert solver_methods.std_calibration("dps", fan) == 1.0  # no factor measured for DPS
+    assert all(v > 1.0 for v in table.values())  # the samples under-disperse

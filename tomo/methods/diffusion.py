@@ -14,6 +14,7 @@ from functools import lru_cache
 import torch
 
 from operators.base import LinearOperator
+from operators.geometry import FanBeam2D
 from operators.noise import transmission_weights
 from operators.units import MU_WATER_PER_MM
 from tomo.solvers import dds, default_zeta, dps, sample_or_mean
@@ -81,15 +82,29 @@ def _solve(solver, defaults: dict, sinogram: torch.Tensor, problem: ReconProblem
     return MethodOutput(mu, scale * abs(ct.scale) * result.std[:, 0])
 
 
-#: factor that turns the spread of the samples into a calibrated posterior standard deviation, per
-#: solver: the interval mean +- 1.645 factor std held the truth in 90 % of tissue pixels (HU > -900)
-#: on the train/ tuning slices (docs/benchmarks_diffusion.md; the samples alone under-disperse)
-STD_CALIBRATION: dict[str, float] = {"dds": 1.0, "dps": 1.0}
+#: factors that turn the spread of the samples into a calibrated posterior standard deviation, per
+#: solver and standard configuration: with them the interval mean +- 1.645 std holds the truth in
+#: 90 % of the tissue pixels (HU > -900) of the train/ tuning slices, with the defaults and
+#: ``--samples 4`` (``scripts/benchmark_dds.py --calibration``, docs/solvers.md). The samples alone
+#: under-disperse: they share the warm start and the data, so their spread misses most of the error.
+#: DPS has no factor (not measured: 1000 steps per sample are out of reach on a CPU).
+STD_CALIBRATION: dict[str, dict[str, float]] = {
+    "dds": {"parallel-30": 3.32, "parallel-8": 5.48, "fanbeam-60": 6.69},
+}
 
 
-def std_calibration(solver: str, geometry=None) -> float:
-    """The calibration factor of :data:`STD_CALIBRATION` for ``solver`` (one per solver)."""
-    return STD_CALIBRATION.get(solver, 1.0)
+def nearest_configuration(geometry) -> str:
+    """The standard configuration (docs/evaluation.md) a scan is closest to: ``fanbeam-60`` for a
+    fan beam, else ``parallel-8`` up to 15 views per half turn and ``parallel-30`` above."""
+    if isinstance(geometry, FanBeam2D):
+        return "fanbeam-60"
+    return "parallel-8" if effective_views(geometry) <= 15 else "parallel-30"
+
+
+def std_calibration(solver: str, geometry) -> float:
+    """The factor of :data:`STD_CALIBRATION` for ``solver`` on the standard configuration nearest to
+    ``geometry`` (:func:`nearest_configuration`); 1.0 (uncalibrated) for a solver without factors."""
+    return STD_CALIBRATION.get(solver, {}).get(nearest_configuration(geometry), 1.0)
 
 
 def warm_start_image(method: str, sinogram: torch.Tensor, problem: ReconProblem, ct) -> torch.Tensor:
