@@ -143,6 +143,9 @@ def main(argv=None) -> int:
         "--set", dest="slice_set", choices=("train", "dev-axial", "dev-reformats"), default="train", help="slices"
     )
     parser.add_argument("--slices", type=int, help="only the first N slices of the set (default: all)")
+    parser.add_argument(
+        "--pick", type=lambda v: [int(k) for k in v.split(",")], help="only these slices of the set, e.g. 0,2,4"
+    )
     parser.add_argument("--method", default="dds", choices=("dds", "dps"), help="diffusion method of the registry")
     parser.add_argument("--setting", nargs="*", default=[""], help="its options, key=value,... ('' = defaults)")
     parser.add_argument("--no-tv", action="store_true", help="skip the TV baseline")
@@ -158,6 +161,8 @@ def main(argv=None) -> int:
     else:
         load = load_dev_axial_slices if args.slice_set == "dev-axial" else load_dev_reformats
         slices = load(args.data)[: args.slices]
+    if args.pick:
+        slices = [slices[k] for k in args.pick]
     for config in args.config:
         cases = build_cases(slices, config)
         build_operators(cases)
