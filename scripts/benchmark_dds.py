@@ -113,13 +113,29 @@ def _label(row: dict) -> str:
 def markdown_table(rows: list[dict], factors: dict) -> str:
     """One line per row: PSNR / SSIM, difference to TV of the same configuration, time, NFE, coverage."""
     tv = {r["config"]: r for r in rows if r["method"] == "tv"}
+
+    def tv_delta(r: dict) -> str:  # against TV on the same slices (by name when the row has them)
+        base = tv.get(r["config"])
+        if base is None or r is base:
+            return ""
+        if r.get("pick") and not base.get("pick") and len(base["psnr_each"]) > max(r["pick"]):
+            each_tv = [base["psnr_each"][k] for k in r["pick"]]  # the picked slices of the full set
+            return f"{r['psnr'] - sum(each_tv) / len(each_tv):+.2f}"
+        if r.get("slices") and base.get("slices") and r["slices"] != base["slices"]:
+            if len(base["slices"]) != len(base["psnr_each"]):
+                return ""
+            each = dict(zip(base["slices"], base["psnr_each"]))
+            if not all(name in each for name in r["slices"]):
+                return ""
+            return f"{r['psnr'] - sum(each[n] for n in r['slices']) / len(r['slices']):+.2f}"
+        return f"{r['psnr'] - base['psnr']:+.2f}"
+
     lines = [
         "| configuration | method | slices | PSNR [dB] | SSIM | PSNR - TV | s / slice | NFE | coverage (raw / calibrated, factor) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        base = tv.get(r["config"])
-        delta = "" if base is None or r is base else f"{r['psnr'] - base['psnr']:+.2f}"
+        delta = tv_delta(r)
         cov = ""
         quantiles = raw_quantiles(r)
         if quantiles:
@@ -183,6 +199,8 @@ def main(argv=None) -> int:
                     "nfe": s.network_evaluations,
                     "psnr_each": [round(v, 2) for v in s.psnr_each],
                     "ssim_each": [round(v, 4) for v in s.ssim_each],
+                    "slices": [str(name) for name in s.cases],
+                    "pick": args.pick,
                 }
                 if s.coverage is not None:  # several samples: the interval mean +- 1.645 std
                     row.update(
