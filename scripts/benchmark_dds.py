@@ -49,7 +49,7 @@ from tomo.evaluation.cases import (
 from tomo.evaluation.report import summarise
 from tomo.evaluation.runner import evaluate_registry
 from tomo.evaluation.scores import calibration_factor, coverage_from_quantiles
-from tomo.evaluation.tuning import parse_value
+from tomo.evaluation.tuning import append_json_line, parse_settings
 from tomo.methods.diffusion import std_calibration
 
 #: (file under train/ct-1.5mm, slice index): chest, abdomen, lung, kidney; 4 patients, 4 scanners
@@ -71,14 +71,6 @@ def load_slices(data_root: Path, count: int) -> list[Slice]:
         fine = rescale(hu, 2, order=1, mode="edge", preserve_range=True, anti_aliasing=False).astype(np.float32)
         out.append(Slice(f"{name}[{index}]", fine, (spacing / 2, spacing / 2)))
     return out
-
-
-def parse_setting(text: str) -> dict:
-    settings = {}
-    for item in filter(None, text.split(",")):
-        key, value = item.split("=", 1)
-        settings[key.strip()] = parse_value(value.strip())
-    return settings
 
 
 def read_rows(paths) -> list[dict]:
@@ -183,7 +175,7 @@ def main(argv=None) -> int:
         cases = build_cases(slices, config)
         build_operators(cases)
         runs = [] if args.no_tv else [("tv", {})]
-        runs += [(args.method, parse_setting(s)) for s in args.setting]
+        runs += [(args.method, parse_settings(s)) for s in args.setting]
         for method, settings in runs:
             records = evaluate_registry(method, cases, settings, verbose=False)
             q90 = [r.error_std_q90 for r in records if r.error_std_q90 is not None]
@@ -210,10 +202,7 @@ def main(argv=None) -> int:
                         # the calibration factor already in the std (1: raw spread of the samples)
                         std_factor_applied=std_calibration(method, cases[0].geometry),
                     )
-                print(json.dumps(row), flush=True)
-                if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                append_json_line(args.json, row)
     return 0
 
 

@@ -17,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -27,13 +26,8 @@ import torch
 from operators.units import mu_to_hu
 from tomo.evaluation.scores import psnr, ssim, z_difference_rmse
 from tomo.evaluation.simulation import simulate_volume
-from tomo.evaluation.tuning import parse_value
+from tomo.evaluation.tuning import append_json_line, parse_settings
 from tomo.methods.registry import ReconProblem, default_registry
-
-
-def parse_setting(text: str) -> dict:
-    pairs = (item.split("=", 1) for item in filter(None, text.split(",")))
-    return {key.strip(): parse_value(value.strip()) for key, value in pairs}
 
 
 def reconstruct_block(sino: np.ndarray, problem: ReconProblem, settings: dict, batch: int) -> np.ndarray:
@@ -73,7 +67,7 @@ def main(argv=None) -> int:
     problem.operator(torch.zeros(sf.geometry.image_shape))  # build the projector outside the timings
     truth = sf.hu_reference
     for text in args.setting:
-        settings = parse_setting(text)
+        settings = parse_settings(text)
         batch = hu.shape[0] if settings.get("dds_tv_z") else args.batch
         t0 = time.perf_counter()
         rec = reconstruct_block(sf.sinogram, problem, settings, batch)
@@ -88,10 +82,7 @@ def main(argv=None) -> int:
             "z_difference_rmse_hu": round(z_difference_rmse(rec, truth), 1),
             "seconds_per_slice": round(seconds, 1),
         }
-        print(json.dumps(row), flush=True)
-        if args.json:
-            with open(args.json, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        append_json_line(args.json, row)
     return 0
 
 

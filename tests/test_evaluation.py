@@ -40,7 +40,7 @@ from tomo.evaluation.scores import (
     z_difference_rmse,
 )
 from tomo.evaluation.simulation import simulate_volume
-from tomo.evaluation.tuning import parse_grid, settings_grid
+from tomo.evaluation.tuning import append_json_line, parse_grid, parse_settings, settings_grid
 from tomo.methods import MethodOption, MethodRegistry
 
 
@@ -272,3 +272,16 @@ def test_machine_info_describes_hardware_and_software():
     info = machine_info()
     assert info.cores >= 1 and info.threads == torch.get_num_threads() and info.torch == torch.__version__
     assert f"torch {torch.__version__}" in info.describe() and set(info.as_dict()) >= {"cpu", "astra", "date"}
+
+
+def test_parse_settings_and_json_lines(tmp_path, capsys):
+    assert parse_settings("") == {}
+    assert parse_settings("steps=25, dds_tv=3e-4,init=none") == {"steps": 25, "dds_tv": 3e-4, "init": None}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_settings("steps")
+    out = tmp_path / "rows.jsonl"
+    append_json_line(out, {"a": 1})
+    append_json_line(out, {"b": 2})
+    append_json_line(None, {"c": 3})  # printed only
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [{"a": 1}, {"b": 2}]
+    assert capsys.readouterr().out.count("\n") == 3

@@ -184,21 +184,24 @@ def test_bfloat16_autocast_of_the_network_stays_close_to_float32(tiny_prior):
         dds(tiny_prior, op, y, steps=1, autocast_dtype=torch.int8, progress=False)
 
 
-def test_registry_dds_default_tv_weight_follows_views_and_dose(tiny_prior_dir, monkeypatch):
-    """The hybrid data step is on by default with 2.4e-3 / views per half turn, doubled per decade
-    of dose below 1e6; --dds-tv 0 is plain CG; --dds-tv-z reaches the solver and refuses samples."""
-    from operators import CTProjector, FanBeam2D, ParallelBeam2D
-    from tomo.methods import diffusion as solver_methods
-    from tomo.methods.registry import reconstruct
+def _parallel_16px(views: int):
+    """A 16 x 16 parallel-beam geometry (1.5 mm pixels) with ``views`` views over half a turn."""
+    from operators import ParallelBeam2D
 
-    parallel = ParallelBeam2D(
+    return ParallelBeam2D(
         image_shape=(16, 16),
         pixel_spacing_mm=1.5,
-        angles=torch.arange(8) * 3.14159 / 8,
+        angles=torch.arange(views) * 3.14159 / views,
         detector_count=24,
         detector_spacing_mm=1.5,
     )
-    fan = FanBeam2D(
+
+
+def _fan_16px_60_views():
+    """A 16 x 16 fan-beam geometry with 60 views over a full turn (30 per half turn)."""
+    from operators import FanBeam2D
+
+    return FanBeam2D(
         image_shape=(16, 16),
         pixel_spacing_mm=1.5,
         angles=torch.arange(60) * 2 * 3.14159 / 60,
@@ -207,6 +210,16 @@ def test_registry_dds_default_tv_weight_follows_views_and_dose(tiny_prior_dir, m
         source_origin_mm=48.0,
         origin_detector_mm=24.0,
     )
+
+
+def test_registry_dds_default_tv_weight_follows_views_and_dose(tiny_prior_dir, monkeypatch):
+    """The hybrid data step is on by default with 2.4e-3 / views per half turn, doubled per decade
+    of dose below 1e6; --dds-tv 0 is plain CG; --dds-tv-z reaches the solver and refuses samples."""
+    from operators import CTProjector
+    from tomo.methods import diffusion as solver_methods
+    from tomo.methods.registry import reconstruct
+
+    parallel, fan = _parallel_16px(8), _fan_16px_60_views()
     assert solver_methods.dds_tv_default(parallel) == pytest.approx(3e-4)
     assert solver_methods.dds_tv_default(parallel, 1e6) == pytest.approx(3e-4)
     assert solver_methods.dds_tv_default(fan, 1e5) == pytest.approx(1.6e-4)  # 30 views per half turn, x2
@@ -229,27 +242,9 @@ def test_registry_dds_default_tv_weight_follows_views_and_dose(tiny_prior_dir, m
 
 def test_std_calibration_per_solver_and_nearest_configuration():
     """The std factor is chosen by solver and by the standard configuration nearest to the scan."""
-    from operators import FanBeam2D, ParallelBeam2D
     from tomo.methods import diffusion as solver_methods
 
-    def parallel(views):
-        return ParallelBeam2D(
-            image_shape=(16, 16),
-            pixel_spacing_mm=1.5,
-            angles=torch.arange(views) * 3.14159 / views,
-            detector_count=24,
-            detector_spacing_mm=1.5,
-        )
-
-    fan = FanBeam2D(
-        image_shape=(16, 16),
-        pixel_spacing_mm=1.5,
-        angles=torch.arange(60) * 2 * 3.14159 / 60,
-        detector_count=32,
-        detector_spacing_mm=2.0,
-        source_origin_mm=48.0,
-        origin_detector_mm=24.0,
-    )
+    parallel, fan = _parallel_16px, _fan_16px_60_views()
     table = solver_methods.STD_CALIBRATION["dds"]
     assert solver_methods.nearest_configuration(parallel(8)) == "parallel-8"
     assert solver_methods.nearest_configuration(parallel(30)) == "parallel-30"

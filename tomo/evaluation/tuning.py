@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 
-__all__ = ["parse_value", "parse_grid", "settings_grid"]
+__all__ = ["parse_value", "parse_grid", "parse_settings", "settings_grid", "append_json_line"]
 
 
 def parse_value(text: str):
@@ -31,6 +32,26 @@ def parse_grid(items) -> dict[str, list]:
             raise ValueError(f"grid items are key=v1,v2,..., got {item!r}")
         grid[key] = [parse_value(v) for v in values.split(",")]
     return grid
+
+
+def parse_settings(text: str) -> dict:
+    """``"steps=25,dds_tv=3e-4"`` -> ``{"steps": 25, "dds_tv": 0.0003}`` ("" -> {}: the defaults)."""
+    settings = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"settings are key=value,..., got {item!r}")
+        settings[key.strip()] = parse_value(value.strip())
+    return settings
+
+
+def append_json_line(path, row: dict) -> None:
+    """Print ``row`` as JSON and, when ``path`` is given, append it to that JSON-lines file."""
+    line = json.dumps(row)
+    print(line, flush=True)
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")
 
 
 def settings_grid(grid: dict[str, list], fixed: dict | None = None) -> Iterator[dict]:
