@@ -139,8 +139,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--report",
         type=Path,
-        default=REPO / "docs" / "benchmarks_diffusion.md",
-        help="markdown file whose 'tasks' section is (re)written",
+        default=None,
+        help="markdown file whose 'tasks' section is (re)written, e.g. docs/benchmarks_diffusion.md "
+        "(default: none; a run on a subset must not overwrite the committed tables)",
     )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--progress", action="store_true")
