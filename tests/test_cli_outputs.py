@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from operators.units import MU_WATER_PER_MM
+from tests.volume_scan import write_volume_scan
 from tomo.cli.main import main
 from tomo.io.sinogram import load_sinogram
 from tomo.methods import MethodOption
@@ -46,34 +47,7 @@ def fakestd(monkeypatch):
 @pytest.fixture(scope="module")
 def volume_scan(tmp_path_factory):
     """A 5-slice parallel-beam scan of a 48 x 48 .npz volume (grid 24), with hu_reference."""
-    folder = tmp_path_factory.mktemp("vol")
-    yy, xx = np.mgrid[:48, :48]
-    hu = np.where((yy - 24) ** 2 + (xx - 22) ** 2 < 16**2, 40, -1000).astype(np.int16)
-    np.savez(
-        folder / "vol.npz",
-        hu=np.stack([hu + 20 * k for k in range(5)]),
-        spacing_mm=np.array([1.0, 1.0, 2.5], np.float32),
-    )
-    scan = folder / "scan.npz"
-    assert (
-        main(
-            [
-                "simulate",
-                str(folder / "vol.npz"),
-                "--geometry",
-                "parallel",
-                "--views",
-                "20",
-                "--grid",
-                "24",
-                "--out",
-                str(scan),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    return scan
+    return write_volume_scan(tmp_path_factory.mktemp("vol"), hu_step=20, extra_args=())
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from tests.volume_scan import write_volume_scan
 from tomo.cli.main import main
 
 pytest.importorskip("torch.distributed.run")
@@ -22,36 +23,7 @@ pytest.importorskip("torch.distributed.run")
 @pytest.fixture(scope="module")
 def volume_scan(tmp_path_factory):
     """A 5-slice parallel-beam scan (grid 24) with hu_reference: 3 chunks of 2 slices."""
-    folder = tmp_path_factory.mktemp("vol")
-    yy, xx = np.mgrid[:48, :48]
-    hu = np.where((yy - 24) ** 2 + (xx - 22) ** 2 < 16**2, 40, -1000).astype(np.int16)
-    np.savez(
-        folder / "vol.npz",
-        hu=np.stack([hu + 30 * k for k in range(5)]),
-        spacing_mm=np.array([1.0, 1.0, 2.5], np.float32),
-    )
-    scan = folder / "scan.npz"
-    assert (
-        main(
-            [
-                "simulate",
-                str(folder / "vol.npz"),
-                "--geometry",
-                "parallel",
-                "--views",
-                "20",
-                "--grid",
-                "24",
-                "--i0",
-                "1e5",
-                "--out",
-                str(scan),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    return scan
+    return write_volume_scan(tmp_path_factory.mktemp("vol"), hu_step=30, extra_args=("--i0", "1e5"))
 
 
 def _torchrun(module: str, argv: list[str], cwd) -> subprocess.CompletedProcess:
