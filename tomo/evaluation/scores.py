@@ -28,6 +28,7 @@ __all__ = [
     "error_to_std_quantile",
     "z_difference_rmse",
     "error_to_std_quantiles",
+    "QUANTILE_LEVELS",
     "coverage_from_quantiles",
     "calibration_factor",
 ]
