@@ -37,7 +37,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
+import operators
 from tomo.evaluation.cases import (
     DEFAULT_DATA_ROOT,
     Slice,
@@ -160,7 +162,17 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="append the summaries here (JSON lines)")
     parser.add_argument("--table", type=Path, nargs="+", help="print saved rows (JSON lines) as markdown instead")
     parser.add_argument("--calibration", type=Path, nargs="*", default=[], help="train/ rows with samples >= 2")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="as `tomo reconstruct --threads`: N threads for the network, projector and FBP, 0 = torch's "
+        "choice for all (the command's default); not given: the library's (single-threaded projector)",
+    )
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        operators.set_threads(args.threads or None)
     if args.table:
         print(markdown_table(read_rows(args.table), calibration_factors(read_rows(args.calibration))))
         return 0

@@ -175,8 +175,12 @@ def test_dicom_in_dicom_out(tmp_path):
     )  # exists, no --overwrite
 
 
-def test_threads_option_reaches_the_projector(phantom_file, tmp_path, monkeypatch):
-    """--threads N sets torch's threads and the operators' setting, which CTProjector and FBP honour."""
+@pytest.mark.parametrize("threads", [2, 0])
+def test_threads_option_reaches_the_projector(phantom_file, tmp_path, monkeypatch, threads):
+    """--threads N sets torch's threads and the operators' setting, which CTProjector and FBP honour,
+    while the command runs; 0 (default) lets the projector follow torch's own choice."""
+    import torch
+
     import operators
     from operators.settings import settings
 
@@ -184,32 +188,19 @@ def test_threads_option_reaches_the_projector(phantom_file, tmp_path, monkeypatc
     real = operators.CTProjector._forward
 
     def spy(self, x):
-        import torch
-
-        seen.append(torch.get_num_threads())
+        seen.append((torch.get_num_threads(), settings.threads))
         return real(self, x)
 
     monkeypatch.setattr(operators.CTProjector, "_forward", spy)
-    old = operators.set_threads(1)
+    old, old_torch = operators.set_threads(1), torch.get_num_threads()
+    torch.set_num_threads(3)  # torch's choice in this test
     try:
-        assert (
-            main(
-                [
-                    "reconstruct",
-                    str(phantom_file),
-                    "--method",
-                    "sirt",
-                    "--iterations",
-                    "2",
-                    "--threads",
-                    "2",
-                    "--out",
-                    str(tmp_path / "r.npz"),
-                    "--quiet",
-                ]
-            )
-            == 0
-        )
-        assert settings.threads == 2 and seen and set(seen) == {2}
+        out = tmp_path / "r.npz"
+        args = ["reconstruct", str(phantom_file), "--method", "sirt", "--iterations", "2", "--out", str(out), "--quiet"]
+        assert main(args + ["--threads", str(threads)]) == 0
+        assert seen and set(seen) == ({(2, 2)} if threads else {(3, None)})
+        # both settings are restored when the command ends
+        assert settings.threads == 1 and torch.get_num_threads() == 3
     finally:
         operators.set_threads(old)
+        torch.set_num_threads(old_torch)

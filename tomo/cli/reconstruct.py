@@ -129,7 +129,8 @@ def register(subparsers) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="torch CPU threads (default 0: torch's choice; 1 is fastest on a busy 2-core machine)",
+        help="CPU threads of the network, the projector and FBP (default 0: torch's choice, one per "
+        "core; 1 is fastest on a busy 2-core machine)",
     )
     parser.add_argument(
         "--reference",
@@ -389,8 +390,8 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
         try:
             if source is None:  # ranks other than 0: a failure here is reported like one in the work
                 source, partial = _join(args, ranks, shared)
-            _set_threads(args)
-            _reconstruct_chunks(source, partial, args, options, shared["todo"], ranks)
+            with _threads(args):
+                _reconstruct_chunks(source, partial, args, options, shared["todo"], ranks)
         except Exception as exc:  # noqa: BLE001  (reported to rank 0, which then writes nothing; raised below)
             failure = exc
         reports = ranks.gather(
@@ -473,14 +474,24 @@ def _join(args, ranks: Ranks, shared: dict):
         raise
 
 
-def _set_threads(args) -> None:
+@contextlib.contextmanager
+def _threads(args):
+    """``--threads N`` for torch, the projector and FBP while the slices are reconstructed; 0 (the
+    default): torch's choice for all three (one thread per core), which on an idle machine runs a
+    DDS slice ~20 % faster than a single-threaded projector (docs/benchmarks.md, section 7)."""
+    import torch
+
+    import operators
+
+    old_torch, old_operators = torch.get_num_threads(), operators.settings.threads
     if args.threads:
-        import torch
-
-        import operators
-
         torch.set_num_threads(args.threads)
-        operators.set_threads(args.threads)  # the projector and FBP honour it too
+    operators.set_threads(args.threads or None)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_torch)
+        operators.set_threads(old_operators)
 
 
 def _finish(args, setup: _Setup, seconds: float) -> int:
