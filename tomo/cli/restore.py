@@ -83,7 +83,11 @@ def register(subparsers) -> None:
         default=1,
         help="average this many posterior samples (default 1; also writes a spread map)",
     )
-    sol.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the network (faster on CPU)")
+    sol.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bfloat16 autocast of the network (faster only on CPUs with native bf16: AVX512-BF16, AMX)",
+    )
     sol.add_argument("--device", default="cpu", help="torch device (default cpu)")
     sol.add_argument("--quiet", action="store_true", help="no progress bar and no information lines")
     p.set_defaults(func=run)

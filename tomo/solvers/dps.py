@@ -94,8 +94,9 @@ def dps(
         Run only the last ``start`` fraction of the schedule, starting from ``x_init`` noised to
         that level (Chung et al., "come closer, diffuse faster", CVPR 2022); 1 = from noise.
     autocast_dtype : torch.dtype, optional
-        Evaluate the network under ``torch.autocast`` (``torch.bfloat16``: about 1.8x faster on
-        CPU, ~0.4 % error in ``eps``); None = the network's own precision.
+        Evaluate the network under ``torch.autocast`` (``torch.bfloat16``: faster on CPUs with
+        native bf16, AVX512-BF16 or AMX, much slower without; ~0.4 % error in ``eps``); None =
+        the network's own precision.
     progress : bool
         Show a tqdm progress bar.
 
