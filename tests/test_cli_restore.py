@@ -162,3 +162,18 @@ def test_restore_with_several_samples_writes_a_spread_map(tiny_prior_dir, disk_p
     saved = np.load(out / "disk_inpaint.npz")
     assert saved["spread_hu"].shape == (32, 32) and (saved["spread_hu"] >= 0).all()
     assert (out / "disk_inpaint_spread.png").exists()
+
+
+def test_restore_warm_start_options(tiny_prior_dir, disk_png, tmp_path, capsys):
+    base = ["restore", str(disk_png), "--steps", "2", "--size", "32", "--prior", str(tiny_prior_dir)]
+    # inpainting starts from the TV fill by default; another task takes --init tv by request
+    assert main(base + ["--task", "inpaint", "-o", str(tmp_path / "a")]) == 0
+    assert "'init': 'tv', 'start': 0.1" in capsys.readouterr().out
+    assert main(base + ["--task", "deblur", "--init", "tv", "--start", "0.3", "-o", str(tmp_path / "b")]) == 0
+    assert "'init': 'tv', 'start': 0.3" in capsys.readouterr().out
+    assert main(base + ["--task", "inpaint", "--init", "none", "-o", str(tmp_path / "c")]) == 0
+    assert "'init': None, 'start': 1.0" in capsys.readouterr().out
+    assert main(base + ["--task", "deblur", "--start", "0.3", "-o", str(tmp_path / "d")]) == 2
+    assert "--start needs a warm start" in capsys.readouterr().err
+    assert main(base + ["--task", "inpaint", "--start", "1.5", "-o", str(tmp_path / "e")]) == 2
+    assert "--start must lie in (0, 1)" in capsys.readouterr().err

@@ -254,3 +254,25 @@ def test_std_calibration_per_solver_and_nearest_configuration():
     assert solver_methods.std_calibration("dds", fan) == table["fanbeam-60"]
     assert solver_methods.std_calibration("dps", fan) == 1.0  # no factor measured for DPS
     assert all(v > 1.0 for v in table.values())  # the samples under-disperse
+
+
+def test_restore_warm_starts_from_the_tv_restoration(tiny_prior):
+    """init="tv": the solver starts from the TV fill of the box (here noised to 1 % of the schedule,
+    so the result stays near it), where a cold start from noise lands anywhere."""
+    from tomo.methods.image_tasks import TV_WARM_START, degrade, restore, task_operator, tv_restore
+
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    hu = torch.where((yy - 8) ** 2 + (xx - 8) ** 2 < 36, 300.0, -800.0)
+    op = task_operator("inpaint", (16, 16))
+    y = degrade(op, hu, 2.0, seed=0)
+    tv = torch.from_numpy(tv_restore(y, op, **TV_WARM_START))
+    hole = ~op.mask
+    kw = {"steps": 2, "cg_iterations": 1, "progress": False, "seed": 0}
+    warm = restore(tiny_prior, op, y, "dds", init="tv", start=0.01, **kw).hu[0, 0]
+    cold = restore(tiny_prior, op, y, "dds", **kw).hu[0, 0]
+    # measured: mean |restored - TV| in the box 53 HU (warm) against 1396 HU (cold, random network)
+    assert float((warm - tv)[hole].abs().mean()) < 0.1 * float((cold - tv)[hole].abs().mean())
+    with pytest.raises(ValueError, match="start < 1"):
+        restore(tiny_prior, op, y, "dds", init="tv", **kw)
+    with pytest.raises(ValueError, match="init must be"):
+        restore(tiny_prior, op, y, "dds", init="fbp", start=0.2, **kw)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from operators.units import MU_WATER_PER_MM
+from tomo.methods.image_tasks import TV_WARM_START, tv_restore
 
 __all__ = ["BASELINES", "BASELINE_DEFAULTS", "wiener_deblur", "tv_restore", "bicubic", "run_baseline"]
 
@@ -29,7 +29,7 @@ BASELINES = {"deblur": ("wiener", "tv"), "superres": ("bicubic",), "inpaint": ("
 BASELINE_DEFAULTS = {
     ("deblur", "wiener"): {"balance": 0.005},
     ("deblur", "tv"): {"tv_weight": 0.001},
-    ("inpaint", "tv"): {"tv_weight": 0.003, "iterations": 1000, "tol": 0.0},
+    ("inpaint", "tv"): dict(TV_WARM_START),
     ("superres", "bicubic"): {},
 }
 
@@ -46,21 +46,6 @@ def wiener_deblur(y_hu: torch.Tensor, op, balance: float) -> np.ndarray:
         y_u = (y_hu + 1000.0 * op(torch.ones(op.in_shape, dtype=y_hu.dtype))) / 1000.0
     u = wiener(y_u.numpy().astype(np.float64), op.kernel.cpu().numpy(), balance, clip=False)
     return u * 1000.0 - 1000.0
-
-
-def tv_restore(y_hu: torch.Tensor, op, tv_weight: float, iterations: int = 300, tol: float = 1e-5) -> np.ndarray:
-    """TV-regularised least squares in attenuation (mu >= 0, :func:`tomo.recon.tv_pdhg`); HU [H, W].
-
-    ``tv_weight`` is relative to the normalised data term, as in tv_pdhg; the data are converted
-    with ``mu = MU_WATER (A 1 + y / 1000)`` (A is linear, so HU -> mu is affine through it).
-    """
-    from tomo.recon import tv_pdhg
-
-    with torch.no_grad():
-        ones = torch.ones(op.in_shape, dtype=y_hu.dtype)
-        y_mu = MU_WATER_PER_MM * (op(ones) + y_hu / 1000.0)
-    mu = tv_pdhg(op, y_mu, weight=tv_weight, iterations=iterations, tol=tol, progress=False)
-    return (1000.0 * (mu / MU_WATER_PER_MM - 1.0)).numpy()
 
 
 def bicubic(y_hu: np.ndarray, shape) -> np.ndarray:

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from operators import Downsample, GaussianBlur, GaussianNoise, Inpaint, LinearOperator, Outpaint, box_mask
+from operators.units import MU_WATER_PER_MM
+from tomo.recon import tv_pdhg
 from tomo.solvers import dds, default_zeta, dps, sample_or_mean
 from tomo.solvers.problem import ModelDomainProblem, affine_problem, model_to_hu_affine
 
@@ -26,6 +28,8 @@ __all__ = [
     "restore",
     "Restoration",
     "SOLVER_DEFAULTS",
+    "tv_restore",
+    "TV_WARM_START",
 ]
 
 TASKS = ("deblur", "superres", "inpaint", "outpaint")
@@ -37,14 +41,46 @@ SOLVERS = ("dds", "dps")
 #: normal matrix is a scaled projection, so one CG iteration is the exact data-consistent step.
 #: Box inpainting adds the TV data step (tv_weight 1e-3; 2 train slices: 33.65 -> 35.22 dB, TV
 #: 33.43): inside the box nothing is measured, a single sample invents anatomy there, and TV
-#: pulls the invention towards the smooth fill that costs less squared error.
+#: pulls the invention towards the smooth fill that costs less squared error. It also starts from
+#: the TV fill at 10 % of the schedule with 25 steps (4 train slices: 36.05 dB against 35.18 from
+#: noise with 50 steps and TV's 34.51; start 0.05 / 0.2 / 0.3 / 0.5: 35.79 / 35.57 / 35.27 /
+#: 34.96): the sample keeps TV's fill where the prior is unsure, e.g. in a coronal slice.
 SOLVER_DEFAULTS = {
     ("dds", "deblur"): {"steps": 50, "cg_iterations": 5, "eta": 0.85, "spacing": "leading"},
     ("dds", "superres"): {"steps": 50, "cg_iterations": 1, "eta": 0.85, "spacing": "leading"},
-    ("dds", "inpaint"): {"steps": 50, "cg_iterations": 1, "eta": 0.85, "spacing": "leading", "tv_weight": 1e-3},
+    ("dds", "inpaint"): {
+        "steps": 25,
+        "cg_iterations": 1,
+        "eta": 0.85,
+        "spacing": "leading",
+        "tv_weight": 1e-3,
+        "init": "tv",
+        "start": 0.1,
+    },
     ("dds", "outpaint"): {"steps": 50, "cg_iterations": 1, "eta": 0.85, "spacing": "leading"},
 }
 SOLVER_DEFAULTS.update({("dps", task): {"steps": 1000, "zeta": None} for task in TASKS})  # None: 1000 / steps
+
+
+#: TV restoration that starts the diffusion solvers with ``init="tv"`` (:func:`restore`): the
+#: TV-inpainting baseline's settings (weight 3e-3 relative to the normalised data term, 1000
+#: iterations so that the hole is filled in, docs/benchmarks_diffusion.md)
+TV_WARM_START = {"tv_weight": 0.003, "iterations": 1000, "tol": 0.0}
+
+
+def tv_restore(y_hu: torch.Tensor, op, tv_weight: float, iterations: int = 300, tol: float = 1e-5) -> np.ndarray:
+    """TV-regularised least squares in attenuation (mu >= 0, :func:`tomo.recon.tv_pdhg`); HU.
+
+    ``y_hu`` are the measurements of ``op`` (``[*out_shape]`` or a batch), ``tv_weight`` is relative
+    to the normalised data term, as in tv_pdhg; the data are converted with
+    ``mu = MU_WATER (A 1 + y / 1000)`` (A is linear, so HU -> mu is affine through it).
+    Returns HU images ``[*in_shape]`` (or ``[B, *in_shape]``), float32.
+    """
+    with torch.no_grad():
+        ones = torch.ones(op.in_shape, dtype=y_hu.dtype, device=y_hu.device)
+        y_mu = MU_WATER_PER_MM * (op(ones) + y_hu / 1000.0)
+    mu = tv_pdhg(op, y_mu, weight=tv_weight, iterations=iterations, tol=tol, progress=False)
+    return (1000.0 * (mu / MU_WATER_PER_MM - 1.0)).cpu().numpy().astype(np.float32)
 
 
 def hu_problem(
@@ -140,18 +176,28 @@ def restore(
     seed=0,
     samples: int = 1,
     progress: bool = True,
+    init: str | None = None,
     **solver_kwargs,
 ) -> Restoration:
     """Restore HU images from HU measurements ``y_hu = A hu + n`` with a diffusion solver.
 
     ``solver_kwargs`` go to :func:`~tomo.solvers.dds` or :func:`~tomo.solvers.dps`
-    (``steps``, ``eta``, ``cg_iterations``, ``lam``, ``zeta``, ...). White noise is assumed
-    (``weights=None``): with it, the data term is normalised and its scale does not matter.
-    ``samples > 1`` returns the mean of that many posterior samples
-    (:func:`~tomo.solvers.posterior_mean`) and their spread.
+    (``steps``, ``eta``, ``cg_iterations``, ``lam``, ``zeta``, ``start``, ...). White noise is
+    assumed (``weights=None``): with it, the data term is normalised and its scale does not
+    matter. ``samples > 1`` returns the mean of that many posterior samples
+    (:func:`~tomo.solvers.posterior_mean`) and their spread. ``init="tv"`` warm-starts the solver
+    from the TV restoration (:data:`TV_WARM_START`) noised to the level ``start`` (< 1) of the
+    schedule; ``None``: from noise.
     """
     if method not in SOLVERS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(SOLVERS)}")
+    if init not in (None, "none", "tv"):
+        raise ValueError(f"init must be 'tv' (warm start from the TV restoration) or None, got {init!r}")
+    if init == "tv":
+        if not solver_kwargs.get("start", 1.0) < 1.0:
+            raise ValueError("a warm start (init='tv') needs start < 1, the noise level to start from")
+        tv_hu = torch.from_numpy(tv_restore(y_hu, operator, **TV_WARM_START)).to(y_hu.device)
+        solver_kwargs["x_init"] = prior.hu_to_model(tv_hu.reshape((-1, 1) + tuple(operator.in_shape)))
     problem = hu_problem(prior, operator, y_hu)
     solver = dds if method == "dds" else dps
     if method == "dps" and solver_kwargs.get("zeta") is None:
