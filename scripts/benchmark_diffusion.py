@@ -197,8 +197,9 @@ def main(argv=None) -> None:
     p.add_argument(
         "--start",
         type=float,
-        default=DDS_DEFAULTS["start"],
-        help=f"dds warm start: fraction of the schedule ({DDS_DEFAULTS['start']})",
+        default=None,
+        help="dds warm start: fraction of the schedule (default: the registry's, per configuration: "
+        "tomo.methods.diffusion.dds_start_default)",
     )
     p.add_argument("--samples", type=int, default=1, help="dds: posterior mean of this many samples")
     p.add_argument(

@@ -276,3 +276,29 @@ def test_restore_warm_starts_from_the_tv_restoration(tiny_prior):
         restore(tiny_prior, op, y, "dds", init="tv", **kw)
     with pytest.raises(ValueError, match="init must be"):
         restore(tiny_prior, op, y, "dds", init="fbp", start=0.2, **kw)
+
+
+def test_dds_start_default_per_configuration(monkeypatch):
+    """One sample: start 0.05 for parallel scans of more than 15 views per half turn, else 0.2;
+    several samples keep 0.2 (their std calibration was fitted there); the registry passes it on."""
+    import numpy as np
+
+    from operators import FanBeam2D, ParallelBeam2D
+    from tomo.methods import diffusion
+
+    def parallel(views):
+        return ParallelBeam2D((16, 16), 1.5, np.linspace(0, np.pi, views, endpoint=False), 24, 1.5)
+
+    fan = FanBeam2D((16, 16), 1.5, np.linspace(0, 2 * np.pi, 60, endpoint=False), 24, 1.5, 40.0, 20.0)
+    assert diffusion.dds_start_default(parallel(30)) == 0.05
+    assert diffusion.dds_start_default(parallel(8)) == diffusion.dds_start_default(fan) == 0.2
+    assert diffusion.dds_start_default(parallel(30), samples=4) == 0.2
+    seen = []
+    monkeypatch.setattr(diffusion, "_solve", lambda solver, defaults, *a: seen.append(defaults["start"]))
+
+    class Problem:
+        geometry, i0 = parallel(30), 1e6
+
+    diffusion.run_dds(None, Problem())
+    diffusion.run_dds(None, Problem(), samples=3)
+    assert seen == [0.05, 0.2]

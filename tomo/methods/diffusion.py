@@ -34,11 +34,14 @@ __all__ = [
     "ct_problem",
     "DDS_DEFAULTS",
     "DPS_DEFAULTS",
+    "DDS_START",
+    "dds_start_default",
 ]
 
 #: defaults of ``tomo reconstruct --method dds``, chosen on train/ slices with the shipped prior
 #: (docs/benchmarks_diffusion.md): 3 CG iterations, "leading" spacing (last step at t = 0), and a
-#: warm start: the registry's TV reconstruction noised to 20 % of the schedule (start 0.2), which
+#: warm start: the registry's TV reconstruction noised to 20 % of the schedule (start 0.2; per
+#: configuration :func:`dds_start_default`), which
 #: beat a cold start by +1.0 dB (30 views) and +1.5 dB (8 views) on the tuning slices; 25 steps
 #: (with the TV data step of :func:`dds_tv_default`), which fit 30 s per 256 x 256 slice on a 2-core
 #: CPU and lost nothing against 50 at 8 views (docs/solvers.md).
@@ -181,6 +184,23 @@ def dds_tv_default(geometry, i0: float | None = None) -> float:
     return DDS_TV_AT_ONE_VIEW / effective_views(geometry) * dose
 
 
+#: ``--start`` of one DDS sample per standard configuration (:func:`nearest_configuration`), the best
+#: of 0.05-0.2 on the train/ tuning slices (docs/solvers.md): with 30 views at full dose the TV
+#: start is good and the prior only polishes it (parallel-30: 35.04 dB at 0.2, 35.62 at 0.05); with
+#: 8 views, or at low dose, it needs room (parallel-8: 25.77 at 0.2, 25.56 at 0.1)
+DDS_START = {"parallel-30": 0.05, "parallel-8": 0.2, "fanbeam-60": 0.2}
+#: ``--start`` with ``--samples N >= 2``: the setting whose spread :data:`STD_CALIBRATION` calibrates
+DDS_START_SAMPLES = 0.2
+
+
+def dds_start_default(geometry, samples: int = 1) -> float:
+    """Default ``--start`` of DDS: :data:`DDS_START` of the configuration nearest to ``geometry``
+    for one sample; :data:`DDS_START_SAMPLES` for several (their std calibration was fitted there)."""
+    if samples > 1:
+        return DDS_START_SAMPLES
+    return DDS_START[nearest_configuration(geometry)]
+
+
 def run_dds(
     sinogram: torch.Tensor, problem: ReconProblem, *, prior=None, dds_tv=None, dds_tv_z=None, **options
 ) -> torch.Tensor:
@@ -196,7 +216,8 @@ def run_dds(
         if not options["tv_weight"] > 0:
             raise ValueError("--dds-tv-z needs the hybrid data step (--dds-tv > 0)")
         options["tv_z_weight"] = dds_tv_z
-    return _solve(dds, DDS_DEFAULTS, sinogram, problem, prior, options)
+    defaults = {**DDS_DEFAULTS, "start": dds_start_default(problem.geometry, options.get("samples") or 1)}
+    return _solve(dds, defaults, sinogram, problem, prior, options)
 
 
 def run_dps(sinogram: torch.Tensor, problem: ReconProblem, *, prior=None, **options) -> torch.Tensor:
@@ -270,7 +291,8 @@ def register(registry: MethodRegistry) -> None:
                 "start",
                 float,
                 "dds: with --init, run the last START fraction of the schedule "
-                "from the warm start, 0-1 (default 0.2; 1 = the whole schedule)",
+                "from the warm start, 0-1 (default 0.05 for parallel scans of more than 15 "
+                "views per half turn, else 0.2, and 0.2 with --samples; 1 = the whole schedule)",
             ),
         ),
     )
