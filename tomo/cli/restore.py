@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -212,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     y = degrade(op, reference, args.noise_hu, seed=args.seed)
 
     prior = load_prior(args.prior, device=device)
-    kwargs = dict(SOLVER_DEFAULTS[(args.method, args.task)])
+    kwargs: dict[str, Any] = dict(SOLVER_DEFAULTS[(args.method, args.task)])
     given = {"steps": args.steps, "cg_iterations": args.cg_iterations, "eta": args.eta, "zeta": args.zeta}
     not_applicable = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None and k not in kwargs]
     if not_applicable:

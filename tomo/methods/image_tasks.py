@@ -8,6 +8,7 @@ the diffusion restoration in the prior's model range (:func:`hu_problem`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ SOLVER_DEFAULTS.update({("dps", task): {"steps": 1000, "zeta": None} for task in
 #: TV restoration that starts the diffusion solvers with ``init="tv"`` (:func:`restore`): the
 #: TV-inpainting baseline's settings (weight 3e-3 relative to the normalised data term, 1000
 #: iterations so that the hole is filled in, docs/benchmarks_diffusion.md)
-TV_WARM_START = {"tv_weight": 0.003, "iterations": 1000, "tol": 0.0}
+TV_WARM_START: dict[str, Any] = {"tv_weight": 0.003, "iterations": 1000, "tol": 0.0}
 
 
 def tv_restore(y_hu: torch.Tensor, op, tv_weight: float, iterations: int = 300, tol: float = 1e-5) -> np.ndarray:
