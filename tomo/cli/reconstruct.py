@@ -477,8 +477,8 @@ def _join(args, ranks: Ranks, shared: dict):
 @contextlib.contextmanager
 def _threads(args):
     """``--threads N`` for torch, the projector and FBP while the slices are reconstructed; 0 (the
-    default): torch's choice for all three (one thread per core), which on an idle machine runs a
-    DDS slice ~20 % faster than a single-threaded projector (docs/benchmarks.md, section 7)."""
+    default): torch's choice for all three (one thread per core), the fastest on an idle machine
+    (docs/benchmarks.md, section 7); both settings are restored afterwards."""
     import torch
 
     import operators

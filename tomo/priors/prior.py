@@ -359,9 +359,8 @@ def load_prior(path=None, device="cpu") -> DiffusionPrior:
     unet = build_unet(config)
     check_state_dict(unet.state_dict(), tensors, str(weights_path))
     unet.load_state_dict(tensors)
-    # channels-last weights: oneDNN's convolutions run ~15-25 % faster on CPU, same results to
-    # float32 rounding (docs/benchmarks.md); only here, for inference: training keeps the default
-    # layout, which safetensors can save
+    # channels-last weights: oneDNN's convolutions run faster on CPU (docs/solvers.md, "Speed"),
+    # same results to float32 rounding; only here, for inference: training keeps the default layout
     unet.to(memory_format=torch.channels_last)
     prior = DiffusionPrior(unet, config)
     return prior.eval().to(device)
