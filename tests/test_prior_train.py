@@ -274,6 +274,11 @@ def test_checkpoint_misuse_is_a_clear_error(npz_data, tmp_path, capsys):
         [str(npz_data), "--out", str(out), *TINY[:2], "--arch", "small", *TINY[4:], "--resume", "--steps", "4"], capsys
     )
     assert rc == 2 and "incompatible config" in err
+    # other augmentation than the stopped run's (here: a rotation it did not draw) is refused
+    rc, err = _run_cli(
+        [str(npz_data), "--out", str(out), *TINY, "--rotate-deg", "5", "--resume", "--steps", "4"], capsys
+    )
+    assert rc == 2 and "other augmentation" in err and "rotate_deg=5.0 (checkpoint: 0.0)" in err
     state = out / "train_state.safetensors"
     state.write_bytes(state.read_bytes()[:1000])  # corrupt the training state
     rc, err = _run_cli([str(npz_data), "--out", str(out), *TINY, "--resume", "--steps", "4"], capsys)
@@ -593,3 +598,16 @@ def test_augmentation_is_recorded_in_prior_json(npz_data, tmp_path):
     aug = json.loads((out / "prior.json").read_text())["training"]["augmentation"]
     assert aug["rotate_deg"] == 10.0 and aug["scale_jitter"] == 0.1 and aug["hu_jitter"] == 25.0
     assert aug["hflip"] is True and aug["vflip"] is False
+
+
+def test_resume_augmentation_check_reads_old_records():
+    """Checkpoints written before an augmentation option existed count as having it off."""
+    from tomo.priors.checkpoint import PriorCheckpointError
+    from tomo.priors.training.options import check_resume_augmentation
+
+    old_record = {"augmentation": {"hflip": True, "vflip": False, "random_crops": True}}
+    check_resume_augmentation(TrainOptions(data=["d"], out="o"), old_record, Path("o"))  # equal: no error
+    with pytest.raises(PriorCheckpointError, match=r"hu_jitter=20.0 \(checkpoint: 0.0\)"):
+        check_resume_augmentation(TrainOptions(data=["d"], out="o", hu_jitter=20.0), old_record, Path("o"))
+    with pytest.raises(PriorCheckpointError, match=r"hflip=True \(checkpoint: False\)"):
+        check_resume_augmentation(TrainOptions(data=["d"], out="o"), {"augmentation": {"hflip": False}}, Path("o"))

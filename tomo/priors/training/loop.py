@@ -40,7 +40,15 @@ from ..training_data import SliceSampler, collect_slices, pixel_statistics
 from . import distributed as dist_
 from .ema import EMA
 from .log import LOG_NAME, append_row, plot_loss, read_log, start_log, truncate_log
-from .options import TrainOptions, check_resume_options, init_config, lr_at, requested_config, validate
+from .options import (
+    TrainOptions,
+    check_resume_augmentation,
+    check_resume_options,
+    init_config,
+    lr_at,
+    requested_config,
+    validate,
+)
 from .state import load_initial_weights, load_train_state, save_checkpoint
 
 
@@ -50,8 +58,10 @@ def _run_config(opts: TrainOptions, out: Path) -> dict:
     if opts.resume:
         if not has_ckpt:
             raise FileNotFoundError(f"--resume: no {TRAIN_STATE_NAME} in {out}")
-        config = {k: v for k, v in load_config(out / CONFIG_NAME).items() if k not in ("training", "data")}
+        saved = load_config(out / CONFIG_NAME)
+        config = {k: v for k, v in saved.items() if k not in ("training", "data")}
         check_resume_options(opts, config, out)
+        check_resume_augmentation(opts, saved.get("training"), out)
         return config
     if has_ckpt or has_weights(out):
         raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")

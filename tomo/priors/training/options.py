@@ -154,3 +154,26 @@ def check_resume_options(opts: TrainOptions, config: dict, where: Path) -> None:
             conflicts.append(f"--arch {opts.arch} differs from the checkpoint's architecture")
     if conflicts:
         raise PriorCheckpointError(f"cannot resume from {where}: incompatible config: " + "; ".join(conflicts))
+
+
+#: augmentation options of a run and their value in checkpoints written before they existed
+AUGMENTATION_DEFAULTS = {"hflip": True, "vflip": False, "rotate_deg": 0.0, "scale_jitter": 0.0, "hu_jitter": 0.0}
+
+
+def check_resume_augmentation(opts: TrainOptions, training: dict | None, where: Path) -> None:
+    """A resumed run must draw its images as the checkpoint's run did: the augmentation options must
+    equal those recorded in ``prior.json`` (``training.augmentation``), or the continuation is no
+    longer the run that was stopped. Pass them again on --resume (or start a new run with
+    --init-from to fine-tune with other ones)."""
+    recorded = ((training or {}).get("augmentation")) or {}
+    conflicts = [
+        f"{name}={getattr(opts, name)} (checkpoint: {recorded.get(name, default)})"
+        for name, default in AUGMENTATION_DEFAULTS.items()
+        if getattr(opts, name) != recorded.get(name, default)
+    ]
+    if conflicts:
+        raise PriorCheckpointError(
+            f"cannot resume from {where}: other augmentation than the checkpoint's run: "
+            + "; ".join(conflicts)
+            + " (repeat the run's options, or fine-tune with --init-from into a new --out)"
+        )
