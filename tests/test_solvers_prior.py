@@ -115,7 +115,6 @@ def test_registry_dds_warm_start_from_a_classical_method(tiny_prior_dir, monkeyp
     from tomo.methods import diffusion as solver_methods
     from tomo.methods.registry import reconstruct
 
-    assert solver_methods.DDS_DEFAULTS["init"] == "tv" and solver_methods.DDS_DEFAULTS["start"] == 0.2
     geometry = ParallelBeam2D(
         image_shape=(16, 16),
         pixel_spacing_mm=1.5,
@@ -123,6 +122,7 @@ def test_registry_dds_warm_start_from_a_classical_method(tiny_prior_dir, monkeyp
         detector_count=24,
         detector_spacing_mm=1.5,
     )
+    assert solver_methods.DDS_DEFAULTS["init"] == "tv" and solver_methods.dds_start_default(geometry) == 0.2
     mu = torch.zeros(1, 16, 16)
     mu[:, 4:12, 4:12] = 0.0192
     sino = CTProjector(geometry)(mu)

@@ -40,8 +40,8 @@ __all__ = [
 
 #: defaults of ``tomo reconstruct --method dds``, chosen on train/ slices with the shipped prior
 #: (docs/benchmarks_diffusion.md): 3 CG iterations, "leading" spacing (last step at t = 0), and a
-#: warm start: the registry's TV reconstruction noised to 20 % of the schedule (start 0.2; per
-#: configuration :func:`dds_start_default`), which
+#: warm start: the registry's TV reconstruction noised to a level of the schedule chosen per
+#: configuration (``start``, not here: :func:`dds_start_default`; 0.2 at first), which
 #: beat a cold start by +1.0 dB (30 views) and +1.5 dB (8 views) on the tuning slices; 25 steps
 #: (with the TV data step of :func:`dds_tv_default`), which fit 30 s per 256 x 256 slice on a 2-core
 #: CPU and lost nothing against 50 at 8 views (docs/solvers.md).
@@ -52,7 +52,6 @@ DDS_DEFAULTS = {
     "spacing": "leading",
     "seed": 0,
     "init": "tv",
-    "start": 0.2,
 }
 #: defaults of ``tomo reconstruct --method dps``; without --zeta, zeta = default_zeta(steps) = 1000 / steps
 DPS_DEFAULTS = {"steps": 1000, "seed": 0}
