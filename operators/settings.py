@@ -31,7 +31,7 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["OperatorSettings", "settings", "set_threads", "torch_threads"]
+__all__ = ["OperatorSettings", "settings", "set_threads", "torch_threads", "all_threads"]
 
 _GiB = 1024**3
 
@@ -126,3 +126,18 @@ def torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+@contextmanager
+def all_threads(n: int | None):
+    """Run the block with ``n`` CPU threads for torch and for the operators (``settings.threads``);
+    ``None``: torch's own setting for both, the operators following it. Both are restored afterwards.
+
+    This is ``tomo reconstruct --threads`` (0 there means ``None``).
+    """
+    old = set_threads(n)
+    try:
+        with torch_threads(n):
+            yield
+    finally:
+        set_threads(old)

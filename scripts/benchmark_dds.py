@@ -37,9 +37,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
-import operators
+from operators.settings import all_threads
 from tomo.evaluation.cases import (
     DEFAULT_DATA_ROOT,
     Slice,
@@ -169,10 +168,13 @@ def main(argv=None) -> int:
         "choice for all (the command's default); not given: the library's (single-threaded projector)",
     )
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        operators.set_threads(args.threads or None)
+    if args.threads is None:
+        return run(args)
+    with all_threads(args.threads or None):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     if args.table:
         print(markdown_table(read_rows(args.table), calibration_factors(read_rows(args.calibration))))
         return 0

@@ -270,6 +270,17 @@ def test_thread_setting_reaches_the_projector_and_fbp(monkeypatch):
         set_threads(0)
 
 
+def test_all_threads_sets_torch_and_the_operators_for_a_block():
+    from operators.settings import all_threads, settings
+
+    outside, before = torch.get_num_threads(), settings.threads
+    with all_threads(outside + 1):
+        assert (torch.get_num_threads(), settings.threads) == (outside + 1, outside + 1)
+    with all_threads(None):  # torch's own setting, which the operators then follow
+        assert (torch.get_num_threads(), settings.threads) == (outside, None)
+    assert (torch.get_num_threads(), settings.threads) == (outside, before)
+
+
 def test_blocked_products_equal_one_product(monkeypatch):
     """Batches go through the sparse product in cache-sized blocks; the result must not change."""
     import operators.ct as ct

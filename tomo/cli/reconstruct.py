@@ -474,24 +474,13 @@ def _join(args, ranks: Ranks, shared: dict):
         raise
 
 
-@contextlib.contextmanager
 def _threads(args):
     """``--threads N`` for torch, the projector and FBP while the slices are reconstructed; 0 (the
     default): torch's choice for all three (one thread per core), the fastest on an idle machine
     (docs/benchmarks.md, section 7); both settings are restored afterwards."""
-    import torch
+    from operators.settings import all_threads
 
-    import operators
-
-    old_torch, old_operators = torch.get_num_threads(), operators.settings.threads
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    operators.set_threads(args.threads or None)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_torch)
-        operators.set_threads(old_operators)
+    return all_threads(args.threads or None)
 
 
 def _finish(args, setup: _Setup, seconds: float) -> int:
