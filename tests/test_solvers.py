@@ -27,6 +27,7 @@ from tomo.solvers import (
     dps,
     make_schedule,
     posterior_mean,
+    timestep_for_noise,
     transmission_poisson_weights,
     tweedie_x0,
 )
@@ -362,6 +363,51 @@ def test_dds_with_the_tv_data_step_runs_and_reports_its_budget():
     assert not torch.equal(hybrid.x, plain.x) and bool(torch.isfinite(hybrid.x).all())
     with pytest.raises(ValueError, match="tv_weight"):
         dds(prior, op, y, steps=2, tv_weight=-1.0, progress=False)
+
+
+# ----- the final denoising -----------------------------------------------------------------------
+def test_timestep_for_noise_finds_the_matching_level():
+    abar = GaussianPrior().alphas_cumprod
+    for t in (0, 1, 7, 120, 999):
+        sigma = float(((1 - abar[t]) / abar[t]).sqrt())
+        assert timestep_for_noise(abar, sigma) == t
+        assert timestep_for_noise(abar, sigma * 1.001) == t  # nearest, not the next one up
+    assert timestep_for_noise(abar, 1e-9) == 0 and timestep_for_noise(abar, 1e9) == 999
+    for bad in (0.0, -0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="sigma"):
+            timestep_for_noise(abar, bad)
+
+
+def test_denoise_is_the_exact_posterior_mean_under_a_gaussian_prior():
+    """For x0 ~ N(m, s^2), x = x0 + sigma n: E[x0 | x] = m + s^2 / (s^2 + sigma^2) (x - m), with sigma
+    the schedule's level nearest to the one asked for (measured error ~1e-7, float32)."""
+    from tomo.solvers.dds import denoise
+
+    prior = GaussianPrior(mean=0.3, std=0.4)
+    x = torch.randn(2, 1, 5, 6, generator=torch.Generator().manual_seed(0))
+    t = timestep_for_noise(prior.alphas_cumprod, 0.05)
+    abar = float(prior.alphas_cumprod[t])
+    sigma2 = (1 - abar) / abar
+    expected = 0.3 + 0.16 / (0.16 + sigma2) * (x - 0.3)
+    out = denoise(prior, x, 0.05, clip=False)
+    assert abs(sigma2**0.5 - 0.05) < 0.002  # the nearest level of the DDPM schedule
+    assert torch.allclose(out, expected, atol=1e-5), float((out - expected).abs().max())
+    assert float((out - 0.3).abs().max()) < float((x - 0.3).abs().max())  # shrunk towards the mean
+    assert float(denoise(prior, 10 * x, 0.05).abs().max()) <= 1.0  # clipped like x0_hat
+
+
+def test_dds_final_denoising_costs_one_network_evaluation(problem):
+    from tomo.solvers.dds import denoise
+
+    prior, op, _, y, _ = problem
+    plain = dds(prior, op, y, steps=6, seed=0, progress=False)
+    prior.calls = 0
+    denoised = dds(prior, op, y, steps=6, seed=0, denoise_sigma=0.05, progress=False)
+    assert denoised.network_evaluations == prior.calls == 7
+    assert torch.allclose(denoised.x, denoise(prior, plain.x, 0.05), atol=1e-6)
+    assert not torch.allclose(denoised.x, plain.x, atol=1e-3)
+    with pytest.raises(ValueError, match="denoise_sigma"):
+        dds(prior, op, y, steps=2, denoise_sigma=-1.0, progress=False)
 
 
 def test_z_difference_adjoint_dot_product():

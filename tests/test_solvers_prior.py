@@ -240,6 +240,34 @@ def test_registry_dds_default_tv_weight_follows_views_and_dose(tiny_prior_dir, m
         reconstruct(sino, parallel, "dds", dds_tv=-1.0, **kw)
 
 
+def test_registry_dds_final_denoising_in_hu(tiny_prior_dir, monkeypatch):
+    """--denoise-hu reaches the solver as a model-range level (HU / the prior's HU per unit),
+    default 20 HU, 0 = off; negative values are refused; the benchmark counts its network call."""
+    from operators import CTProjector
+    from tomo.evaluation.runner import _network_evaluations
+    from tomo.methods import diffusion as solver_methods
+    from tomo.methods.registry import reconstruct
+    from tomo.priors import load_prior
+
+    prior = load_prior(str(tiny_prior_dir))
+    lo, hi = prior.hu_window
+    parallel = _parallel_16px(8)
+    seen = []
+    real = solver_methods.sample_or_mean
+    monkeypatch.setattr(solver_methods, "sample_or_mean", lambda *a, **k: seen.append(k) or real(*a, **k))
+    sino = CTProjector(parallel)(torch.full((1, 16, 16), 0.0192))
+    kw = dict(progress=False, prior=str(tiny_prior_dir), steps=2, i0=1e6)
+    off = reconstruct(sino, parallel, "dds", denoise_hu=0.0, **kw)
+    on = reconstruct(sino, parallel, "dds", **kw)
+    assert seen[0]["denoise_sigma"] == 0.0
+    assert seen[1]["denoise_sigma"] == pytest.approx(20.0 / (0.5 * (hi - lo)))
+    assert not torch.allclose(on, off)
+    with pytest.raises(ValueError, match="denoise-hu"):
+        reconstruct(sino, parallel, "dds", denoise_hu=-5.0, **kw)
+    assert _network_evaluations("dds", {}) == 26 and _network_evaluations("dds", {"denoise_hu": 0.0}) == 25
+    assert _network_evaluations("dds", {"steps": 10, "samples": 4}) == 44
+
+
 def test_std_calibration_per_solver_and_nearest_configuration():
     """The std factor is chosen by solver and by the standard configuration nearest to the scan."""
     from tomo.methods import diffusion as solver_methods

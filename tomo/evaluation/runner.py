@@ -127,10 +127,15 @@ def registry_options(name: str, settings: dict) -> dict:
 
 def _network_evaluations(name: str, options: dict) -> int:
     """Network calls per slice of the registry's dds/dps: the solvers' schedule has exactly ``steps``
-    timesteps (:func:`tomo.solvers.schedule.make_schedule`), one call each, for every sample."""
+    timesteps (:func:`tomo.solvers.schedule.make_schedule`), one call each, and dds one more for
+    its final denoising (``denoise_hu`` > 0), for every sample."""
     if name not in _SOLVER_DEFAULTS:
         return 0
-    return int(options.get("steps") or _SOLVER_DEFAULTS[name]["steps"]) * int(options.get("samples") or 1)
+    defaults = _SOLVER_DEFAULTS[name]
+    denoise = options.get("denoise_hu")
+    denoise = defaults.get("denoise_hu", 0.0) if denoise is None else denoise
+    steps = int(options.get("steps") or defaults["steps"]) + (1 if denoise else 0)  # + the final denoising
+    return steps * int(options.get("samples") or 1)
 
 
 def evaluate_registry(

@@ -36,6 +36,7 @@ __all__ = [
     "DPS_DEFAULTS",
     "DDS_START",
     "dds_start_default",
+    "denoise_sigma",
 ]
 
 #: defaults of ``tomo reconstruct --method dds``, chosen on train/ slices with the shipped prior
@@ -44,7 +45,9 @@ __all__ = [
 #: configuration (``start``, not here: :func:`dds_start_default`; 0.2 at first), which
 #: beat a cold start by +1.0 dB (30 views) and +1.5 dB (8 views) on the tuning slices; 25 steps
 #: (with the TV data step of :func:`dds_tv_default`), which fit 30 s per 256 x 256 slice on a 2-core
-#: CPU and lost nothing against 50 at 8 views (docs/solvers.md).
+#: CPU and lost nothing against 50 at 8 views (docs/solvers.md). The result is denoised once more
+#: as if it carried 20 HU of white noise (``denoise_hu``, the prior's timestep 1): the last data
+#: step fits the measurement noise too (fourth tuning round, docs/solvers.md).
 DDS_DEFAULTS = {
     "steps": 25,
     "cg_iterations": 3,
@@ -52,6 +55,7 @@ DDS_DEFAULTS = {
     "spacing": "leading",
     "seed": 0,
     "init": "tv",
+    "denoise_hu": 20.0,
 }
 #: defaults of ``tomo reconstruct --method dps``; without --zeta, zeta = default_zeta(steps) = 1000 / steps
 DPS_DEFAULTS = {"steps": 1000, "seed": 0}
@@ -67,6 +71,8 @@ def _cached_prior(path: str | None, device: str):
 def _solve(solver, defaults: dict, sinogram: torch.Tensor, problem: ReconProblem, prior, options: dict):
     settings = {**defaults, **{k: v for k, v in options.items() if v is not None}}
     model = _cached_prior(None if prior is None else str(prior), str(problem.device))
+    if "denoise_hu" in settings:  # HU -> the solver's model-range noise level
+        settings["denoise_sigma"] = denoise_sigma(model, settings.pop("denoise_hu"))
     ct = ct_problem(model, problem.operator, sinogram, i0=problem.i0, model_error=DEFAULT_MODEL_ERROR)
     init = settings.pop("init", None)
     if init in (None, "none"):  # cold start: the whole schedule from noise
@@ -93,6 +99,15 @@ def _solve(solver, defaults: dict, sinogram: torch.Tensor, problem: ReconProblem
 STD_CALIBRATION: dict[str, dict[str, float]] = {
     "dds": {"parallel-30": 3.32, "parallel-8": 5.48, "fanbeam-60": 6.69},
 }
+
+
+def denoise_sigma(prior, denoise_hu: float) -> float:
+    """``--denoise-hu`` (HU, >= 0; 0 = off) as the noise standard deviation in the prior's model
+    range that :func:`tomo.solvers.dds` takes (``denoise_sigma``)."""
+    if not (isinstance(denoise_hu, (int, float)) and 0.0 <= denoise_hu < float("inf")):
+        raise ValueError(f"--denoise-hu must be a finite number of HU >= 0, got {denoise_hu!r}")
+    h1, _ = model_to_hu_affine(prior)
+    return float(denoise_hu) / abs(h1)
 
 
 def nearest_configuration(geometry) -> str:
@@ -204,7 +219,8 @@ def run_dds(
     sinogram: torch.Tensor, problem: ReconProblem, *, prior=None, dds_tv=None, dds_tv_z=None, **options
 ) -> torch.Tensor:
     """DDS reconstruction: mu [1/mm] ``[B, H, W]`` (options: steps, cg_iterations, eta, seed, init,
-    start, dds_tv: the hybrid data step's TV weight, None = :func:`dds_tv_default`, 0 = plain CG;
+    start, denoise_hu: the final denoising's noise level in HU, 0 = off;
+    dds_tv: the hybrid data step's TV weight, None = :func:`dds_tv_default`, 0 = plain CG;
     dds_tv_z: TV along z coupling the ``B`` slices, which must be consecutive slices of a volume)."""
     if dds_tv is not None and dds_tv < 0:
         raise ValueError(f"--dds-tv must be >= 0, got {dds_tv}")
@@ -277,6 +293,14 @@ def register(registry: MethodRegistry) -> None:
                 "admm_iterations",
                 int,
                 "dds: ADMM iterations per step of the hybrid data step (default 4)",
+            ),
+            MethodOption(
+                "--denoise-hu",
+                "denoise_hu",
+                float,
+                "dds: end with one more network evaluation that denoises the result as if it "
+                "carried white noise of this many HU (at the prior's nearest noise level; "
+                "default 20; 0 = off: the last data-consistent estimate)",
             ),
             MethodOption(
                 "--init",

@@ -20,7 +20,14 @@ from .ensemble import posterior_mean, sample_or_mean
 from .gaussian_prior import GaussianPrior, linear_beta_alphas_cumprod
 from .problem import ModelDomainProblem, affine_problem, model_to_hu_affine
 from .sampler_setup import SolverResult
-from .schedule import SamplingSchedule, ddim_step, ddpm_posterior_step, make_schedule, tweedie_x0
+from .schedule import (
+    SamplingSchedule,
+    ddim_step,
+    ddpm_posterior_step,
+    make_schedule,
+    timestep_for_noise,
+    tweedie_x0,
+)
 
 __all__ = [
     "dds",
@@ -42,4 +49,5 @@ __all__ = [
     "tweedie_x0",
     "ddpm_posterior_step",
     "ddim_step",
+    "timestep_for_noise",
 ]

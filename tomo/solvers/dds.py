@@ -9,6 +9,10 @@ Tikhonov-regularised) normal equations
 and the result is re-noised with DDIM (``eta`` ~ 0.85 of fresh noise). Early-stopped CG from
 ``x0_hat`` stays in the Krylov neighbourhood of the prior's estimate, so it never needs a
 backward pass through the network.
+
+The last data-consistent estimate fits the measurement noise too; ``denoise_sigma`` ends with one
+more network evaluation that treats it as an image with that much white noise (Tweedie's estimate
+at the matching timestep), the step that plug-and-play solvers such as DiffPIR end with.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from operators.base import LinearOperator
 from tomo.priors.noising import tweedie_x0
 
 from .sampler_setup import SolverResult, check_prior, network_precision, standard_normal, start_sampling
-from .schedule import ddim_step
+from .schedule import ddim_step, timestep_for_noise
 
-__all__ = ["dds"]
+__all__ = ["dds", "denoise"]
 
 
 def dds(
@@ -39,6 +43,7 @@ def dds(
     admm_iterations: int = 4,
     admm_rho: float | None = None,
     tv_z_weight: float = 0.0,
+    denoise_sigma: float = 0.0,
     seed: int | torch.Generator | None = None,
     clip_x0: bool = True,
     normalize: bool = True,
@@ -82,6 +87,11 @@ def dds(
         > 0 (with ``tv_weight > 0``): the batch holds consecutive slices of one volume, in order,
         and the hybrid data step adds TV along z with this weight, coupling the slices
         (:meth:`~tomo.solvers.data_terms.DataFidelity.solve_tv`).
+    denoise_sigma : float
+        > 0: denoise the final estimate once more, as if it carried white Gaussian noise of this
+        standard deviation (model range): Tweedie's estimate at the training timestep of the
+        nearest noise level (:func:`~tomo.solvers.schedule.timestep_for_noise`), clipped like
+        ``x0_hat``; one more network evaluation. 0 (default): the last data-consistent estimate.
     seed : int, torch.Generator or None
         Randomness of the initial and re-noising noise and of the prior's patch shifts.
     clip_x0 : bool
@@ -105,8 +115,9 @@ def dds(
     Returns
     -------
     SolverResult
-        ``x`` [B, 1, H, W] in model range (the data-consistent estimate of the last step);
-        ``network_evaluations == steps``, no gradient evaluations.
+        ``x`` [B, 1, H, W] in model range (the data-consistent estimate of the last step, denoised
+        with ``denoise_sigma > 0``); ``network_evaluations`` = ``steps`` (+ 1 with
+        ``denoise_sigma > 0``), no gradient evaluations.
     """
     check_prior(prior)
     if not (isinstance(eta, (int, float)) and 0.0 <= eta <= 1.0):
@@ -119,6 +130,8 @@ def dds(
         raise ValueError("tv_z_weight (TV along z) needs the hybrid data step: set tv_weight > 0 too")
     if not (isinstance(lam, (int, float)) and 0.0 <= lam < float("inf")):
         raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    if not (isinstance(denoise_sigma, (int, float)) and 0.0 <= denoise_sigma < float("inf")):
+        raise ValueError(f"denoise_sigma must be a finite number >= 0, got {denoise_sigma!r}")
     schedule, data, generator, x = start_sampling(
         prior,
         operator,
@@ -157,11 +170,29 @@ def dds(
             x = ddim_step(x0, eps, abar_prev, eta, noise)
             if not bool(torch.isfinite(x).all()):
                 raise FloatingPointError(f"DDS produced non-finite values at timestep {t}")
+        if denoise_sigma > 0:
+            with precision:
+                x = denoise(prior, x, denoise_sigma, generator, clip=clip_x0)
     return SolverResult(
         x=x,
-        network_evaluations=len(schedule),
+        network_evaluations=len(schedule) + (1 if denoise_sigma > 0 else 0),
         gradient_evaluations=0,
         operator_calls=data.operator_calls,
         residual_norms=history,
         timesteps=list(schedule.timesteps),
     )
+
+
+def denoise(prior, x: torch.Tensor, sigma: float, generator=None, *, clip: bool = True) -> torch.Tensor:
+    """Tweedie's estimate of the clean image behind ``x`` [B, 1, H, W], read as a clean image plus
+    white Gaussian noise of standard deviation ``sigma`` (model range).
+
+    ``sqrt(abar_t) x`` at the timestep of the nearest noise level
+    (:func:`~tomo.solvers.schedule.timestep_for_noise`) is what the network saw in training at
+    ``t``; its ``x0`` estimate is the denoised image (clipped to [-1, 1] with ``clip``).
+    """
+    t = timestep_for_noise(prior.alphas_cumprod, sigma)
+    abar = float(prior.alphas_cumprod[t])
+    x_t = abar**0.5 * x
+    x0 = tweedie_x0(x_t, prior.eps(x_t, t, generator=generator).to(x.dtype), abar)
+    return x0.clamp(-1.0, 1.0) if clip else x0

@@ -17,7 +17,14 @@ import torch
 
 from tomo.priors.noising import tweedie_x0
 
-__all__ = ["SamplingSchedule", "make_schedule", "tweedie_x0", "ddpm_posterior_step", "ddim_step"]
+__all__ = [
+    "SamplingSchedule",
+    "make_schedule",
+    "tweedie_x0",
+    "ddpm_posterior_step",
+    "ddim_step",
+    "timestep_for_noise",
+]
 
 
 @dataclass(frozen=True)
@@ -130,3 +137,24 @@ def ddim_step(
     if noise is not None and eta > 0.0:
         out = out + scale * eta * noise
     return out
+
+
+def timestep_for_noise(alphas_cumprod, sigma: float) -> int:
+    """The training timestep whose noise matches white noise of standard deviation ``sigma`` on a clean image.
+
+    ``x + sigma n`` scaled by ``sqrt(abar_t)`` is distributed like ``x_t`` when
+    ``sigma = sqrt((1 - abar_t) / abar_t)``; this returns the ``t`` whose ratio is nearest to
+    ``sigma`` (model range), so a prior can denoise an image that carries ``sigma`` of noise.
+
+    Parameters
+    ----------
+    alphas_cumprod : sequence or tensor of float, shape [T]
+        The prior's training schedule (decreasing).
+    sigma : float
+        Noise standard deviation in model range, > 0.
+    """
+    if not (isinstance(sigma, (int, float)) and 0.0 < sigma < float("inf")):
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().cpu().reshape(-1)
+    ratio = ((1.0 - abar) / abar).sqrt()
+    return int((ratio - float(sigma)).abs().argmin())
