@@ -36,14 +36,14 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from operators.settings import all_threads
 from tomo.evaluation.cases import (
+    CT_TUNE_SLICES,
     DEFAULT_DATA_ROOT,
     Slice,
     build_cases,
     build_operators,
+    load_ct_tune_slices,
     load_dev_axial_slices,
     load_dev_reformats,
 )
@@ -53,25 +53,10 @@ from tomo.evaluation.scores import calibration_factor, coverage_from_quantiles
 from tomo.evaluation.tuning import append_json_line, parse_settings
 from tomo.methods.diffusion import std_calibration
 
-#: (file under train/ct-1.5mm, slice index): chest, abdomen, lung, kidney; 4 patients, 4 scanners
-TUNE_SLICES = (
-    ("COVID-CT-MD_normal002.npz", 40),
-    ("CPTAC-PDA_C3L-00189.npz", 17),
-    ("Lung-Fused-CT-Pathology_LungFCP-01-0001.npz", 16),
-    ("C4KC-KiTS_KiTS-00072.npz", 4),
-)
-
 
 def load_slices(data_root: Path, count: int) -> list[Slice]:
-    from skimage.transform import rescale
-
-    out = []
-    for name, index in TUNE_SLICES[:count]:
-        with np.load(data_root / "train" / "ct-1.5mm" / name) as z:
-            hu, spacing = z["hu"][index].astype(np.float32), float(z["spacing_mm"][0])
-        fine = rescale(hu, 2, order=1, mode="edge", preserve_range=True, anti_aliasing=False).astype(np.float32)
-        out.append(Slice(f"{name}[{index}]", fine, (spacing / 2, spacing / 2)))
-    return out
+    """The first ``count`` of :data:`~tomo.evaluation.cases.CT_TUNE_SLICES`, on the 2x finer grid."""
+    return load_ct_tune_slices(data_root, CT_TUNE_SLICES[:count], upsample=2)
 
 
 def read_rows(paths) -> list[dict]:
@@ -179,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         print(markdown_table(read_rows(args.table), calibration_factors(read_rows(args.calibration))))
         return 0
     if args.slice_set == "train":
-        slices = load_slices(args.data, args.slices or len(TUNE_SLICES))
+        slices = load_slices(args.data, args.slices or len(CT_TUNE_SLICES))
     else:
         load = load_dev_axial_slices if args.slice_set == "dev-axial" else load_dev_reformats
         slices = load(args.data)[: args.slices]

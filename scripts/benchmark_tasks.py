@@ -10,8 +10,11 @@ Tasks (the defaults of ``tomo restore``; white Gaussian noise of ``--noise-hu`` 
 
 Reference: each DICOM slice resized (anti-aliased) to 256 pixels on its longer side, as in the
 CT protocol. Scores: PSNR/SSIM on the [-1000, 1000] HU window. Baseline and solver
-hyper-parameters are tuned on train/ slices (``tune`` mode), never on dev/. Cases, baselines and
-runner: :mod:`tomo.evaluation`.
+hyper-parameters are tuned on train/ slices (``tune`` mode), never on dev/: by default the
+train/ct-1.5mm slices the shipped prior never saw (``--set ct``, :data:`CT_TUNE_SLICES`); ``--set
+dicom`` gives the train/dicom slices of the earlier rounds, which the prior was trained on. Each
+grid point is the method's current defaults with the grid's values replaced. Cases, baselines
+and runner: :mod:`tomo.evaluation`.
 
 Examples::
 
@@ -29,7 +32,14 @@ from pathlib import Path
 import torch
 
 from tomo.evaluation.baselines import BASELINE_DEFAULTS, BASELINES
-from tomo.evaluation.cases import DEFAULT_DATA_ROOT, DIFFUSION_TUNE_SLICES, load_dev_slices, read_slices
+from tomo.evaluation.cases import (
+    CT_TUNE_SLICES,
+    DEFAULT_DATA_ROOT,
+    DIFFUSION_TUNE_SLICES,
+    load_ct_tune_slices,
+    load_dev_slices,
+    read_slices,
+)
 from tomo.evaluation.machine import machine_info
 from tomo.evaluation.report import Summary, settings_table, summarise, write_json, write_section
 from tomo.evaluation.runner import evaluate_task, task_cases
@@ -61,12 +71,28 @@ def solver_settings(method: str, task: str, args) -> dict:
     return settings
 
 
+def tuning_slices(args) -> list:
+    """The train/ slices of ``tune``: ``--set ct`` (unseen by the shipped prior) or ``dicom``."""
+    if args.set == "dicom":
+        return read_slices(args.data, DIFFUSION_TUNE_SLICES[: args.slices or None])
+    return load_ct_tune_slices(args.data, CT_TUNE_SLICES[: args.slices or None])
+
+
+def current_defaults(method: str, task: str) -> dict:
+    """What ``tomo restore`` / the benchmark run today: the start of every grid point."""
+    if method in SOLVERS:
+        from tomo.methods.image_tasks import SOLVER_DEFAULTS
+
+        return dict(SOLVER_DEFAULTS[(method, task)])
+    return dict(BASELINE_DEFAULTS.get((task, method), {}))
+
+
 def tune(args) -> None:
-    slices = read_slices(args.data, DIFFUSION_TUNE_SLICES[: args.slices or None])
+    slices = tuning_slices(args)
     prior = _load_prior(args.prior, [args.method])
     cases = task_cases(slices, args.task, args.noise_hu)
     results = []
-    for settings in settings_grid(parse_grid(args.grid)):
+    for settings in settings_grid(parse_grid(args.grid), fixed=current_defaults(args.method, args.task)):
         r = summarise(evaluate_task(args.method, cases, settings, prior=prior, verbose=False))[0]
         results.append(r.as_dict())
         print(
@@ -147,11 +173,18 @@ def main(argv=None) -> None:
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the prior network")
     parser.add_argument("--threads", type=int, default=None)
-    t = sub.add_parser("tune", help="grid over one method's settings on train/ slices")
+    t = sub.add_parser("tune", help="grid over one method's settings (from its current defaults) on train/ slices")
     t.add_argument("--task", choices=TASKS, required=True)
     t.add_argument("--method", choices=["wiener", "tv", "bicubic", "dds", "dps"], required=True)
     t.add_argument("--grid", nargs="*")
     t.add_argument("--slices", type=int, default=None)
+    t.add_argument(
+        "--set",
+        choices=("ct", "dicom"),
+        default="ct",
+        help="train/ slices: ct = train/ct-1.5mm, unseen by the shipped prior (default); dicom = "
+        "train/dicom, the set of the earlier tuning rounds, which the prior was trained on",
+    )
     t.add_argument("--prior", default=None)
     t.add_argument("--noise-hu", type=float, default=10.0)
     t.add_argument("--json", type=Path, default=None)

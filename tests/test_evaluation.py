@@ -11,6 +11,7 @@ from tomo.evaluation.cases import (
     Slice,
     build_cases,
     build_operators,
+    load_ct_tune_slices,
     load_dev_axial_slices,
     load_dev_reformats,
     load_dev_slices,
@@ -69,6 +70,22 @@ def test_loaders_refuse_a_folder_without_the_slices(tmp_path):
         load_dev_slices(tmp_path)
     with pytest.raises(FileNotFoundError, match="--data"):
         load_train_slices(tmp_path)
+    with pytest.raises(FileNotFoundError, match="--data"):
+        load_ct_tune_slices(tmp_path)
+
+
+def test_load_ct_tune_slices_upsamples_onto_a_finer_grid(tmp_path):
+    folder = tmp_path / "train" / "ct-1.5mm"
+    folder.mkdir(parents=True)
+    hu = np.stack([_disk(16), _disk(16, hu_in=300.0)])
+    np.savez(folder / "p.npz", hu=hu, spacing_mm=np.array([1.5, 1.5, 3.0]))
+    (native,) = load_ct_tune_slices(tmp_path, (("p.npz", 1),))
+    (fine,) = load_ct_tune_slices(tmp_path, (("p.npz", 1),), upsample=2)
+    assert native.name == fine.name == "p.npz[1]"
+    np.testing.assert_array_equal(native.hu, hu[1])
+    assert native.pixel_spacing_mm == (1.5, 1.5) and fine.pixel_spacing_mm == (0.75, 0.75)
+    assert fine.hu.shape == (32, 32) and fine.hu.dtype == np.float32
+    assert fine.hu.max() == pytest.approx(300.0) and fine.hu.min() == pytest.approx(-1000.0)
 
 
 def test_load_dev_slices_reads_every_dicom_sorted(tmp_path):

@@ -5,7 +5,8 @@
 * :func:`load_dev_axial_slices` -- the axial slices of all five dev patients (the 6 axial
   ``dev/dicom`` files and :data:`NATIVE_SLICES` of each ``dev/ct-native`` volume);
   :func:`load_dev_reformats` -- the 12 coronal and sagittal ``dev/dicom`` files, reported apart.
-* :func:`load_train_slices` / :func:`read_slices` -- train/ slices for tuning (never dev/).
+* :func:`load_train_slices` / :func:`read_slices` -- train/ slices for tuning (never dev/);
+  :func:`load_ct_tune_slices` -- :data:`CT_TUNE_SLICES`, train/ slices the shipped prior never saw.
 * :func:`build_cases` -- the protocol simulation of :mod:`tomo.evaluation.simulation` of each
   slice for one standard configuration (noise seed ``seed + index``), with a shared
   :class:`~tomo.methods.ReconProblem` per case so a geometry's projector is built once.
@@ -37,6 +38,8 @@ __all__ = [
     "DEV_DICOM",
     "TV_TUNE_SLICES",
     "DIFFUSION_TUNE_SLICES",
+    "CT_TUNE_SLICES",
+    "load_ct_tune_slices",
     "load_dev_slices",
     "load_dev_axial_slices",
     "load_dev_reformats",
@@ -80,6 +83,16 @@ DIFFUSION_TUNE_SLICES = (
     "train/dicom/covid-ny-sbu-A058062/axial/19001231-084.dcm",
     "train/dicom/covid-ny-sbu-A062055/coronal/19001228-41.dcm",
     "train/dicom/covid-ny-sbu-A027284/sagittal/19001231-081.dcm",
+)
+
+#: (file under train/ct-1.5mm, slice index): chest, abdomen, lung, kidney of 4 patients from 4
+#: scanners. Still train/ data, but the shipped prior was trained on train/dicom only, so these are
+#: unseen by it, closer to what dev/ asks of it than :data:`DIFFUSION_TUNE_SLICES` (which it saw)
+CT_TUNE_SLICES = (
+    ("COVID-CT-MD_normal002.npz", 40),
+    ("CPTAC-PDA_C3L-00189.npz", 17),
+    ("Lung-Fused-CT-Pathology_LungFCP-01-0001.npz", 16),
+    ("C4KC-KiTS_KiTS-00072.npz", 4),
 )
 
 
@@ -182,6 +195,30 @@ def load_train_slices(data_root: str | Path = DEFAULT_DATA_ROOT, entries=TV_TUNE
             path = sorted(path.glob("*.dcm"))[0]
         k = 0 if index is None else index
         out.append(_read(path, k, f"{rel}[{k}]"))
+    return out
+
+
+def load_ct_tune_slices(
+    data_root: str | Path = DEFAULT_DATA_ROOT, entries=CT_TUNE_SLICES, upsample: int = 1
+) -> list[Slice]:
+    """train/ct-1.5mm slices ``(file, slice index)``, named ``"file[index]"``.
+
+    ``upsample`` > 1 interpolates each slice linearly onto a grid that many times finer (pixel
+    spacing divided by it), e.g. 2 for the CT protocol, whose simulation projects on a grid finer
+    than the 256 x 256 reconstruction grid (no inverse crime), as for the 512 x 512 DICOM of dev/.
+    """
+    from skimage.transform import rescale
+
+    root = Path(data_root) / "train" / "ct-1.5mm"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} not found; pass the shared data folder (--data)")
+    out = []
+    for name, index in entries:
+        with np.load(root / name) as z:
+            hu, spacing = z["hu"][index].astype(np.float32), float(z["spacing_mm"][0])
+        if upsample > 1:
+            hu = rescale(hu, upsample, order=1, mode="edge", preserve_range=True, anti_aliasing=False)
+        out.append(Slice(f"{name}[{index}]", hu.astype(np.float32), (spacing / upsample, spacing / upsample)))
     return out
 
 
