@@ -177,3 +177,17 @@ def test_restore_warm_start_options(tiny_prior_dir, disk_png, tmp_path, capsys):
     assert "--start needs a warm start" in capsys.readouterr().err
     assert main(base + ["--task", "inpaint", "--start", "1.5", "-o", str(tmp_path / "e")]) == 2
     assert "--start must lie in (0, 1)" in capsys.readouterr().err
+
+
+def test_restore_final_denoising_option(tiny_prior_dir, disk_png, tmp_path, capsys):
+    base = ["restore", str(disk_png), "--steps", "2", "--size", "32", "--prior", str(tiny_prior_dir)]
+    assert main(base + ["--task", "deblur", "-o", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "'denoise_hu': 30.0" in out and "3 network evaluations" in out  # 2 steps + the denoising
+    assert main(base + ["--task", "deblur", "--denoise-hu", "0", "-o", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "'denoise_hu': 0.0" in out and "2 network evaluations" in out
+    assert main(base + ["--task", "deblur", "--denoise-hu", "-1", "-o", str(tmp_path / "c")]) == 2
+    assert "--denoise-hu must be >= 0" in capsys.readouterr().err
+    assert main(base + ["--task", "deblur", "--method", "dps", "--denoise-hu", "5", "-o", str(tmp_path / "d")]) == 2
+    assert "does not apply to --method dps" in capsys.readouterr().err

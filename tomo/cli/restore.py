@@ -85,6 +85,13 @@ def register(subparsers) -> None:
     )
     sol.add_argument("--eta", type=float, default=None, help="DDS re-noising fraction (default 0.85)")
     sol.add_argument(
+        "--denoise-hu",
+        type=float,
+        default=None,
+        help="DDS: end with one more network evaluation that denoises the result as if it carried "
+        "white noise of this many HU (default: deblur and superres 30, inpaint 10, outpaint 0 = off)",
+    )
+    sol.add_argument(
         "--init",
         choices=("tv", "none"),
         default=None,
@@ -219,6 +226,12 @@ def run(args: argparse.Namespace) -> int:
     if not_applicable:
         raise CommandError(f"{', '.join(not_applicable)} does not apply to --method {args.method}")
     kwargs.update({k: v for k, v in given.items() if v is not None})
+    if args.denoise_hu is not None:
+        if args.method != "dds":
+            raise CommandError(f"--denoise-hu does not apply to --method {args.method}")
+        if args.denoise_hu < 0:
+            raise CommandError(f"--denoise-hu must be >= 0, got {args.denoise_hu}")
+        kwargs["denoise_hu"] = args.denoise_hu
     kwargs.update(warm_start_settings(args, kwargs))
     if args.bf16:
         kwargs["autocast_dtype"] = torch.bfloat16
