@@ -213,17 +213,17 @@ def _fan_16px_60_views():
 
 
 def test_registry_dds_default_tv_weight_follows_views_and_dose(tiny_prior_dir, monkeypatch):
-    """The hybrid data step is on by default with 2.4e-3 / views per half turn, doubled per decade
+    """The hybrid data step is on by default with 1.6e-3 / views per half turn, doubled per decade
     of dose below 1e6; --dds-tv 0 is plain CG; --dds-tv-z reaches the solver and refuses samples."""
     from operators import CTProjector
     from tomo.methods import diffusion as solver_methods
     from tomo.methods.registry import reconstruct
 
     parallel, fan = _parallel_16px(8), _fan_16px_60_views()
-    assert solver_methods.dds_tv_default(parallel) == pytest.approx(3e-4)
-    assert solver_methods.dds_tv_default(parallel, 1e6) == pytest.approx(3e-4)
-    assert solver_methods.dds_tv_default(fan, 1e5) == pytest.approx(1.6e-4)  # 30 views per half turn, x2
-    assert solver_methods.dds_tv_default(fan, 1e2) == pytest.approx(3.2e-4)  # at most x4
+    assert solver_methods.dds_tv_default(parallel) == pytest.approx(2e-4)
+    assert solver_methods.dds_tv_default(parallel, 1e6) == pytest.approx(2e-4)
+    assert solver_methods.dds_tv_default(fan, 1e5) == pytest.approx(1.6e-3 / 30 * 2)  # 30 views per half turn, x2
+    assert solver_methods.dds_tv_default(fan, 1e2) == pytest.approx(1.6e-3 / 30 * 4)  # at most x4
     seen = []
     real = solver_methods.sample_or_mean
     monkeypatch.setattr(solver_methods, "sample_or_mean", lambda *a, **k: seen.append(k) or real(*a, **k))
@@ -232,7 +232,7 @@ def test_registry_dds_default_tv_weight_follows_views_and_dose(tiny_prior_dir, m
     reconstruct(sino, parallel, "dds", **kw)
     reconstruct(sino, parallel, "dds", dds_tv=0.0, **kw)
     reconstruct(sino, parallel, "dds", dds_tv_z=1e-3, batch_size=3, **kw)
-    assert seen[0]["tv_weight"] == pytest.approx(3e-4) and seen[1]["tv_weight"] == 0.0
+    assert seen[0]["tv_weight"] == pytest.approx(2e-4) and seen[1]["tv_weight"] == 0.0
     assert seen[2]["tv_z_weight"] == 1e-3 and "tv_z_weight" not in seen[0]
     with pytest.raises(ValueError, match="samples"):
         reconstruct(sino, parallel, "dds", dds_tv_z=1e-3, samples=2, **kw)
