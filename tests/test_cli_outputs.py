@@ -183,7 +183,8 @@ def test_dds_samples_std_is_the_methods_std_in_hu(volume_scan, tmp_path):
         sf.sinogram, sf.geometry, "dds", i0=sf.i0, batch_size=5, progress=False, return_std=True, **options
     )
     with np.load(out) as d:
-        assert d["std_hu"].shape == (5, 24, 24) and (d["std_hu"] > 0).all()
+        # zero only where every sample was clipped to the same bound (the final denoising clips)
+        assert d["std_hu"].shape == (5, 24, 24) and (d["std_hu"] >= 0).all() and (d["std_hu"] > 0).mean() > 0.3
         np.testing.assert_allclose(d["std_hu"], HU_PER_MU * std.numpy(), rtol=1e-5)
     assert (tmp_path / "d_std.png").is_file()
 

@@ -35,7 +35,7 @@ __all__ = ["MethodFn", "evaluate", "evaluate_registry", "registry_options", "Tas
 #: or ``(mu, std)`` with a posterior standard deviation [H, W] (1/mm; None when there is none)
 MethodFn = Callable[[torch.Tensor, Case], torch.Tensor]
 
-_SOLVER_DEFAULTS = {"dds": DDS_DEFAULTS, "dps": DPS_DEFAULTS}
+_SOLVER_DEFAULTS: dict[str, dict] = {"dds": DDS_DEFAULTS, "dps": DPS_DEFAULTS}
 
 
 def _timed(fn, *args, **kwargs):
