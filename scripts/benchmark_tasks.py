@@ -60,9 +60,7 @@ def _load_prior(path, methods):
 
 def solver_settings(method: str, task: str, args) -> dict:
     """``tomo.methods.image_tasks.SOLVER_DEFAULTS`` with the command line's steps and bf16."""
-    from tomo.methods.image_tasks import SOLVER_DEFAULTS
-
-    settings = dict(SOLVER_DEFAULTS[(method, task)])
+    settings = current_defaults(method, task)
     steps = args.dds_steps if method == "dds" else args.dps_steps
     if steps:
         settings["steps"] = steps

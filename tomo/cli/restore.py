@@ -89,7 +89,7 @@ def register(subparsers) -> None:
         type=float,
         default=None,
         help="DDS: end with one more network evaluation that denoises the result as if it carried "
-        "white noise of this many HU (default: deblur and superres 30, inpaint 10, outpaint 0 = off)",
+        "white noise of this many HU (default: deblur and superres 30, inpaint 10, outpaint 0; 0 = off)",
     )
     sol.add_argument(
         "--init",
@@ -195,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.noise_hu < 0:
         raise CommandError(f"--noise-hu must be >= 0, got {args.noise_hu}")
+    if args.denoise_hu is not None and args.denoise_hu < 0:
+        raise CommandError(f"--denoise-hu must be >= 0, got {args.denoise_hu}")
     stem = args.image.stem if args.image.is_file() else args.image.name
     out_dir: Path = args.output_dir
     kinds = ("degraded", "restored", "reference") + (("spread",) if args.samples > 1 else ())
@@ -221,17 +223,17 @@ def run(args: argparse.Namespace) -> int:
 
     prior = load_prior(args.prior, device=device)
     kwargs: dict[str, Any] = dict(SOLVER_DEFAULTS[(args.method, args.task)])
-    given = {"steps": args.steps, "cg_iterations": args.cg_iterations, "eta": args.eta, "zeta": args.zeta}
+    given = {
+        "steps": args.steps,
+        "cg_iterations": args.cg_iterations,
+        "eta": args.eta,
+        "zeta": args.zeta,
+        "denoise_hu": args.denoise_hu,
+    }
     not_applicable = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None and k not in kwargs]
     if not_applicable:
         raise CommandError(f"{', '.join(not_applicable)} does not apply to --method {args.method}")
     kwargs.update({k: v for k, v in given.items() if v is not None})
-    if args.denoise_hu is not None:
-        if args.method != "dds":
-            raise CommandError(f"--denoise-hu does not apply to --method {args.method}")
-        if args.denoise_hu < 0:
-            raise CommandError(f"--denoise-hu must be >= 0, got {args.denoise_hu}")
-        kwargs["denoise_hu"] = args.denoise_hu
     kwargs.update(warm_start_settings(args, kwargs))
     if args.bf16:
         kwargs["autocast_dtype"] = torch.bfloat16

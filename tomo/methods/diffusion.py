@@ -93,7 +93,8 @@ def _solve(solver, defaults: dict, sinogram: torch.Tensor, problem: ReconProblem
 #: factors that turn the spread of the samples into a calibrated posterior standard deviation, per
 #: solver and standard configuration: with them the interval mean +- 1.645 std holds the truth in
 #: 90 % of the tissue pixels (HU > -900) of the train/ tuning slices, with the defaults (the final
-#: denoising and the TV weight rule of the fourth tuning round included) and ``--samples 4`` (``scripts/benchmark_dds.py --calibration``, docs/solvers.md). The samples alone
+#: denoising and the TV weight rule of the fourth tuning round included) and ``--samples 4``
+#: (``scripts/benchmark_dds.py --calibration``, docs/solvers.md). The samples alone
 #: under-disperse: they share the warm start and the data, so their spread misses most of the error.
 #: DPS has no factor (not measured: 1000 steps per sample are out of reach on a CPU).
 STD_CALIBRATION: dict[str, dict[str, float]] = {

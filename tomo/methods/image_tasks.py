@@ -48,9 +48,9 @@ SOLVERS = ("dds", "dps")
 #: the TV fill at 10 % of the schedule with 25 steps (4 train slices: 36.05 dB against 35.18 from
 #: noise with 50 steps and TV's 34.51; start 0.05 / 0.2 / 0.3 / 0.5: 35.79 / 35.57 / 35.27 /
 #: 34.96): the sample keeps TV's fill where the prior is unsure, e.g. in a coronal slice.
-#: Each ends with the final denoising of :func:`tomo.solvers.dds` (``denoise_hu``, HU), chosen on the 4 train/ct-1.5mm slices unseen by the prior
-#: (off / 10 / 20 / 30 HU: deblur 33.19 / 33.57 / 33.68 / 33.74 dB, superres 30.65 / 30.86 / 30.92 /
-#: 30.96, inpaint 31.60 / 31.62 / 31.54 / 31.42). Outpainting was not tuned and has none.
+#: Each ends with the final denoising of :func:`tomo.solvers.dds` (``denoise_hu``, HU), chosen on
+#: the 4 train/ct-1.5mm slices unseen by the prior (off / 10 / 20 / 30 HU: deblur 33.19 / 33.57 / 33.68 / 33.74 dB, superres 30.65 / 30.86 / 30.92 /
+#: 30.96, inpaint 31.60 / 31.62 / 31.54 / 31.42). Outpainting was not tuned: 0, off.
 SOLVER_DEFAULTS = {
     ("dds", "deblur"): {"steps": 50, "cg_iterations": 5, "eta": 0.85, "spacing": "leading", "denoise_hu": 30.0},
     ("dds", "superres"): {
@@ -70,7 +70,7 @@ SOLVER_DEFAULTS = {
         "start": 0.1,
         "denoise_hu": 10.0,
     },
-    ("dds", "outpaint"): {"steps": 50, "cg_iterations": 1, "eta": 0.85, "spacing": "leading"},
+    ("dds", "outpaint"): {"steps": 50, "cg_iterations": 1, "eta": 0.85, "spacing": "leading", "denoise_hu": 0.0},
 }
 SOLVER_DEFAULTS.update({("dps", task): {"steps": 1000, "zeta": None} for task in TASKS})  # None: 1000 / steps
 
