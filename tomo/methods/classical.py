@@ -13,10 +13,11 @@ from tomo.recon.analytic import FILTERS, fbp_reconstruct
 from tomo.recon.iterative import cgls, sirt
 from tomo.recon.tv import tv_pdhg
 
-from .registry import MethodOption, MethodRegistry, ReconProblem
+from .base import MethodOption, MethodRegistry, ReconProblem
 
 __all__ = [
     "register",
+    "classical_method",
     "poisson_weights",
     "tv_default_weight",
     "effective_views",
@@ -211,6 +212,15 @@ _MODEL_ERROR = MethodOption(
     float,
     f"std floor of the line integrals in the Poisson weights (default {DEFAULT_MODEL_ERROR:g})",
 )
+
+
+def classical_method(name: str):
+    """The run function ``(sinogram, problem, **options) -> mu`` of the classical method ``name``
+    (used as a warm start by the diffusion methods); ``ValueError`` naming the choices."""
+    runs = {"fbp": _run_fbp, "sirt": _run_sirt, "cgls": _run_cgls, "tv": _run_tv}
+    if name not in runs:
+        raise ValueError(f"--init must be a classical method ({', '.join(runs)}), got {name!r}")
+    return runs[name]
 
 
 def register(registry: MethodRegistry) -> None:

@@ -21,8 +21,8 @@ from tomo.solvers import dds, default_zeta, dps, sample_or_mean
 from tomo.solvers.data_terms import batch_measurements
 from tomo.solvers.problem import ModelDomainProblem, affine_problem, model_to_hu_affine
 
-from .classical import DEFAULT_MODEL_ERROR, effective_views
-from .registry import MethodOption, MethodOutput, MethodRegistry, ReconProblem, get_method
+from .base import MethodOption, MethodOutput, MethodRegistry, ReconProblem
+from .classical import DEFAULT_MODEL_ERROR, classical_method, effective_views
 
 __all__ = [
     "register",
@@ -128,9 +128,7 @@ def std_calibration(solver: str, geometry) -> float:
 def warm_start_image(method: str, sinogram: torch.Tensor, problem: ReconProblem, ct) -> torch.Tensor:
     """The registered ``method``'s reconstruction of ``sinogram`` [B, views, detectors] in the prior's
     model range [B, 1, H, W] (``ct``: the :func:`ct_problem` that maps model range to 1/mm)."""
-    if method in ("dds", "dps"):
-        raise ValueError(f"--init must be a classical method (fbp, sirt, cgls, tv), got {method!r}")
-    mu = get_method(method).run(sinogram, problem)
+    mu = classical_method(method)(sinogram, problem)
     return ((mu - ct.offset) / ct.scale)[:, None]
 
 
