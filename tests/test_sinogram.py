@@ -202,3 +202,71 @@ def test_file_written_by_plain_astra_is_read_and_reproduced(tmp_path, kind):
     reproduced = CTProjector(f.geometry)(torch.from_numpy(image)).numpy()
     err = np.abs(reproduced - sino).max() / np.abs(sino).max()
     assert err < 1e-5, f"projector differs from the ASTRA-written sinogram by {err:.2e} (relative max)"
+
+
+# ----------------------------------------------------------------------------- placement fields
+
+_OBLIQUE = np.array([1.0, 0.0, 0.0, 0.0, np.cos(0.3), -np.sin(0.3)])  # a coronal-ish tilt of the column axis
+
+
+def test_placement_fields_round_trip_and_streaming_source_sees_them(tmp_path):
+    from tomo.io.sinogram import open_sinogram, recorded_placement
+
+    g = _parallel()
+    positions = np.array([[-11.25, -11.25, 5.0 + 2.5 * k] for k in range(3)])
+    d = _valid_arrays(g, slices=3)
+    path = save_sinogram(
+        tmp_path / "p.npz", d["sinogram"], g, slice_spacing_mm=2.5, orientation=_OBLIQUE, positions_mm=positions
+    )
+    f = load_sinogram(path)
+    assert f.slice_spacing_mm == 2.5 and f.extra_keys == ()
+    np.testing.assert_array_equal(f.orientation, _OBLIQUE)
+    np.testing.assert_array_equal(f.positions_mm, positions)
+    with open_sinogram(path) as src:
+        assert src.slice_spacing_mm == 2.5
+        np.testing.assert_array_equal(src.positions_mm, positions)
+        ref = recorded_placement(src)
+    assert ref.hu.shape == (3, 16, 16) and ref.hu.strides == (0, 0, 0)  # no memory held
+    assert ref.pixel_spacing_mm == (1.5, 1.5) and ref.slice_spacing_mm == 2.5
+    np.testing.assert_allclose(ref.orientation, _OBLIQUE)
+
+
+def test_files_without_placement_keep_loading(tmp_path):
+    from tomo.io.sinogram import recorded_placement
+
+    g = _parallel()
+    path = save_sinogram(tmp_path / "old.npz", _valid_arrays(g)["sinogram"], g)
+    with np.load(path) as z:
+        assert not {"slice_spacing_mm", "orientation", "positions_mm"} & set(z.files)
+    f = load_sinogram(path)
+    assert f.slice_spacing_mm is None and f.orientation is None and f.positions_mm is None
+    assert recorded_placement(f) is None
+
+
+def test_spacing_from_positions_when_only_positions_are_recorded(tmp_path):
+    from tomo.io.sinogram import recorded_placement
+
+    g = _parallel()
+    positions = np.array([[0.0, 0.0, 3.0 * k] for k in range(4)])
+    f = SinogramFile(_valid_arrays(g, 4)["sinogram"], g, orientation=[1, 0, 0, 0, 1, 0], positions_mm=positions)
+    assert recorded_placement(f).slice_spacing_mm == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(slice_spacing_mm=0.0), "slice_spacing_mm must be a finite distance"),
+        (dict(slice_spacing_mm="thin"), "slice_spacing_mm must be a single number"),
+        (dict(orientation=[1, 0, 0, 0, 1, 0]), "go together"),
+        (dict(orientation=[1, 0, 0, 1, 0, 0], positions_mm=np.zeros((2, 3))), "perpendicular unit vectors"),
+        (dict(orientation=[1, 0, 0, 0, 1], positions_mm=np.zeros((2, 3))), "6 finite direction cosines"),
+        (dict(orientation=[1, 0, 0, 0, 1, 0], positions_mm=np.zeros((3, 3))), r"positions_mm must be finite \[2, 3\]"),
+    ],
+)
+def test_bad_placement_fields_are_refused_on_save_and_load(tmp_path, fields, message):
+    g = _parallel()
+    d = _valid_arrays(g, slices=2)
+    with pytest.raises(SinogramFormatError, match=message):
+        SinogramFile(d["sinogram"], g, **fields)
+    with pytest.raises(SinogramFormatError, match=message):
+        load_sinogram(_write(tmp_path, {**d, **{k: np.asarray(v) for k, v in fields.items()}}))

@@ -136,8 +136,8 @@ def _config(args):
     return SimulationConfig(args.geometry, args.views, args.i0)
 
 
-def _load_source(args) -> tuple[np.ndarray, float, str]:
-    """HU ``[slices, H, W]``, pixel spacing (mm) and a provenance string."""
+def _load_source(args) -> tuple[np.ndarray, float, str, tuple | None]:
+    """HU ``[slices, H, W]``, pixel spacing (mm), a provenance string and (volume, slice indices)."""
     from operators.units import mu_to_hu
 
     if args.source in PHANTOMS:
@@ -149,7 +149,7 @@ def _load_source(args) -> tuple[np.ndarray, float, str]:
         check_memory(_PHANTOM_COPIES * 4 * size * size, f"a {size} x {size} phantom", "use a smaller --phantom-size")
         spacing = args.phantom_fov / size
         hu = mu_to_hu(shepp_logan((size, size), spacing).numpy())[None]
-        return hu, spacing, f"phantom {args.source} {size}x{size} at {spacing:.4g} mm"
+        return hu, spacing, f"phantom {args.source} {size}x{size} at {spacing:.4g} mm", None
     path = Path(args.source)
     if not path.exists():
         raise FileNotFoundError(f"SOURCE {path} is neither a file/folder nor a phantom ({', '.join(PHANTOMS)})")
@@ -161,7 +161,40 @@ def _load_source(args) -> tuple[np.ndarray, float, str]:
         raise CommandError(f"{path}: pixels are not square ({rows} x {cols} mm); the protocol needs square pixels")
     idx = parse_slices(args.slices, vol.hu.shape[0])
     what = f"{path} slices {args.slices}" if args.slices != "all" else f"{path} ({len(idx)} slices)"
-    return vol.hu[idx], float(rows), what
+    return vol.hu[idx], float(rows), what, (vol, idx)
+
+
+def record_placement(sf, volume, indices: list[int]) -> None:
+    """Record where the simulated slices lie in patient space in the sinogram file ``sf``.
+
+    Sets ``sf.orientation`` (the volume's), ``sf.positions_mm`` (the first pixel centre of each
+    slice on the reconstruction grid, LPS mm) and ``sf.slice_spacing_mm`` (the plane distance of
+    the selected slices; the volume's for one slice), so that ``tomo reconstruct`` writes NIfTI
+    or DICOM in place with no ``--reference`` (docs/reconstruction.md, "Sinogram file").
+
+    The reconstruction grid covers the slice padded with air to a square (symmetrically, as
+    :func:`tomo.evaluation.simulation.simulate_volume` pads it) and shares its centre.
+    """
+    o = np.asarray(volume.orientation, dtype=float)
+    row_dir, col_dir = o[:3], o[3:]
+    h, w = volume.hu.shape[1:]
+    n = max(h, w)
+    top, left = (n - h) // 2, (n - w) // 2
+    ps_row, ps_col = volume.pixel_spacing_mm
+    positions = np.asarray(volume.positions, dtype=float)[indices]
+    # centre of the padded square: (n - 1) / 2 pixels from its first pixel, which lies
+    # ``top`` rows and ``left`` columns before the slice's first pixel
+    centre = positions + ((n - 1) / 2 - left) * ps_col * row_dir + ((n - 1) / 2 - top) * ps_row * col_dir
+    g = sf.geometry
+    rows, cols = g.image_shape
+    p = g.pixel_spacing_mm
+    sf.orientation = o
+    sf.positions_mm = centre - (cols - 1) / 2 * p * row_dir - (rows - 1) / 2 * p * col_dir
+    spacing = volume.slice_spacing_mm
+    if len(indices) > 1:
+        steps = np.abs(np.diff(positions @ volume.normal))
+        spacing = float(np.median(steps)) if np.median(steps) > 0 else None
+    sf.slice_spacing_mm = spacing
 
 
 #: float32/float64 copies of a phantom while it is made and converted
@@ -217,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     if args.grid is not None and args.grid < 2:
         raise CommandError(f"--grid must be >= 2, got {args.grid}")
     config = _config(args)
-    hu, spacing, what = _load_source(args)
+    hu, spacing, what, located = _load_source(args)
     _check_simulation_memory(hu.shape, config, args.grid)
     single = hu.shape[0] == 1
     sf = simulate_volume(
@@ -230,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
         description=None,
     )
     sf.description = f"tomo simulate {what}: {sf.description}"
+    if located is not None:
+        record_placement(sf, *located)
     save_sinogram(out, sf, overwrite=args.overwrite)
     g = sf.geometry
     print(

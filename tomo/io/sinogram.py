@@ -15,7 +15,17 @@ Keys (a public contract; outside tools may write these files too):
 ``i0``                    optional: photons per detector bin of the (simulated) scan
 ``hu_reference``          optional: ground truth in HU, float32 [H, W] or [slices, H, W]
 ``description``           optional: free text
+``slice_spacing_mm``      optional: distance between slice planes [mm] (for NIfTI/DICOM output)
+``orientation``           optional: float [6], DICOM ImageOrientationPatient of the slices (LPS
+                          direction cosines of a row, then of a column)
+``positions_mm``          optional: float [slices, 3], DICOM ImagePositionPatient (LPS, mm) of
+                          the first pixel centre of each slice *of the reconstruction grid*;
+                          given together with ``orientation``
 ========================  =====================================================================
+
+``tomo simulate`` records the last three from a volume with patient geometry, so that
+``tomo reconstruct`` writes NIfTI (and DICOM) output in place without ``--reference`` or
+``--slice-spacing``; :func:`recorded_placement` turns them into the reference volume the writers take.
 
 The geometry keys are converted by :func:`geometry_to_fields` and :func:`geometry_from_fields`, so any file made with ASTRA's
 ``create_proj_geom``/``create_sino`` on a volume geometry in mm reads correctly.
@@ -52,12 +62,16 @@ __all__ = [
     "geometry_name",
     "REQUIRED_KEYS",
     "OPTIONAL_KEYS",
+    "PLACEMENT_KEYS",
+    "recorded_placement",
 ]
 
 #: keys every file has (fan beam adds ``source_origin_mm`` and ``origin_detector_mm``)
 REQUIRED_KEYS = ("sinogram", "angles", "geometry", "detector_spacing_mm", "pixel_spacing_mm", "image_shape")
 FANBEAM_KEYS = ("source_origin_mm", "origin_detector_mm")
 OPTIONAL_KEYS = ("i0", "hu_reference", "description")
+#: optional keys placing the slices in patient space (for NIfTI and DICOM output)
+PLACEMENT_KEYS = ("slice_spacing_mm", "orientation", "positions_mm")
 
 
 #: the file's ``geometry`` value of each geometry class
@@ -174,6 +188,13 @@ class SinogramFile:
         Ground truth in HU on the reconstruction grid, for scoring.
     description : str or None
         Free text (provenance).
+    slice_spacing_mm : float or None
+        Distance between slice planes [mm], if known.
+    orientation : np.ndarray or None, float64 [6]
+        ImageOrientationPatient (LPS row cosines, then column cosines), if known.
+    positions_mm : np.ndarray or None, float64 [slices, 3]
+        ImagePositionPatient (LPS, mm) of each slice's first pixel centre on the reconstruction
+        grid; given together with ``orientation``.
     """
 
     sinogram: np.ndarray
@@ -182,6 +203,9 @@ class SinogramFile:
     hu_reference: np.ndarray | None = None
     description: str | None = None
     extra_keys: tuple = field(default=(), repr=False)
+    slice_spacing_mm: float | None = None
+    orientation: np.ndarray | None = None
+    positions_mm: np.ndarray | None = None
 
     def __post_init__(self):
         _validate(self)
@@ -250,6 +274,74 @@ def _validate(f: SinogramFile, source=None) -> None:
         f.hu_reference = np.ascontiguousarray(ref)
     if f.description is not None:
         f.description = str(np.asarray(f.description).item()) if np.ndim(f.description) == 0 else str(f.description)
+    _validate_placement(f, sino.shape[0] if sino.ndim == 3 else 1, source)
+
+
+def _validate_placement(f, num_slices: int, source) -> None:
+    """Check and normalise ``slice_spacing_mm``, ``orientation`` and ``positions_mm`` of ``f``."""
+    spacing = getattr(f, "slice_spacing_mm", None)
+    if spacing is not None:
+        try:
+            spacing = float(np.asarray(spacing).item())
+        except (TypeError, ValueError):
+            raise _err(source, f"slice_spacing_mm must be a single number of mm, got {spacing!r}") from None
+        if not (math.isfinite(spacing) and spacing > 0):
+            raise _err(source, f"slice_spacing_mm must be a finite distance > 0 mm, got {spacing}")
+        f.slice_spacing_mm = spacing
+    orientation, positions = getattr(f, "orientation", None), getattr(f, "positions_mm", None)
+    if (orientation is None) != (positions is None):
+        raise _err(source, "orientation and positions_mm go together: give both or neither")
+    if orientation is None:
+        return
+    o = np.asarray(orientation)
+    if o.dtype.kind not in "fiu" or o.shape != (6,) or not np.isfinite(o).all():
+        raise _err(source, f"orientation must be 6 finite direction cosines, got {o.dtype} shape {o.shape}")
+    o = o.astype(np.float64)
+    row, col = o[:3], o[3:]
+    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
+        raise _err(source, f"orientation {o.tolist()} is not two perpendicular unit vectors")
+    pos = np.asarray(positions)
+    if pos.dtype.kind not in "fiu" or pos.shape != (num_slices, 3) or not np.isfinite(pos).all():
+        raise _err(
+            source, f"positions_mm must be finite [{num_slices}, 3] mm (one per slice), got {pos.dtype} {pos.shape}"
+        )
+    f.orientation, f.positions_mm = o, pos.astype(np.float64)
+
+
+def recorded_placement(f: SinogramFile | SinogramSource):
+    """The patient placement a file records, as the reference volume the NIfTI/DICOM writers take.
+
+    Parameters
+    ----------
+    f : SinogramFile or SinogramSource
+
+    Returns
+    -------
+    tomo.io.volume.CTVolume or None
+        None when the file has no ``orientation``/``positions_mm``. Otherwise a volume of the
+        reconstruction grid's shape [slices, rows, cols] holding no data (``hu`` is a read-only
+        broadcast zero), with the grid's pixel spacing, the recorded orientation and positions,
+        and ``slice_spacing_mm`` (recorded, else from the positions); no DICOM header.
+    """
+    from .volume import CTVolume
+
+    if f.orientation is None or f.positions_mm is None:
+        return None
+    positions = np.asarray(f.positions_mm, dtype=np.float64)
+    orientation = np.asarray(f.orientation, dtype=np.float64)
+    spacing = f.slice_spacing_mm
+    if spacing is None and len(positions) > 1:
+        normal = np.cross(orientation[:3], orientation[3:])
+        spacing = float(np.median(np.abs(np.diff(positions @ normal)))) or None
+    p = float(f.geometry.pixel_spacing_mm)
+    rows, cols = (int(v) for v in f.geometry.image_shape)
+    return CTVolume(
+        hu=np.broadcast_to(np.float32(0), (len(positions), rows, cols)),
+        pixel_spacing_mm=(p, p),
+        slice_spacing_mm=spacing,
+        positions=positions,
+        orientation=tuple(float(v) for v in orientation),
+    )
 
 
 def save_sinogram(
@@ -260,6 +352,9 @@ def save_sinogram(
     i0: float | None = None,
     hu_reference: np.ndarray | None = None,
     description: str | None = None,
+    slice_spacing_mm: float | None = None,
+    orientation=None,
+    positions_mm=None,
     overwrite: bool = False,
 ) -> Path:
     """Write a sinogram exchange file.
@@ -273,7 +368,7 @@ def save_sinogram(
         line integrals) together with ``geometry`` and the optional fields.
     geometry : ParallelBeam2D or FanBeam2D
         Needed when ``data`` is an array.
-    i0, hu_reference, description
+    i0, hu_reference, description, slice_spacing_mm, orientation, positions_mm
         Optional fields (see :class:`SinogramFile`), used when ``data`` is an array.
     overwrite : bool
         Replace an existing file (atomically: written to a temporary file first).
@@ -286,14 +381,30 @@ def save_sinogram(
     if path.suffix != ".npz":
         raise ValueError(f"sinogram files end in .npz, got {path}")
     if isinstance(data, SinogramFile):
-        if geometry is not None or i0 is not None or hu_reference is not None or description is not None:
+        placement = (slice_spacing_mm, orientation, positions_mm)
+        if (
+            geometry is not None
+            or i0 is not None
+            or hu_reference is not None
+            or description is not None
+            or any(v is not None for v in placement)
+        ):
             raise TypeError("pass either a SinogramFile or an array with geometry/i0/..., not both")
         f = data
         _validate(f)
     else:
         if geometry is None:
             raise TypeError("save_sinogram needs geometry= when data is an array")
-        f = SinogramFile(np.asarray(data), geometry, i0=i0, hu_reference=hu_reference, description=description)
+        f = SinogramFile(
+            np.asarray(data),
+            geometry,
+            i0=i0,
+            hu_reference=hu_reference,
+            description=description,
+            slice_spacing_mm=slice_spacing_mm,
+            orientation=orientation,
+            positions_mm=positions_mm,
+        )
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
     if not path.parent.is_dir():
@@ -307,6 +418,10 @@ def save_sinogram(
         arrays["hu_reference"] = f.hu_reference
     if f.description is not None:
         arrays["description"] = np.str_(f.description)
+    if f.slice_spacing_mm is not None:
+        arrays["slice_spacing_mm"] = np.float64(f.slice_spacing_mm)
+    if f.orientation is not None and f.positions_mm is not None:
+        arrays["orientation"], arrays["positions_mm"] = f.orientation, f.positions_mm
     with atomic_file(path, overwrite=overwrite) as fh:
         np.savez_compressed(fh, **arrays)
     return path
@@ -330,13 +445,29 @@ class SinogramSource:
     has_reference : bool
         Whether the file holds ``hu_reference``.
     extra_keys : tuple of str
+    slice_spacing_mm, orientation, positions_mm
+        The optional placement fields, or None (see :class:`SinogramFile`).
     """
 
-    def __init__(self, archive: NpzArchive, geometry, shape, i0, description, has_reference, extra_keys):
+    def __init__(
+        self,
+        archive: NpzArchive,
+        geometry,
+        shape,
+        i0,
+        description,
+        has_reference,
+        extra_keys,
+        *,
+        slice_spacing_mm: float | None = None,
+        orientation: np.ndarray | None = None,
+        positions_mm: np.ndarray | None = None,
+    ):
         self._archive = archive
         self.path = archive.path
         self.geometry, self.shape, self.i0 = geometry, tuple(shape), i0
         self.description, self.has_reference, self.extra_keys = description, has_reference, extra_keys
+        self.slice_spacing_mm, self.orientation, self.positions_mm = slice_spacing_mm, orientation, positions_mm
 
     @property
     def is_volume(self) -> bool:
@@ -386,6 +517,11 @@ class SinogramSource:
             self.i0,
             self.description,
         )
+        out.slice_spacing_mm, out.orientation, out.positions_mm = (
+            self.slice_spacing_mm,
+            self.orientation,
+            self.positions_mm,
+        )
         out.sinogram = arch.read("sinogram", f"the sinogram {list(self.shape)}")
         out.hu_reference = arch.read("hu_reference", "hu_reference") if self.has_reference else None
         _validate(out, source=self.path)
@@ -425,7 +561,8 @@ def _open(arch: NpzArchive) -> SinogramSource:
     sino = arch.member("sinogram")
     for key in keys - {"sinogram", "hu_reference"}:  # the small fields: a few numbers or a string
         m = arch.member(key)
-        if m.nbytes > max(64 * sino.shape[-2] if len(sino.shape) >= 2 else 0, 1 << 16):
+        per_slice = 32 * sino.shape[0] if key == "positions_mm" and len(sino.shape) == 3 else 0  # [slices, 3]
+        if m.nbytes > max(64 * sino.shape[-2] if len(sino.shape) >= 2 else 0, 1 << 16, per_slice):
             raise _err(path, f"field {key!r} is {list(m.shape)} {m.dtype}: too large for a sinogram-file field")
     d = {k: arch.read(k) for k in keys - {"sinogram", "hu_reference"}}
     kind = d["geometry"]
@@ -463,8 +600,21 @@ def _open(arch: NpzArchive) -> SinogramSource:
     probe.geometry, probe.sinogram, probe.hu_reference = geometry, np.zeros(sino.shape[-2:], np.float32), None
     probe.i0, probe.description = d.get("i0"), None if desc is None else str(desc)
     _validate(probe, source=path)
-    extra = tuple(sorted(keys - set(REQUIRED_KEYS) - set(FANBEAM_KEYS) - set(OPTIONAL_KEYS)))
-    return SinogramSource(arch, geometry, sino.shape, probe.i0, probe.description, has_reference, extra)
+    probe.slice_spacing_mm, probe.orientation, probe.positions_mm = (d.get(k) for k in PLACEMENT_KEYS)
+    _validate_placement(probe, sino.shape[0] if len(sino.shape) == 3 else 1, path)
+    extra = tuple(sorted(keys - set(REQUIRED_KEYS) - set(FANBEAM_KEYS) - set(OPTIONAL_KEYS) - set(PLACEMENT_KEYS)))
+    return SinogramSource(
+        arch,
+        geometry,
+        sino.shape,
+        probe.i0,
+        probe.description,
+        has_reference,
+        extra,
+        slice_spacing_mm=probe.slice_spacing_mm,
+        orientation=probe.orientation,
+        positions_mm=probe.positions_mm,
+    )
 
 
 def load_sinogram(path: str | os.PathLike) -> SinogramFile:
