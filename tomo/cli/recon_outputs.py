@@ -1,0 +1,165 @@
+"""``tomo reconstruct``'s output plan: the paths ``--out`` stands for, checked before any work.
+
+``OUT.npz`` (with ``OUT.png`` and ``OUT_std.png``), ``OUT.nii[.gz]`` (with ``OUT_std.nii[.gz]``
+and the previews), or a DICOM folder ``OUT`` (with ``OUT_std``) beside ``--reference``; and the
+reference volume and NIfTI slice spacing those outputs need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tomo.cli.main import CommandError
+
+if TYPE_CHECKING:
+    from tomo.cli.recon_partial import PartialRun
+    from tomo.io.sinogram import SinogramSource
+    from tomo.io.volume import CTVolume
+
+
+@dataclass
+class Outputs:
+    """Where a run writes.
+
+    Attributes
+    ----------
+    kind : str
+        ``"npz"``, ``"nifti"`` or ``"dicom"``.
+    main : Path
+        The image: ``.npz`` file, ``.nii[.gz]`` file or DICOM folder.
+    std : Path or None
+        The posterior standard deviation beside it (NIfTI file or DICOM folder); None for
+        ``.npz`` (it holds ``std_hu``).
+    preview, std_preview : Path or None
+        PNG figures (none for DICOM or with ``--no-preview``).
+    """
+
+    kind: str
+    main: Path
+    std: Path | None
+    preview: Path | None
+    std_preview: Path | None
+
+
+@dataclass
+class Setup:
+    """What rank 0 prepared before any reconstruction (the other ranks get ``shared()``)."""
+
+    options: dict
+    outputs: Outputs
+    source: SinogramSource  # open
+    reference: CTVolume | None
+    slice_spacing: float | None
+    partial: PartialRun
+    todo: list[int]
+
+    def shared(self) -> dict:
+        return {"manifest": self.partial.manifest, "folder": str(self.partial.folder), "todo": self.todo}
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".npz"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def plan_outputs(args, expects_std: bool) -> Outputs:
+    """The output paths of ``--out``; refuse the input, a wrong suffix, or existing outputs."""
+    from tomo.io.nifti import is_nifti_path
+
+    out: Path = args.out
+    if out.resolve() == args.file.resolve():
+        raise CommandError("--out is the input file; refusing to overwrite the input")
+    stem = _stem(out)
+    if is_nifti_path(out):
+        require_nibabel()  # before the reconstruction, not after it
+        suffix = out.name[len(stem) :]
+        outputs = Outputs(
+            "nifti",
+            out,
+            out.with_name(f"{stem}_std{suffix}"),
+            out.with_name(f"{stem}.png"),
+            out.with_name(f"{stem}_std.png"),
+        )
+    elif args.dicom_reference is not None:
+        if out.suffix == ".npz":
+            raise CommandError(
+                "with --reference, --out is a folder for the DICOM series (or an .nii/.nii.gz file), not an .npz"
+            )
+        outputs = Outputs("dicom", out, out.with_name(f"{out.name}_std"), None, None)
+    elif out.suffix == ".npz":
+        outputs = Outputs("npz", out, None, out.with_suffix(".png"), out.with_name(f"{stem}_std.png"))
+    else:
+        raise CommandError(f"--out must end in .npz, .nii or .nii.gz (or give --reference for DICOM), got {out}")
+    if args.slice_spacing is not None and (outputs.kind != "nifti" or not args.slice_spacing > 0):
+        raise CommandError("--slice-spacing takes a positive number of mm and applies to NIfTI output only")
+    if args.no_preview:
+        outputs.preview = outputs.std_preview = None
+    refuse_existing(outputs, expects_std, args.overwrite)
+    return outputs
+
+
+def require_nibabel() -> None:
+    from tomo.io.nifti import NiftiDependencyError
+
+    try:
+        import nibabel  # noqa: F401
+    except ImportError:
+        raise NiftiDependencyError(
+            "NIfTI output needs nibabel: pip install tomo-ct[nifti] (or pip install "
+            "'nibabel>=5'), or write --out OUT.npz"
+        ) from None
+
+
+def refuse_existing(outputs: Outputs, expects_std: bool, overwrite: bool) -> None:
+    paths = [outputs.main, outputs.preview] + ([outputs.std, outputs.std_preview] if expects_std else [])
+    for path in paths:
+        if path is None or overwrite:
+            continue
+        if outputs.kind == "dicom" and path.is_dir():
+            if any(path.iterdir()):
+                raise FileExistsError(f"{path} exists and is not empty; pass --overwrite to replace it")
+        elif path.exists():
+            raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    if not outputs.main.parent.is_dir():
+        raise FileNotFoundError(f"folder {outputs.main.parent} does not exist")
+
+
+def read_reference(args, sf):
+    """Read the reference volume and check it matches the sinogram's slices and field of view."""
+    from tomo.io.volume import read_volume
+
+    vol = read_volume(args.dicom_reference, series_uid=args.series)
+    if vol.hu.shape[0] != sf.num_slices:
+        raise CommandError(
+            f"--reference has {vol.hu.shape[0]} slices but the sinogram {sf.num_slices}; "
+            f"give the series (or the single file) the sinogram was simulated from"
+        )
+    rows, cols = vol.hu.shape[1:]
+    ref_fov = max(rows * vol.pixel_spacing_mm[0], cols * vol.pixel_spacing_mm[1])
+    fov = sf.geometry.image_shape[0] * sf.geometry.pixel_spacing_mm
+    if abs(ref_fov - fov) > 0.01 * fov:
+        raise CommandError(f"field of view mismatch: reconstruction {fov:.1f} mm, --reference {ref_fov:.1f} mm")
+    return vol
+
+
+def nifti_slice_spacing(args, source, reference) -> float:
+    """Distance between the NIfTI's slices, mm: --slice-spacing, else the reference's."""
+    if args.slice_spacing is not None:
+        return float(args.slice_spacing)
+    if reference is not None:
+        if reference.slice_spacing_mm:
+            return float(reference.slice_spacing_mm)
+        thickness = reference.header.get("SliceThickness") if reference.header is not None else None
+        if thickness:
+            return float(thickness)
+    if source.num_slices == 1:
+        return float(source.geometry.pixel_spacing_mm)  # one slice, nothing known: a cubic voxel
+    raise CommandError(
+        "the sinogram file does not record the distance between slices: give --slice-spacing MM "
+        "or --reference VOLUME (the series it was simulated from) for NIfTI output"
+    )
