@@ -33,7 +33,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from .resources import MemoryBudgetError, check_memory, format_bytes
-from .volume import CTVolume, VolumeReadError
+from .volume_types import CTVolume, VolumeReadError
 
 __all__ = ["SeriesInfo", "SeriesScan", "SkippedFile", "DicomReadError", "find_series", "read_series", "CT_SOP_CLASSES"]
 

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from tomo.io.atomic import atomic_folder
-from tomo.io.volume import CTVolume, spacing_pair
+from tomo.io.volume_types import CTVolume, spacing_pair
 
 __all__ = ["write_series", "choose_rescale", "default_series_number"]
 

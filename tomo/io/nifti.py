@@ -40,7 +40,7 @@ import numpy as np
 
 from .atomic import atomic_file
 from .resources import check_memory
-from .volume import CTVolume, VolumeReadError, spacing_pair
+from .volume_types import CTVolume, VolumeReadError, spacing_pair
 
 if TYPE_CHECKING:
     import nibabel

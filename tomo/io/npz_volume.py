@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .npzfile import NpzArchive
-from .volume import CTVolume, VolumeReadError
+from .volume_types import CTVolume, VolumeReadError
 
 __all__ = ["read_npz_volume"]
 

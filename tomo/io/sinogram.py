@@ -323,7 +323,7 @@ def recorded_placement(f: SinogramFile | SinogramSource):
         broadcast zero), with the grid's pixel spacing, the recorded orientation and positions,
         and ``slice_spacing_mm`` (recorded, else from the positions); no DICOM header.
     """
-    from .volume import CTVolume
+    from .volume_types import CTVolume
 
     if f.orientation is None or f.positions_mm is None:
         return None
