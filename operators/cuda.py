@@ -184,6 +184,9 @@ def astra_geometries_2d(g, batch: int, orient: dict) -> tuple:
     """
     import astra
 
+    if getattr(g, "detector_offset_mm", 0.0) != 0.0:  # the vectors below assume a centred detector
+        raise ValueError("the CUDA backend does not support detector_offset_mm; use backend='matrix'")
+
     h, w = g.image_shape
     p = g.pixel_spacing_mm
     vol_geom = astra.create_vol_geom(

@@ -13,9 +13,30 @@ on the geometry's image grid. Steps:
    torch (gather), scaled by the angular step; fan beam adds the ``1 / U^2`` distance weight,
    ``U = (D + l) / D`` with ``l`` the pixel's distance from the axis towards the detector.
 
-Scaling: parallel beam assumes the views cover ``[0, pi)`` uniformly (step ``pi / V``); fan beam
-assumes a full ``2 pi`` scan (step ``2 pi / V`` and the factor 1/2 for the double coverage). A
-warning is issued for angle sets that do not cover that range.
+Any angle set: each ray ``(view v, bin j)`` is multiplied, before filtering, by a weight
+``w[v, j] = dbeta[v] * r[v, j]`` (:func:`ray_weights`):
+
+* ``dbeta[v]`` is the view's angular quadrature weight (radians): half the angle to each
+  neighbouring view on the circle, so non-uniform angle sets are integrated correctly; a gap
+  wider than 3 x the median step counts as missing data, and a view beside it gets half a median
+  step on that side;
+* ``r[v, j]`` is the redundancy weight. A line is measured again by the conjugate ray
+  (parallel: angle ``theta + pi``, bin ``-t``; fan beam: ``beta + pi - 2 gamma``, fan angle
+  ``-gamma``). With ``s(beta)`` a smooth window that is 1 inside the scanned arcs and falls to 0
+  (``sin^2``) over a width ``T`` at their ends, ``r = s(beta) / (s(beta) + s(beta'))``, so the
+  weights of every measured line add to 1. For a full turn ``s = 1`` everywhere and ``r = 1/2``
+  (the classical factor); for a fan-beam short scan over ``pi + fan angle`` this is a smooth
+  Parker weighting (Parker 1982; normalised-window form as in Silver 2000); for a parallel half
+  turn ``r = 1``. ``T`` is the full fan angle (at least 4 median steps) for fan beam and
+  ``max(4 steps, 10 degrees)`` for parallel beam.
+
+A uniform full turn (either geometry) and a uniform parallel half turn get exactly the previous
+constant scale (``2 pi / V * 1/2`` and ``pi / V``). Where lines through the image were never
+measured (limited angle), no weighting can supply them: :class:`FBP` then warns with the
+fraction of unmeasured lines and the largest missing wedge of directions.
+
+A ``detector_offset_mm`` of the geometry (centre of rotation off the detector centre) shifts the
+detector coordinates of the bins.
 
 Everything is torch: gradients flow to the sinogram, it runs on whatever device the sinogram is
 on, and any leading batch dimensions are kept (``[..., views, detectors] -> [..., H, W]``).
@@ -33,7 +54,7 @@ from .base import check_tensor
 from .geometry import FanBeam2D, ParallelBeam2D, _Beam2D
 from .settings import settings, torch_threads
 
-__all__ = ["fbp", "FBP", "FILTERS", "filter_response"]
+__all__ = ["fbp", "FBP", "FILTERS", "filter_response", "ray_weights", "missing_lines"]
 
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
 _ALIASES = {
@@ -111,11 +132,153 @@ def _pixel_coordinates(geometry: _Beam2D, dtype, device):
     return xx.reshape(-1), yy.reshape(-1)
 
 
-def _covers_uniformly(angles: np.ndarray, period: float) -> bool:
-    """True if ``angles`` (mod ``period``) leave no gap larger than twice the mean spacing."""
-    a = np.sort(np.mod(angles, period))
-    gaps = np.diff(np.concatenate([a, [a[0] + period]]))
-    return bool(gaps.max() <= 2.0 * period / a.size + 1e-6)
+#: a gap between neighbouring views wider than this many median steps is missing data
+_GAP_FACTOR = 3.0
+#: lines counted as unmeasured above this fraction make FBP warn (limited angle)
+_MISSING_TOLERANCE = 1e-3
+
+
+def _circle_arcs(angles: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """Angular quadrature of views on the circle ``[0, 2 pi)`` and the arcs they cover.
+
+    Returns
+    -------
+    dbeta : np.ndarray [V]
+        Quadrature weight of each view (radians): half the angle to each neighbour; beside a
+        missing gap (wider than ``_GAP_FACTOR`` median steps) the view's step on its other side
+        counts instead.
+    step : float
+        Median spacing of distinct neighbouring views (radians).
+    arcs : np.ndarray [K, 2]
+        Covered arcs ``(start, end)`` on the unwrapped circle, each extended by half the local
+        step at both ends; empty when the views cover the whole circle.
+    """
+    two_pi = 2 * np.pi
+    a = np.mod(angles, two_pi)
+    order = np.argsort(a, kind="stable")
+    b = a[order]
+    gaps = np.diff(np.concatenate([b, [b[0] + two_pi]]))  # gaps[k]: from view k to view k + 1
+    positive = gaps[gaps > 1e-9]
+    step = float(np.median(positive)) if positive.size else two_pi
+    missing = gaps > _GAP_FACTOR * step
+    # beside a missing gap a view gets the step on its other side (its local spacing)
+    inner = np.where(missing, np.where(np.roll(missing, 1), step, np.roll(gaps, 1)), gaps)
+    prev_inner = np.where(np.roll(missing, 1), np.where(missing, step, gaps), np.roll(gaps, 1))
+    dbeta_sorted = 0.5 * (inner + prev_inner)
+    dbeta = np.empty_like(dbeta_sorted)
+    dbeta[order] = dbeta_sorted
+    if not missing.any():
+        return dbeta, step, np.zeros((0, 2))
+    ends = np.flatnonzero(missing)  # arc ends at b[k]; the next arc starts at b[k + 1]
+    arcs = []
+    for i, k in enumerate(ends):
+        k_prev = ends[i - 1]
+        first = (k_prev + 1) % b.size
+        start, end = b[first], b[k]
+        if end < start or (end == start and first != k):
+            end += two_pi
+        # extended by half the local step at each end (the angle each end view stands for)
+        arcs.append((start - 0.5 * prev_inner[first], end + 0.5 * inner[k]))
+    return dbeta, step, np.asarray(arcs, dtype=np.float64)
+
+
+def _window(phi: np.ndarray, arcs: np.ndarray, taper: float) -> np.ndarray:
+    """Smooth indicator of the arcs at angles ``phi``: 1 inside, ``sin^2`` ramps of width ``taper``
+    at the ends, 0 outside (all ones when ``arcs`` is empty: a full circle)."""
+    if arcs.shape[0] == 0:
+        return np.ones_like(phi)
+    out = np.zeros_like(phi)
+    for start, end in arcs:
+        rel = np.mod(phi - start, 2 * np.pi)  # position within the arc from its start
+        inside = rel <= end - start
+        dist = np.minimum(rel, end - start - rel)
+        ramp = np.sin(0.5 * np.pi * np.clip(dist / taper, 0.0, 1.0)) ** 2
+        out = np.maximum(out, np.where(inside, ramp, 0.0))
+    return out
+
+
+def _fan_angles(geometry: FanBeam2D) -> np.ndarray:
+    """Fan angle ``gamma`` (radians) of each detector bin, offset included."""
+    return np.arctan(geometry.detector_positions_mm() / (geometry.source_origin_mm + geometry.origin_detector_mm))
+
+
+def ray_weights(geometry: _Beam2D) -> np.ndarray:
+    """FBP weight of every ray ``[views, detectors]`` (radians): angular step times redundancy.
+
+    See the module docstring. A uniform full turn gives ``pi / V`` everywhere (fan beam
+    ``2 pi / V * 1/2``), a uniform parallel half turn ``pi / V``; a fan-beam scan over
+    ``pi + fan angle`` gets smooth Parker-type weights; a non-uniform angle set gets each view's
+    share of the angle.
+    """
+    angles = geometry.angles_array
+    dbeta, step, arcs = _circle_arcs(angles)
+    nd = geometry.detector_count
+    if isinstance(geometry, FanBeam2D):
+        gamma = _fan_angles(geometry)[None, :]
+        taper = max(2.0 * float(np.abs(gamma).max()), 4.0 * step)
+        conj = angles[:, None] + np.pi - 2.0 * gamma
+    else:
+        gamma = np.zeros((1, nd))
+        taper = max(4.0 * step, np.deg2rad(10.0))
+        conj = np.broadcast_to(angles[:, None] + np.pi, (angles.size, nd))
+    here = np.broadcast_to(_window(angles, arcs, taper)[:, None], (angles.size, nd))
+    there = _window(np.asarray(conj, dtype=np.float64), arcs, taper)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(here + there > 0, here / (here + there), 1.0)
+    return dbeta[:, None] * r
+
+
+def missing_lines(geometry: _Beam2D, directions: int = 720, offsets: int = 64) -> tuple[float, float]:
+    """How much of the line set through the image the scan never measured (limited angle).
+
+    Lines ``(theta, t)`` on a ``directions x offsets`` grid over ``theta in [0, pi)`` and ``|t|``
+    up to the smaller of the image's inscribed radius and the detector's reach; a line counts as
+    measured when it, or its conjugate, falls inside a scanned arc (widened by half the
+    missing-gap threshold, so sparse but even sampling is not flagged) and on the detector.
+
+    Returns
+    -------
+    fraction : float
+        Fraction of the lines not measured (0 = complete data).
+    wedge_deg : float
+        Width in degrees of the largest run of directions with at least one unmeasured line.
+    """
+    _, step, arcs = _circle_arcs(geometry.angles_array)
+    # a gap narrower than the missing-gap threshold is sparse sampling, not missing lines
+    arcs = arcs + np.array([-1.0, 1.0]) * 0.5 * _GAP_FACTOR * step
+    theta = (np.arange(directions) + 0.5) * np.pi / directions
+    pos = geometry.detector_positions_mm()
+    radius = 0.5 * min(geometry.extent_mm)
+    if isinstance(geometry, FanBeam2D):
+        so, sd = geometry.source_origin_mm, geometry.source_origin_mm + geometry.origin_detector_mm
+        gmin, gmax = np.arctan(pos.min() / sd), np.arctan(pos.max() / sd)
+        radius = min(radius, so * max(abs(np.sin(gmin)), abs(np.sin(gmax))))
+    else:
+        radius = min(radius, max(abs(pos.min()), abs(pos.max())))
+    t = np.linspace(-radius, radius, offsets)
+    th, tt = np.meshgrid(theta, t, indexing="ij")
+    covered = np.zeros(th.shape, dtype=bool)
+    for sign, shift in ((1.0, 0.0), (-1.0, np.pi)):  # the line and its conjugate (theta + pi, -t)
+        if isinstance(geometry, FanBeam2D):
+            g = np.arcsin(np.clip(sign * tt / so, -1, 1))  # line: theta = beta - gamma, t = so sin gamma
+            beta = th + shift + g
+            on_detector = (g >= gmin - 1e-12) & (g <= gmax + 1e-12)
+        else:
+            beta = th + shift
+            on_detector = (sign * tt >= pos.min() - 1e-9) & (sign * tt <= pos.max() + 1e-9)
+        inside = _window(beta, arcs, 1e-12) > 0 if arcs.shape[0] else np.ones_like(beta, dtype=bool)
+        covered |= inside & on_detector
+    fraction = float(1.0 - covered.mean())
+    bad = ~covered.all(axis=1)
+    if not bad.any():
+        return fraction, 0.0
+    if bad.all():
+        return fraction, 180.0
+    run = best = 0
+    for flag in np.concatenate([bad, bad]):  # directions wrap around at pi
+        run = run + 1 if flag else 0
+        best = max(best, run)
+    return fraction, min(best, directions) * 180.0 / directions
 
 
 def _check_coverage(geometry: _Beam2D) -> None:
@@ -123,16 +286,13 @@ def _check_coverage(geometry: _Beam2D) -> None:
     if a.size < 2:
         warnings.warn("FBP with a single view is not a reconstruction", stacklevel=3)
         return
-    if isinstance(geometry, FanBeam2D):
-        ok, what = _covers_uniformly(a, 2 * np.pi), "a full turn [0, 2 pi)"
-    else:
-        # pi / V per view is right both for a half turn and for a uniform full turn
-        ok, what = _covers_uniformly(a, np.pi), "[0, pi) (or a full turn)"
-    if not ok:
+    fraction, wedge = missing_lines(geometry)
+    if fraction > _MISSING_TOLERANCE:
         warnings.warn(
-            f"FBP assumes the {a.size} views cover {what} uniformly; these angles do not, "
-            f"so the reconstruction is distorted and its scaling approximate "
-            f"(short scans would need Parker weights, which are not implemented)",
+            f"limited-angle data: {100 * fraction:.1f} % of the lines through the image were never "
+            f"measured (directions missing over up to {wedge:.0f} degrees); FBP cannot fill them in, "
+            f"so expect streaks and distorted edges there; an iterative method with a prior "
+            f"(e.g. method 'tv') can do better",
             stacklevel=3,
         )
 
@@ -170,19 +330,26 @@ class FBP(torch.nn.Module):
         self.n_pad = padded_length(geometry.detector_count)
         filter_response(self.n_pad, self.filter, self.cutoff)  # validates cutoff now
         _check_coverage(geometry)
+        #: per-ray weights [views, detectors] (radians), see :func:`ray_weights`
+        self._weights = torch.as_tensor(ray_weights(geometry), dtype=torch.float64)
 
     def extra_repr(self) -> str:
         return f"{type(self.geometry).__name__}, filter={self.filter!r}, cutoff={self.cutoff}"
 
     # ----- steps ----------------------------------------------------------------------------------
     def _detector_coordinates(self, dtype, device) -> torch.Tensor:
-        n = self.geometry.detector_count
-        return (torch.arange(n, dtype=dtype, device=device) - (n - 1) / 2) * self.geometry.detector_spacing_mm
+        return torch.as_tensor(self.geometry.detector_positions_mm(), dtype=dtype, device=device)
 
-    def filtered(self, sinogram: torch.Tensor) -> torch.Tensor:
-        """Pre-weighted and ramp-filtered sinogram ``[N, views, detectors]`` (units 1/mm)."""
+    def filtered(self, sinogram: torch.Tensor, weighted: bool = True) -> torch.Tensor:
+        """Pre-weighted and ramp-filtered sinogram ``[N, views, detectors]`` (units 1/mm).
+
+        ``weighted``: include the per-ray angular and redundancy weights of :func:`ray_weights`
+        (radians); without them the result is the plain (fan: cosine-weighted) filtered data.
+        """
         g = self.geometry
         n_det = g.detector_count
+        if weighted:
+            sinogram = sinogram * self._weights.to(dtype=sinogram.dtype, device=sinogram.device)
         if isinstance(g, FanBeam2D):
             d = g.source_origin_mm
             s = self._detector_coordinates(sinogram.dtype, sinogram.device) / g.magnification
@@ -217,6 +384,7 @@ class FBP(torch.nn.Module):
         chunk = max(1, _CHUNK_ELEMENTS // max(1, nb * npix))
         fan = isinstance(g, FanBeam2D)
         inv_ds = 1.0 / g.detector_spacing_mm
+        off = float(getattr(g, "detector_offset_mm", 0.0))
         for v0 in range(0, nv, chunk):
             th = angles[v0 : v0 + chunk, None]
             c, s = torch.cos(th), torch.sin(th)
@@ -230,7 +398,8 @@ class FBP(torch.nn.Module):
             else:
                 pos = xs * (c * inv_ds)
                 pos.addcmul_(ys, s * inv_ds)
-            pos.add_((nd - 1) / 2 + 1).clamp_(0, nd + 1)  # +1: the leading zero bin
+            # bin index of detector coordinate u: (u - offset) / spacing + (n - 1) / 2; +1: the leading zero bin
+            pos.add_((nd - 1) / 2 + 1 - off * inv_ds).clamp_(0, nd + 1)
             i0 = pos.to(torch.int64)  # truncation == floor for pos >= 0
             frac = pos.sub_(i0)
             i0.add_(torch.arange(v0, v0 + th.shape[0], device=device)[:, None] * (nd + 2))
@@ -258,11 +427,8 @@ class FBP(torch.nn.Module):
             )
         lead = sinogram.shape[:-2]
         flat = sinogram.reshape((-1,) + g.sinogram_shape)
-        q = self.filtered(flat)
-        span = 2 * math.pi if isinstance(g, FanBeam2D) else math.pi
-        # fan beam: angular step 2 pi / V times 1/2 for the double coverage of a full turn
-        scale = (span / g.num_views) * (0.5 if isinstance(g, FanBeam2D) else 1.0)
-        image = self.backproject(q) * scale
+        # the angular step and the redundancy weights are in the filtered data (ray_weights)
+        image = self.backproject(self.filtered(flat))
         return image.reshape(tuple(lead) + tuple(g.image_shape))
 
 

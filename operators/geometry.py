@@ -8,10 +8,15 @@ file written with ASTRA's ``create_proj_geom`` + ``create_sino`` is read correct
   ``x = (c + 0.5 - W / 2) * p`` and ``y = (H / 2 - r - 0.5) * p`` (row 0 is the top, at largest y).
 * Parallel beam, angle ``theta``: rays travel along ``(sin theta, -cos theta)``; a point ``(x, y)``
   falls on the detector at ``t = x cos theta + y sin theta`` (mm); detector bin ``i`` of ``n`` has
-  its centre at ``t_i = (i - (n - 1) / 2) * detector_spacing_mm``.
+  its centre at ``t_i = (i - (n - 1) / 2) * detector_spacing_mm + detector_offset_mm``.
 * Fan beam (flat detector): the source sits at ``source_origin_mm * (sin theta, -cos theta)``, the
   detector centre at ``origin_detector_mm * (-sin theta, cos theta)``, detector direction
   ``(cos theta, sin theta)``; ``detector_spacing_mm`` is the bin width *on the detector*.
+* ``detector_offset_mm`` (2D, default 0): the detector is shifted by this much along its own
+  direction (mm at the detector), i.e. bin ``i`` has its centre at
+  ``(i - (n - 1) / 2) * detector_spacing_mm + detector_offset_mm``; this is how a centre of
+  rotation that does not project onto the detector centre is described. A non-zero offset turns
+  :meth:`astra_proj_geom` into ASTRA's ``parallel_vec`` / ``fanflat_vec`` form.
 * 3D: volume ``(D, H, W)`` = ASTRA's (slices z, rows y, columns x); projections are ASTRA's
   ``(detector_rows, views, detector_cols)``; ``detector_spacing_mm = (row, col)``.
 
@@ -142,6 +147,42 @@ class _Beam2D(Geometry):
     def _validate_extra(self):
         pass
 
+    def _validate_offset(self):
+        try:
+            off = float(self.detector_offset_mm)
+        except (TypeError, ValueError):
+            raise ValueError(f"detector_offset_mm must be a number (mm), got {self.detector_offset_mm!r}") from None
+        if not math.isfinite(off):
+            raise ValueError(f"detector_offset_mm must be finite, got {off}")
+        _set(self, "detector_offset_mm", off)
+
+    def to_dict(self) -> dict:
+        """As :meth:`Geometry.to_dict`; ``detector_offset_mm`` is left out when it is 0, so
+        geometries without an offset serialise (and key the matrix cache) as before."""
+        d = super().to_dict()
+        if d.get("detector_offset_mm", 0.0) == 0.0:
+            d.pop("detector_offset_mm", None)
+        return d
+
+    def detector_positions_mm(self) -> np.ndarray:
+        """Centres of the detector bins along the detector (mm at the detector), offset included."""
+        n = self.detector_count
+        off = float(getattr(self, "detector_offset_mm", 0.0))
+        return (np.arange(n) - (n - 1) / 2) * self.detector_spacing_mm + off
+
+    def _vec_geometry(self, proj_geom: dict) -> dict:
+        """ASTRA's ``*_vec`` form of ``proj_geom`` with the detector centre moved by the offset."""
+        import astra
+
+        off = float(getattr(self, "detector_offset_mm", 0.0))
+        if off == 0.0:
+            return proj_geom
+        vec = astra.functions.geom_2vec(proj_geom)
+        v = np.array(vec["Vectors"], dtype=np.float64)
+        # columns 4:6 are the vector between neighbouring bins (length detector_spacing_mm)
+        v[:, 2:4] += v[:, 4:6] * (off / self.detector_spacing_mm)
+        return astra.create_proj_geom(vec["type"], self.detector_count, v)
+
     @property
     def sinogram_shape(self) -> tuple:
         """``(views, detector_count)``."""
@@ -181,16 +222,24 @@ class ParallelBeam2D(_Beam2D):
         Number of detector bins.
     detector_spacing_mm : float
         Bin width in mm.
+    detector_offset_mm : float
+        Shift of the detector along its direction in mm (default 0; see the module docstring).
     """
+
+    detector_offset_mm: float = 0.0
 
     type_name = "ParallelBeam2D"
     astra_type = "parallel"
 
+    def _validate_extra(self):
+        self._validate_offset()
+
     def astra_proj_geom(self) -> dict:
-        """ASTRA ``parallel`` projection geometry (mm)."""
+        """ASTRA ``parallel`` projection geometry (mm); ``parallel_vec`` with a detector offset."""
         import astra
 
-        return astra.create_proj_geom("parallel", self.detector_spacing_mm, self.detector_count, self.angles_array)
+        pg = astra.create_proj_geom("parallel", self.detector_spacing_mm, self.detector_count, self.angles_array)
+        return self._vec_geometry(pg)
 
 
 @dataclass(frozen=True)
@@ -208,15 +257,20 @@ class FanBeam2D(_Beam2D):
         Source to rotation-axis distance in mm; must exceed the half-diagonal of the image.
     origin_detector_mm : float
         Rotation-axis to detector distance in mm (>= 0).
+    detector_offset_mm : float
+        Shift of the detector along its direction in mm at the detector (default 0): the centre
+        of rotation projects onto detector coordinate ``-detector_offset_mm``.
     """
 
     source_origin_mm: float = None
     origin_detector_mm: float = None
+    detector_offset_mm: float = 0.0
 
     type_name = "FanBeam2D"
     astra_type = "fanflat"
 
     def _validate_extra(self):
+        self._validate_offset()
         if self.source_origin_mm is None or self.origin_detector_mm is None:
             raise ValueError("FanBeam2D needs source_origin_mm and origin_detector_mm")
         _set(self, "source_origin_mm", positive_float(self.source_origin_mm, "source_origin_mm"))
@@ -234,10 +288,10 @@ class FanBeam2D(_Beam2D):
         return (self.source_origin_mm + self.origin_detector_mm) / self.source_origin_mm
 
     def astra_proj_geom(self) -> dict:
-        """ASTRA ``fanflat`` projection geometry (mm)."""
+        """ASTRA ``fanflat`` projection geometry (mm); ``fanflat_vec`` with a detector offset."""
         import astra
 
-        return astra.create_proj_geom(
+        pg = astra.create_proj_geom(
             "fanflat",
             self.detector_spacing_mm,
             self.detector_count,
@@ -245,6 +299,7 @@ class FanBeam2D(_Beam2D):
             self.source_origin_mm,
             self.origin_detector_mm,
         )
+        return self._vec_geometry(pg)
 
 
 # ----- 3D ----------------------------------------------------------------------------------------
