@@ -380,3 +380,89 @@ def test_dcm2niix_of_real_series_matches_the_dicom_reader(tmp_path, shared_data,
     for uid in uids:
         (nii,) = [p for p in converted if p.name.startswith(uid)]
         _assert_same_geometry(read_series(series, uid), read_nifti_volume(nii))
+
+
+# ----------------------------------------------------------------------------- tomo simulate -> reconstruct
+
+
+def _fov_centre(vol: CTVolume) -> np.ndarray:
+    """LPS centre of the volume's field of view (mid-way between its corner voxel centres)."""
+    s, r, c = vol.hu.shape
+    return (_index_to_lps(vol) @ np.array([(s - 1) / 2, (r - 1) / 2, (c - 1) / 2, 1.0]))[:3]
+
+
+def _oblique_input(path: Path) -> CTVolume:
+    """3 coronal-ish slices of 16 rows x 20 columns (3 mm pixels, 4 mm apart), tilted 0.1 rad."""
+    c, s = np.cos(0.1), np.sin(0.1)
+    row, col = np.array([c, s, 0.0]), np.array([0.0, 0.0, -1.0])
+    normal = np.cross(row, col)
+    hu = np.full((3, 16, 20), -1000.0, np.float32)
+    hu[:, 3:13, 4:16] = 40.0
+    hu[1, 6:9, 8:11] = 700.0
+    frame = CTVolume(
+        hu=hu,
+        pixel_spacing_mm=(3.0, 3.0),
+        slice_spacing_mm=4.0,
+        positions=np.array([[-30.0, 12.0, 55.0] + 4.0 * k * normal for k in range(3)]),
+        orientation=(*row, *col),
+    )
+    return read_nifti_volume(write_nifti_volume(path, hu, (3.0, 3.0), 4.0, frame))
+
+
+def test_nifti_simulated_and_reconstructed_to_nifti_needs_no_extra_flag(tmp_path):
+    """The issue's chain: `tomo simulate vol.nii.gz --config parallel-30 --out scan.npz`, then
+    `tomo reconstruct scan.npz --method tv --out rec.nii.gz`: the input's orientation and
+    field-of-view centre, the reconstruction grid's voxel size."""
+    from tomo.cli.main import main
+
+    src = _oblique_input(tmp_path / "vol.nii.gz")
+    scan, rec = tmp_path / "scan.npz", tmp_path / "rec.nii.gz"
+    assert (
+        main(["simulate", str(tmp_path / "vol.nii.gz"), "--config", "parallel-30", "--out", str(scan), "--quiet"]) == 0
+    )
+    assert main(["reconstruct", str(scan), "--method", "tv", "--out", str(rec), "--quiet"]) == 0
+    out = read_nifti_volume(rec)
+    # grid: the 20-pixel side (padded square, 60 mm) on the default 10 x 10 grid -> 6 mm pixels
+    assert out.hu.shape == (3, 10, 10)
+    np.testing.assert_allclose(out.pixel_spacing_mm, (6.0, 6.0), rtol=1e-6)
+    assert out.slice_spacing_mm == pytest.approx(4.0, rel=1e-5)
+    np.testing.assert_allclose(out.orientation, src.orientation, atol=1e-6)
+    np.testing.assert_allclose(_fov_centre(out), _fov_centre(src), atol=1e-3)
+    # slice k of the output lies on slice k's plane of the input
+    np.testing.assert_allclose((out.positions - src.positions) @ src.normal, 0, atol=1e-3)
+    assert out.hu[1].max() > 300  # the dense insert of the middle slice is reconstructed there
+
+
+def test_selected_slices_record_their_own_spacing(tmp_path):
+    from tomo.cli.main import main
+    from tomo.io.sinogram import load_sinogram
+
+    _oblique_input(tmp_path / "vol.nii.gz")
+    scan = tmp_path / "scan.npz"
+    args = ["simulate", str(tmp_path / "vol.nii.gz"), "--config", "parallel-8", "--slices", "0,2", "--out", str(scan)]
+    assert main([*args, "--quiet"]) == 0
+    sf = load_sinogram(scan)
+    assert sf.slice_spacing_mm == pytest.approx(8.0)
+    assert sf.positions_mm.shape == (2, 3)
+
+
+def test_a_file_without_placement_still_needs_and_takes_the_flags(tmp_path, capsys):
+    """Files written before the placement keys (or by other tools) keep working with the flags."""
+    from tomo.cli.main import main
+
+    src = _oblique_input(tmp_path / "vol.nii.gz")
+    scan, old = tmp_path / "scan.npz", tmp_path / "old.npz"
+    assert (
+        main(["simulate", str(tmp_path / "vol.nii.gz"), "--config", "parallel-8", "--out", str(scan), "--quiet"]) == 0
+    )
+    with np.load(scan) as z:
+        np.savez(old, **{k: z[k] for k in z.files if k not in ("slice_spacing_mm", "orientation", "positions_mm")})
+    assert main(["reconstruct", str(old), "--method", "fbp", "--out", str(tmp_path / "a.nii.gz"), "--quiet"]) == 2
+    assert "--slice-spacing" in capsys.readouterr().err
+    args = ["reconstruct", str(old), "--method", "fbp", "--out", str(tmp_path / "b.nii.gz"), "--slice-spacing", "4"]
+    assert main([*args, "--quiet"]) == 0
+    out = read_nifti_volume(tmp_path / "b.nii.gz")
+    assert out.orientation == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0) and out.slice_spacing_mm == pytest.approx(4.0)
+    args = ["reconstruct", str(old), "--method", "fbp", "--out", str(tmp_path / "c.nii.gz"), "--reference"]
+    assert main([*args, str(tmp_path / "vol.nii.gz"), "--quiet"]) == 0
+    np.testing.assert_allclose(read_nifti_volume(tmp_path / "c.nii.gz").orientation, src.orientation, atol=1e-6)

@@ -93,15 +93,16 @@ def add_parser(subparsers, help_line: str, methods: dict, flags: dict) -> argpar
         dest="dicom_reference",
         help="the volume the sinogram was simulated from (DICOM series or file, or NIfTI): with "
         "--out DIR a DICOM series is written into the folder DIR, deriving patient/study/"
-        "positions from it; with --out OUT.nii[.gz] its position and orientation are kept",
+        "positions from it; with --out OUT.nii[.gz] its position and orientation are kept (without "
+        "it, those tomo simulate recorded in the sinogram file)",
     )
     parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID in --reference, if it holds several")
     parser.add_argument(
         "--slice-spacing",
         type=float,
         metavar="MM",
-        help="NIfTI output: distance between slices in mm (default: the reference's; the "
-        "sinogram file does not record it)",
+        help="NIfTI output: distance between slices in mm (default: --reference's, else the one the "
+        "sinogram file records, as tomo simulate writes it)",
     )
     parser.add_argument("--no-preview", action="store_true", help="do not write the PNG previews")
     parser.add_argument(

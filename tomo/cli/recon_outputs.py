@@ -148,7 +148,8 @@ def read_reference(args, sf):
 
 
 def nifti_slice_spacing(args, source, reference) -> float:
-    """Distance between the NIfTI's slices, mm: --slice-spacing, else the reference's."""
+    """Distance between the NIfTI's slices, mm: --slice-spacing, else the reference's (``--reference``
+    or the placement the sinogram file records)."""
     if args.slice_spacing is not None:
         return float(args.slice_spacing)
     if reference is not None:
@@ -160,6 +161,7 @@ def nifti_slice_spacing(args, source, reference) -> float:
     if source.num_slices == 1:
         return float(source.geometry.pixel_spacing_mm)  # one slice, nothing known: a cubic voxel
     raise CommandError(
-        "the sinogram file does not record the distance between slices: give --slice-spacing MM "
+        "the sinogram file does not record the distance between slices (no slice_spacing_mm or "
+        "positions_mm: not written by tomo simulate from a volume): give --slice-spacing MM "
         "or --reference VOLUME (the series it was simulated from) for NIfTI output"
     )

@@ -177,6 +177,10 @@ def _prepare(args, entry, flags, ranks: Ranks) -> Setup:
         batch = args.batch_size or entry.batch_size
         check_memory(source, args.method, min(batch, source.num_slices), args.batch_size is None, ranks.local_world)
         reference = read_reference(args, source) if args.dicom_reference is not None else None
+        if reference is None and outputs.kind == "nifti":
+            from tomo.io.sinogram import recorded_placement
+
+            reference = recorded_placement(source)  # where tomo simulate recorded the slices, if it did
         spacing = nifti_slice_spacing(args, source, reference) if outputs.kind == "nifti" else None
         partial = PartialRun.open(partial_folder(outputs.main), args, options, batch, source)
         todo = [s for s in partial.starts() if not partial.done(s)]

@@ -23,7 +23,8 @@ Keys (a public contract; outside tools may write these files too):
                           given together with ``orientation``
 ========================  =====================================================================
 
-``tomo simulate`` records the last three from a volume with patient geometry, so that
+``tomo simulate`` records the placement keys ``slice_spacing_mm``, ``orientation`` and
+``positions_mm`` from a volume with patient geometry, so that
 ``tomo reconstruct`` writes NIfTI (and DICOM) output in place without ``--reference`` or
 ``--slice-spacing``; :func:`recorded_placement` turns them into the reference volume the writers take.
 
