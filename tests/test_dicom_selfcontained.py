@@ -19,7 +19,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from tomo.io.dicom_read import DicomReadError, find_series, read_series
+from tomo.io.dicom_read import DicomReadError, SeveralSeriesError, find_series, read_series
 from tomo.io.dicom_write import write_series
 from tomo.io.volume import CTVolume, VolumeReadError, read_volume
 
@@ -201,6 +201,68 @@ def test_two_series_listed_and_chosen_by_uid(ct_small, tmp_path):
         read_series(tmp_path, series_uid="1.2.3")
 
 
+def _single_slice_series(ct_small: Path, folder: Path, heights) -> list[np.ndarray]:
+    """One series of one slice at each height (mm), as some exporters write a scan; each slice's
+    stored values raised by 10 * its index so the order can be checked. Expected HU by height order."""
+    expected = []
+    for k, z in enumerate(heights):
+        expected += _write_series(ct_small, folder, [(0, 0, z)], offsets=[10 * k], names=[f"slice{k:02d}.dcm"])
+    return [expected[k] for k in np.argsort(heights)]
+
+
+def test_single_slice_series_stacked_into_one_scan(ct_small, tmp_path):
+    heights = [5.0, 0.0, 7.5, 2.5]  # file order is not slice order
+    expected = _single_slice_series(ct_small, tmp_path / "scan", heights)
+    with pytest.raises(SeveralSeriesError) as info:
+        read_series(tmp_path / "scan")
+    message = str(info.value)
+    assert "holds 4 CT series" in message and "series_uid=UID" in message and "stack_series=True" in message
+    vol = read_series(tmp_path / "scan", stack_series=True)
+    assert vol.hu.shape == (4, 128, 128) and vol.slice_spacing_mm == pytest.approx(2.5)
+    np.testing.assert_array_equal(vol.hu, np.stack(expected).astype(np.float32))
+    np.testing.assert_allclose(vol.positions[:, 2], sorted(heights))
+    assert vol.series_uid is None and any("4 series stacked" in w for w in vol.warnings)
+    assert read_volume(tmp_path / "scan", stack_series=True).hu.shape == (4, 128, 128)
+    with pytest.raises(DicomReadError, match="not both"):
+        read_series(tmp_path / "scan", series_uid=vol.header.SeriesInstanceUID, stack_series=True)
+
+
+def test_stacking_refuses_series_that_are_not_one_scan(ct_small, tmp_path):
+    _single_slice_series(ct_small, tmp_path / "frames", [0.0, 2.0, 4.0])
+    other = sorted((tmp_path / "frames").iterdir())[0]
+    ds = pydicom.dcmread(other)
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.save_as(other)
+    with pytest.raises(DicomReadError, match="3 CT series .* 2 frames of reference"):
+        read_series(tmp_path / "frames", stack_series=True)
+    _single_slice_series(ct_small, tmp_path / "same", [0.0, 0.0, 4.0])
+    with pytest.raises(DicomReadError, match="2 images share a slice position"):
+        read_series(tmp_path / "same", stack_series=True)
+    _single_slice_series(ct_small, tmp_path / "mixed", [0.0, 2.0])
+    coronal = sorted((tmp_path / "mixed").iterdir())[1]
+    ds = pydicom.dcmread(coronal)
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    ds.save_as(coronal)
+    with pytest.raises(DicomReadError, match="mixed slice orientations"):
+        read_series(tmp_path / "mixed", stack_series=True)
+    with pytest.raises(ValueError, match="DICOM input only"):
+        read_volume(tmp_path / "v.npz", stack_series=True)
+
+
+def test_simulate_names_its_own_options_for_several_series(ct_small, tmp_path, capsys):
+    from tomo.cli.main import main
+
+    _single_slice_series(ct_small, tmp_path / "scan", [0.0, 2.5, 5.0])
+    argv = ["simulate", str(tmp_path / "scan"), "--config", "parallel-30", "--grid", "32"]
+    assert main([*argv, "--out", str(tmp_path / "a.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "--series UID" in err and "--stack-series" in err and "series_uid" not in err, err
+    assert not (tmp_path / "a.npz").exists()
+    assert main([*argv, "--stack-series", "--out", str(tmp_path / "b.npz")]) == 0
+    with np.load(tmp_path / "b.npz") as sino:
+        assert sino["sinogram"].shape[0] == 3  # the three single-slice series, one scan
+
+
 # ----------------------------------------------------------------------------- gantry tilt
 
 
@@ -317,20 +379,89 @@ def test_other_modalities_refused(ct_small, tmp_path):
             {"Modality": "CT"},
             "not CT (SOP class MR Image Storage is not a CT image class, though Modality is CT)",
         ),
-        "ct_with_mr_attrs.dcm": (
+        # an MR acquisition in all but name: CT labels, MR physics, no X-ray exposure at all
+        "ct_labels_on_mr_physics.dcm": (
             ct_small,
-            {"EchoTime": 12.0},
-            "not CT (labelled CT but carries MR attributes: EchoTime)",
+            {"EchoTime": 12.0, "RepetitionTime": 500.0, "MagneticFieldStrength": 1.5, **_NO_XRAY},
+            "not CT (labelled CT but carries MR attributes: MagneticFieldStrength, EchoTime, RepetitionTime; "
+            "no X-ray attributes)",
+        ),
+        "no_modality_mr_physics.dcm": (
+            ct_small,
+            {"Modality": None, "EchoTime": 12.0, "ScanningSequence": "SE", **_NO_XRAY},
+            "not CT (no Modality but carries MR attributes: EchoTime, ScanningSequence; no X-ray attributes)",
         ),
     }
     for name, (src, changes, reason) in relabelled.items():
         ds = pydicom.dcmread(src)
         for keyword, value in changes.items():
-            setattr(ds, keyword, value)
+            if value is None:
+                ds.pop(keyword, None)
+            else:
+                setattr(ds, keyword, value)
         ds.save_as(tmp_path / name)
         with pytest.raises(DicomReadError, match=re.escape(reason)):
             read_series(tmp_path / name)
     assert len(find_series(tmp_path).skipped) == len(relabelled)
+
+
+#: CT_small's X-ray exposure attributes, removed (a header with no evidence of an X-ray tube)
+_NO_XRAY = dict.fromkeys(
+    [
+        "KVP",
+        "XRayTubeCurrent",
+        "Exposure",
+        "ExposureTime",
+        "DataCollectionDiameter",
+        "DistanceSourceToDetector",
+        "DistanceSourceToPatient",
+        "FilterType",
+        "FocalSpots",
+        "ConvolutionKernel",
+    ]
+)
+
+
+def test_stray_mr_attribute_never_vetoes_a_labelled_ct(ct_small, tmp_path):
+    """A CT Image Storage file with Modality CT reads whatever one MR attribute it carries, and
+    with the X-ray attributes of a real scan, whatever MR attributes it carries."""
+    strays = {
+        "echo_time": {"EchoTime": 12.0},
+        "all_of_mr_but_xray_kept": {
+            "EchoTime": 12.0,
+            "RepetitionTime": 500.0,
+            "MagneticFieldStrength": 1.5,
+            "ImagingFrequency": 63.9,
+            "ScanningSequence": "SE",
+        },
+        "one_physical_no_xray": {"EchoTime": 12.0, "ScanningSequence": "SE", **_NO_XRAY},
+        "sequence_attributes_no_xray": {
+            "ScanningSequence": "RM",
+            "SequenceVariant": "NONE",
+            "EchoNumbers": 1,
+            **_NO_XRAY,
+        },
+        "zeros_are_no_evidence": {
+            "EchoTime": 0.0,
+            "RepetitionTime": 0.0,
+            "MagneticFieldStrength": "",
+            "ScanningSequence": "RM",
+            **_NO_XRAY,
+        },
+    }
+    expected = _hu(pydicom.dcmread(ct_small)).astype(np.float32)
+    for name, changes in strays.items():
+        ds = pydicom.dcmread(ct_small)
+        for keyword, value in changes.items():
+            if value is None:
+                ds.pop(keyword, None)
+            else:
+                setattr(ds, keyword, value)
+        ds.save_as(tmp_path / f"{name}.dcm")
+        vol = read_series(tmp_path / f"{name}.dcm")
+        np.testing.assert_array_equal(vol.hu[0], expected, err_msg=name)
+    scan = find_series(tmp_path)  # one SOP instance in five copies: four skipped as duplicates, none as not CT
+    assert len(scan) == 1 and scan[0].readable and all(s.reason.startswith("duplicate") for s in scan.skipped)
 
 
 def _enhanced_ct(ct_small: Path, z_frames, slope_per_frame=None) -> tuple[Dataset, np.ndarray]:

@@ -3,8 +3,10 @@
 Property: :func:`tomo.io.dicom_read.find_series` never raises (but FileNotFoundError), and
 :func:`tomo.io.dicom_read.read_series` returns a consistent CT volume or raises
 :class:`DicomReadError`; a file made from an MR image is never read as CT, whatever labels it
-carries. Each example runs under an address-space limit and a deadline. Inputs are pydicom's own
-test files (``CT_small.dcm``, ``MR_small.dcm``), so no data folder is needed.
+carries; a CT file (CT SOP class, Modality CT) carrying stray MR attributes, as real scanners
+write them, is always read with the same HU. Each example runs under an address-space limit and
+a deadline. Inputs are pydicom's own test files (``CT_small.dcm``, ``MR_small.dcm``), so no data
+folder is needed.
 """
 
 from __future__ import annotations
@@ -208,3 +210,63 @@ def test_relabelled_mr_is_never_ct(tmp_path, modality, sop, meta_sop, drop):
     )
     # an MR image stripped of every MR attribute and every MR label is indistinguishable from CT
     _check(tmp_path / "r.dcm", from_mr=not (every_mr_mark_gone and fully_relabelled))
+
+
+_MR_PHYSICAL = {
+    "EchoTime": st.floats(0.5, 300),
+    "RepetitionTime": st.floats(1, 9000),
+    "MagneticFieldStrength": st.sampled_from([0.5, 1.5, 3.0]),
+    "ImagingFrequency": st.floats(10, 300),
+    "FlipAngle": st.floats(1, 180),
+}
+_MR_DESCRIPTIVE = {
+    "ScanningSequence": st.sampled_from(["RM", "SE", "GR", ""]),
+    "SequenceVariant": st.sampled_from(["NONE", "SK", ""]),
+    "MRAcquisitionType": st.sampled_from(["2D", "3D"]),
+    "SequenceName": st.sampled_from(["", "*se2d1"]),
+    "EchoNumbers": st.integers(0, 3),
+}
+_XRAY = (
+    "KVP",
+    "XRayTubeCurrent",
+    "Exposure",
+    "ExposureTime",
+    "DataCollectionDiameter",
+    "DistanceSourceToDetector",
+    "DistanceSourceToPatient",
+    "FilterType",
+    "FocalSpots",
+    "ConvolutionKernel",
+)
+_CT_HU = {}
+
+
+@FUZZ
+@given(
+    source=st.sampled_from(["ct", "ct_rle"]),
+    physical=st.dictionaries(st.sampled_from(sorted(_MR_PHYSICAL)), st.just(None)),
+    descriptive=st.dictionaries(st.sampled_from(sorted(_MR_DESCRIPTIVE)), st.just(None)),
+    keep_xray=st.booleans(),
+    data=st.data(),
+)
+def test_labelled_ct_with_stray_mr_attributes_is_read(tmp_path, source, physical, descriptive, keep_xray, data):
+    """A CT Image Storage file with Modality CT is read, with the same HU, whatever MR attributes
+    it carries as long as it has its X-ray attributes; without them, with any MR sequence
+    attributes and at most one physical MR value."""
+    if not keep_xray:
+        physical = dict(list(physical.items())[:1])
+    strays = {k: data.draw(_MR_PHYSICAL[k]) for k in physical} | {k: data.draw(_MR_DESCRIPTIVE[k]) for k in descriptive}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(SOURCES[source]))
+        for keyword, value in strays.items():
+            setattr(ds, keyword, value)
+        if not keep_xray:
+            for keyword in _XRAY:
+                ds.pop(keyword, None)
+        ds.save_as(tmp_path / "s.dcm", enforce_file_format=True)
+        if source not in _CT_HU:
+            (tmp_path / "plain.dcm").write_bytes(SOURCES[source])
+            _CT_HU[source] = read_series(tmp_path / "plain.dcm").hu
+        vol = read_series(tmp_path / "s.dcm")
+    np.testing.assert_array_equal(vol.hu, _CT_HU[source])

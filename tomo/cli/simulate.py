@@ -73,6 +73,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID when SOURCE holds several series")
     parser.add_argument(
+        "--stack-series",
+        action="store_true",
+        help="read every series in SOURCE as one scan (exports that store each slice as a series of its "
+        "own; they must share frame of reference, orientation, size and pixel spacing)",
+    )
+    parser.add_argument(
         "--grid",
         type=int,
         metavar="N",
@@ -153,9 +159,13 @@ def _load_source(args) -> tuple[np.ndarray, float, str, tuple | None]:
     path = Path(args.source)
     if not path.exists():
         raise FileNotFoundError(f"SOURCE {path} is neither a file/folder nor a phantom ({', '.join(PHANTOMS)})")
+    from tomo.io.dicom_read import SeveralSeriesError
     from tomo.io.volume import read_volume
 
-    vol = read_volume(path, series_uid=args.series)
+    try:
+        vol = read_volume(path, series_uid=args.series, stack_series=args.stack_series)
+    except SeveralSeriesError as exc:  # name the command's options, not the Python arguments
+        raise CommandError(exc.message("--series UID", "--stack-series")) from None
     rows, cols = vol.pixel_spacing_mm
     if abs(rows - cols) > 1e-3 * max(rows, cols):
         raise CommandError(f"{path}: pixels are not square ({rows} x {cols} mm); the protocol needs square pixels")

@@ -27,68 +27,40 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
 
-from .resources import MemoryBudgetError, check_memory, format_bytes
-from .volume_types import CTVolume, VolumeReadError
+from .dicom_header import (
+    CT_SOP_CLASSES,
+    RETIRED_JPEG,
+    DicomReadError,
+    FileHeader,
+    Frame,
+    SkippedFile,
+    dcmread_lenient,
+    float_or,
+    read_header,
+    transfer_syntax_name,
+)
+from .resources import MemoryBudgetError, check_memory
+from .volume_types import CTVolume
 
-__all__ = ["SeriesInfo", "SeriesScan", "SkippedFile", "DicomReadError", "find_series", "read_series", "CT_SOP_CLASSES"]
+__all__ = [
+    "SeriesInfo",
+    "SeriesScan",
+    "SkippedFile",
+    "DicomReadError",
+    "SeveralSeriesError",
+    "find_series",
+    "read_series",
+    "CT_SOP_CLASSES",
+]
 
-#: CT Image Storage, Enhanced CT Image Storage, Legacy Converted Enhanced CT Image Storage
-CT_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
-}
-
-# Retired JPEG syntaxes (processes 3-13, 15-29) that pydicom has no decoder for; the
-# bitstreams found in practice are ordinary (often progressive) JPEG that libjpeg decodes.
-_RETIRED_JPEG = {f"1.2.840.10008.1.2.4.{k}" for k in (52, 53, 54, 55, 56, 58, 59, 60, 61, 62, 63, 64, 65, 66)}
 
 # Tolerances (mm, degrees) for geometry checks; DICOM DS values carry ~6 significant digits.
 _POSITION_TOL_MM = 1e-3
 _SPACING_REL_TOL = 0.01
 _TILT_TOL_DEG = 0.05
 _ORIENTATION_TOL = 1e-4
-
-
-class DicomReadError(VolumeReadError):
-    """A DICOM file or series that cannot be read as CT in HU; the message says why."""
-
-
-@dataclass
-class SkippedFile:
-    """A file passed over during a scan and the one-line reason."""
-
-    path: Path
-    reason: str
-
-
-@dataclass
-class _Frame:
-    """One 2-D image: a classic single-frame file or one frame of a multi-frame file."""
-
-    path: Path
-    frame: int  # index within the file (0 for single-frame)
-    position: np.ndarray | None  # ImagePositionPatient [3] mm
-    orientation: np.ndarray | None  # ImageOrientationPatient [6]
-    pixel_spacing: tuple[float, float] | None
-    slope: float
-    intercept: float
-    rescale_type: str | None
-    instance_number: int | None
-
-
-@dataclass
-class _FileHeader:
-    path: Path
-    header: Dataset
-    transfer_syntax: str
-    frames: list[_Frame]
-    notes: list[str]
 
 
 @dataclass
@@ -165,263 +137,6 @@ class SeriesScan(list):
         return Counter(s.reason for s in self.skipped)
 
 
-# ----------------------------------------------------------------------------- header parsing
-
-
-def _ts_name(uid: str) -> str:
-    try:
-        name = UID(uid).name
-    except Exception:  # noqa: BLE001 - a name lookup; pydicom never raises here in practice
-        name = uid
-    return name or uid
-
-
-def _floats(value, n: int) -> np.ndarray | None:
-    if value is None:
-        return None
-    try:
-        arr = np.array([float(v) for v in value], dtype=float)
-    except (TypeError, ValueError):
-        return None
-    return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None
-
-
-def _functional(ds: Dataset, frame: int, seq: str, attr: str):
-    """Attribute ``attr`` of functional group ``seq`` for ``frame`` (per-frame wins over shared)."""
-    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
-        items = ds.get(groups)
-        if items is None or len(items) <= index:
-            continue
-        sub = items[index].get(seq)
-        if sub is not None and len(sub) and attr in sub[0]:
-            return sub[0].get(attr)
-    return None
-
-
-def _float_or(value, default: float) -> float:
-    try:
-        return float(value) if value is not None and value != "" else default
-    except (TypeError, ValueError):
-        return default
-
-
-def _frames_of(ds: Dataset, path: Path) -> tuple[list[_Frame], list[str]]:
-    notes: list[str] = []
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
-    frames = []
-    for k in range(n_frames):
-        if enhanced:
-            pos = _functional(ds, k, "PlanePositionSequence", "ImagePositionPatient")
-            ori = _functional(ds, k, "PlaneOrientationSequence", "ImageOrientationPatient")
-            ps = _functional(ds, k, "PixelMeasuresSequence", "PixelSpacing")
-            slope = _functional(ds, k, "PixelValueTransformationSequence", "RescaleSlope")
-            icpt = _functional(ds, k, "PixelValueTransformationSequence", "RescaleIntercept")
-            rtype = _functional(ds, k, "PixelValueTransformationSequence", "RescaleType")
-        else:
-            pos = ori = ps = slope = icpt = rtype = None
-        # classic attributes, also a fallback for enhanced files that carry them at top level
-        pos = pos if pos is not None else ds.get("ImagePositionPatient")
-        ori = ori if ori is not None else ds.get("ImageOrientationPatient")
-        ps = ps if ps is not None else ds.get("PixelSpacing")
-        slope = slope if slope is not None else ds.get("RescaleSlope")
-        icpt = icpt if icpt is not None else ds.get("RescaleIntercept")
-        rtype = rtype if rtype is not None else ds.get("RescaleType")
-        if k == 0 and (slope is None or icpt is None):
-            notes.append("no RescaleSlope/RescaleIntercept: stored values taken as HU")
-        spacing = _floats(ps, 2)
-        frames.append(
-            _Frame(
-                path=path,
-                frame=k,
-                position=_floats(pos, 3),
-                orientation=_floats(ori, 6),
-                pixel_spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
-                slope=_float_or(slope, 1.0),
-                intercept=_float_or(icpt, 0.0),
-                rescale_type=str(rtype) if rtype else None,
-                instance_number=int(ds.InstanceNumber)
-                if str(ds.get("InstanceNumber", "")).strip().lstrip("-").isdigit()
-                else None,
-            )
-        )
-    return frames, notes
-
-
-def _dcmread(path: Path, **kwargs) -> Dataset:
-    """dcmread that also accepts files without the 128-byte preamble, but not random files."""
-    try:
-        return pydicom.dcmread(path, **kwargs)
-    except InvalidDicomError:
-        ds = pydicom.dcmread(path, force=True, **kwargs)
-        if "SOPClassUID" not in ds or "Rows" not in ds:
-            raise
-        return ds
-
-
-# pydicom reads past a premature end of file with only a warning; these phrases mark it
-_EOF_PHRASES = ("end of file", "truncat", "expected explicit vr", "unexpected end")
-
-
-_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-
-
-_DEFLATED = "1.2.840.10008.1.2.1.99"
-
-
-def _pixel_data_problem(ds: Dataset, path: Path, transfer_syntax: str) -> str | None:
-    """Why the (deferred) pixel data of ``ds`` is unusable, or None when it looks complete."""
-    present = [t for t in _PIXEL_TAGS if t in ds]
-    if not present:
-        return "CT without pixel data"
-    if transfer_syntax == _DEFLATED:  # offsets refer to the inflated stream, not the file
-        return None
-    raw = ds.get_item(present[0], keep_deferred=True)
-    tell, length = getattr(raw, "value_tell", None), getattr(raw, "length", None)
-    if tell is not None and length not in (None, 0xFFFFFFFF) and tell + length > os.path.getsize(path):
-        return "truncated file (pixel data runs past the end of the file)"
-    return None
-
-
-#: attributes that only images of another modality carry (MR Image, PET/NM Image modules): a file
-#: relabelled "CT" but holding them is refused
-_FOREIGN_ATTRIBUTES = {
-    "MR": ("EchoTime", "RepetitionTime", "ScanningSequence", "MagneticFieldStrength", "ImagingFrequency"),
-    "PT/NM": ("RadiopharmaceuticalInformationSequence", "EnergyWindowInformationSequence", "DecayCorrection"),
-}
-
-
-def _not_ct_reason(ds: Dataset) -> str | None:
-    """Why ``ds`` is not a CT image, or None when every label it carries says CT.
-
-    The dataset's SOPClassUID, the file meta's MediaStorageSOPClassUID and the Modality must all
-    agree on CT (absent ones are not counted, but at least one SOP class or Modality must be
-    there), and no attribute of another modality's image module may be present.
-    """
-    sop = str(ds.get("SOPClassUID", "") or "").strip()
-    meta = getattr(ds, "file_meta", None)
-    meta_sop = str(meta.get("MediaStorageSOPClassUID", "") or "").strip() if meta is not None else ""
-    modality = str(ds.get("Modality", "") or "").strip().upper()
-    if not sop and not modality:
-        return "truncated or corrupt file (no SOPClassUID or Modality)"
-    for label, uid in (("SOP class", sop), ("file meta SOP class", meta_sop)):
-        if uid and uid not in CT_SOP_CLASSES:
-            if modality == "CT":  # relabelled or corrupt: the storage class decides
-                return f"not CT ({label} {_ts_name(uid)} is not a CT image class, though Modality is CT)"
-            return f"not CT (modality {modality or '?'}, {_ts_name(uid)})"
-    if modality and modality != "CT":
-        return f"not CT (modality {modality}, {_ts_name(sop) if sop else 'no SOP class'})"
-    for other, keywords in _FOREIGN_ATTRIBUTES.items():
-        found = [k for k in keywords if k in ds]
-        if found:
-            return f"not CT (labelled CT but carries {other} attributes: {', '.join(found)})"
-    return None
-
-
-def _int_attr(ds: Dataset, keyword: str, default: int) -> int:
-    value = ds.get(keyword, default)
-    if value is None or value == "":
-        return default
-    return int(value if not isinstance(value, (list, tuple)) else value[0])
-
-
-#: transfer syntaxes whose pixel data is stored uncompressed (its size is exactly known)
-_NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", _DEFLATED}
-
-
-def _size_problem(ds: Dataset, path: Path, transfer_syntax: str) -> str | None:
-    """Why the image size the header promises is impossible, or None.
-
-    Rows x Columns x NumberOfFrames x BitsAllocated must fit in the pixel data of an uncompressed
-    file; a compressed frame takes at least one 8-byte item, so the frame count is bounded by
-    the file size. This refuses absurd headers before anything is allocated.
-    """
-    rows, cols = _int_attr(ds, "Rows", 0), _int_attr(ds, "Columns", 0)
-    frames = _int_attr(ds, "NumberOfFrames", 1)
-    bits = _int_attr(ds, "BitsAllocated", 16)
-    if rows < 1 or cols < 1 or frames < 1:
-        return f"impossible image size (Rows {rows}, Columns {cols}, NumberOfFrames {frames})"
-    if bits not in (1, 8, 16, 32, 64):
-        return f"unsupported BitsAllocated {bits}"
-    size = os.path.getsize(path)
-    promised = rows * cols * frames * max(bits, 8) // 8
-    if transfer_syntax in _NATIVE_SYNTAXES and transfer_syntax != _DEFLATED:
-        raw = next((ds.get_item(t, keep_deferred=True) for t in _PIXEL_TAGS if t in ds), None)
-        length = getattr(raw, "length", None)
-        have = length if length not in (None, 0xFFFFFFFF) else size
-        if raw is not None and promised > max(have, 1) * (8 if bits == 1 else 1):
-            return (
-                f"header promises {rows} x {cols} x {frames} frames of {bits} bits "
-                f"({format_bytes(promised)}) but the pixel data holds {format_bytes(have)}"
-            )
-    elif frames * 8 > size:
-        return f"header promises {frames} frames but the file has only {format_bytes(size)}"
-    return None
-
-
-def _short(exc: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _read_header(path: Path) -> _FileHeader | SkippedFile:
-    """Parse one file's header; a SkippedFile says why it is not a usable CT image."""
-    try:
-        with _warnings.catch_warnings(record=True) as caught:
-            _warnings.simplefilter("always")
-            # defer_size: large values (pixel data) stay on disk, only their offsets are recorded
-            ds = _dcmread(path, defer_size=1024)
-    except InvalidDicomError:
-        return SkippedFile(path, "not a DICOM file")
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt input
-        return SkippedFile(path, f"corrupt DICOM ({type(exc).__name__})")
-    if any(p in str(w.message).lower() for w in caught for p in _EOF_PHRASES):
-        return SkippedFile(path, "truncated or corrupt file (ends inside a data element)")
-    try:
-        not_ct = _not_ct_reason(ds)
-        if not_ct:
-            return SkippedFile(path, not_ct)
-        meta = getattr(ds, "file_meta", None)
-        ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-        if not ts:
-            ts = "1.2.840.10008.1.2"  # no meta: DICOM default, implicit VR little endian
-        if "LOCALIZER" in [str(v).upper() for v in (ds.get("ImageType") or [])]:
-            return SkippedFile(path, "CT localizer (scout) image")
-        missing = [k for k in ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation") if k not in ds]
-        if missing:
-            return SkippedFile(path, f"truncated or corrupt CT header (no {', '.join(missing)})")
-        photometric = str(ds.get("PhotometricInterpretation", ""))
-        if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or not photometric.startswith("MONOCHROME"):
-            return SkippedFile(path, f"not greyscale CT (PhotometricInterpretation {photometric or '?'})")
-        problem = _size_problem(ds, path, ts)
-        if problem:
-            return SkippedFile(path, problem)
-        frames, notes = _frames_of(ds, path)
-    except Exception as exc:  # noqa: BLE001 - any failure to parse a damaged header skips the file
-        return SkippedFile(path, f"corrupt DICOM header ({type(exc).__name__}: {_short(exc)})")
-    problem = _pixel_data_problem(ds, path, ts)
-    if problem:
-        return SkippedFile(path, problem)
-    for tag in _PIXEL_TAGS:
-        if tag in ds:
-            del ds[tag]
-    if any(f.pixel_spacing is None for f in frames):
-        return SkippedFile(path, "CT without PixelSpacing")
-    if str(ds.get("LossyImageCompression", "")) == "01" or ts in _LOSSY_SYNTAXES:
-        notes.append("lossy compression: HU are approximate")
-    return _FileHeader(path, ds, ts, frames, notes)
-
-
-_LOSSY_SYNTAXES = {
-    "1.2.840.10008.1.2.4.50",
-    "1.2.840.10008.1.2.4.51",
-    "1.2.840.10008.1.2.4.81",
-    "1.2.840.10008.1.2.4.91",
-    "1.2.840.10008.1.2.4.53",
-    "1.2.840.10008.1.2.4.55",
-}
-
-
 # ----------------------------------------------------------------------------- geometry
 
 
@@ -435,7 +150,7 @@ class _Geometry:
     problems: list[str]
 
 
-def _analyse(headers: list[_FileHeader]) -> tuple[list[_Frame], _Geometry]:
+def _analyse(headers: list[FileHeader]) -> tuple[list[Frame], _Geometry]:
     frames = [f for h in headers for f in h.frames]
     warn: list[str] = []
     problems: list[str] = []
@@ -449,12 +164,12 @@ def _analyse(headers: list[_FileHeader]) -> tuple[list[_Frame], _Geometry]:
     if len(modalities) > 1:
         problems.append(f"mixed modalities {sorted(modalities)} in one series")
     order = np.arange(len(frames))
-    tilt_header = max((abs(_float_or(h.header.get("GantryDetectorTilt"), 0.0)) for h in headers), default=0.0)
+    tilt_header = max((abs(float_or(h.header.get("GantryDetectorTilt"), 0.0)) for h in headers), default=0.0)
     tilt_sign = next(
         (
-            np.sign(_float_or(h.header.get("GantryDetectorTilt"), 0.0))
+            np.sign(float_or(h.header.get("GantryDetectorTilt"), 0.0))
             for h in headers
-            if _float_or(h.header.get("GantryDetectorTilt"), 0.0)
+            if float_or(h.header.get("GantryDetectorTilt"), 0.0)
         ),
         1.0,
     )
@@ -523,12 +238,12 @@ def _iter_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file())
 
 
-def _group(path: Path) -> tuple[dict[str, list[_FileHeader]], list[SkippedFile]]:
-    groups: dict[str, list[_FileHeader]] = {}
+def _group(path: Path) -> tuple[dict[str, list[FileHeader]], list[SkippedFile]]:
+    groups: dict[str, list[FileHeader]] = {}
     skipped: list[SkippedFile] = []
     seen: dict[str, Path] = {}
     for p in _iter_files(Path(path)):
-        result = _read_header(p)
+        result = read_header(p)
         if isinstance(result, SkippedFile):
             skipped.append(result)
             continue
@@ -548,7 +263,7 @@ def _is_hu_label(rescale_type: str) -> bool:
     return label == "HU" or label.startswith(("HOUNSFIELD", "HOUNDSFIELD"))
 
 
-def _info(uid: str, headers: list[_FileHeader]) -> SeriesInfo:
+def _info(uid: str, headers: list[FileHeader]) -> SeriesInfo:
     frames, geo = _analyse(headers)
     first = headers[0].header
     sizes = {(int(h.header.Rows), int(h.header.Columns)) for h in headers}
@@ -568,7 +283,7 @@ def _info(uid: str, headers: list[_FileHeader]) -> SeriesInfo:
         pixel_spacing_mm=frames[0].pixel_spacing,
         slice_spacing_mm=geo.slice_spacing_mm,
         hu_range=None,
-        transfer_syntaxes=sorted({_ts_name(h.transfer_syntax) for h in headers}),
+        transfer_syntaxes=sorted({transfer_syntax_name(h.transfer_syntax) for h in headers}),
         gantry_tilt_deg=geo.gantry_tilt_deg,
         irregular_spacing=geo.irregular,
         warnings=geo.warnings + notes,
@@ -622,21 +337,21 @@ def _decode(path: Path, transfer_syntax: str) -> np.ndarray:
     with _warnings.catch_warnings():
         _warnings.simplefilter("ignore")  # header problems were reported by the scan
         try:
-            ds = _dcmread(path)
+            ds = dcmread_lenient(path)
         except Exception as exc:
             raise DicomReadError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
         try:
             arr = ds.pixel_array
         except NotImplementedError as exc:
-            if transfer_syntax not in _RETIRED_JPEG:
+            if transfer_syntax not in RETIRED_JPEG:
                 raise DicomReadError(
-                    f"{path}: no decoder for transfer syntax {_ts_name(transfer_syntax)} "
+                    f"{path}: no decoder for transfer syntax {transfer_syntax_name(transfer_syntax)} "
                     f"({transfer_syntax}); install a pydicom pixel-data plugin for it"
                 ) from exc
             arr = _decode_retired_jpeg(ds, path)
         except Exception as exc:
             raise DicomReadError(
-                f"{path}: cannot decode pixel data ({_ts_name(transfer_syntax)}): {type(exc).__name__}: {exc}"
+                f"{path}: cannot decode pixel data ({transfer_syntax_name(transfer_syntax)}): {type(exc).__name__}: {exc}"
             ) from exc
     rows, cols = int(ds.Rows), int(ds.Columns)
     arr = np.asarray(arr).reshape(-1, rows, cols)
@@ -664,15 +379,16 @@ def _decode_retired_jpeg(ds: Dataset, path: Path) -> np.ndarray:
     return out
 
 
-def _read_group(headers: list[_FileHeader], uid: str) -> CTVolume:
+def _read_group(headers: list[FileHeader], uid: str, label: str | None = None) -> CTVolume:
+    label = label or f"series {uid}"
     frames, geo = _analyse(headers)
     if geo.problems:
-        raise DicomReadError(f"series {uid}: " + "; ".join(geo.problems))
+        raise DicomReadError(f"{label}: " + "; ".join(geo.problems))
     by_path = {h.path: h for h in headers}
     ordered = [frames[i] for i in geo.order]
     first = by_path[ordered[0].path]
     rows, cols = int(first.header.Rows), int(first.header.Columns)
-    _check_volume_memory(len(ordered), rows, cols, max(len(h.frames) for h in headers), uid)
+    _check_volume_memory(len(ordered), rows, cols, max(len(h.frames) for h in headers), label)
     hu = np.empty((len(ordered), rows, cols), dtype=np.float32)
     slot = {(f.path, f.frame): k for k, f in enumerate(ordered)}
     for h in _progress(headers, "reading DICOM"):
@@ -704,13 +420,13 @@ def _read_group(headers: list[_FileHeader], uid: str) -> CTVolume:
     )
 
 
-def _check_volume_memory(n: int, rows: int, cols: int, frames_per_file: int, uid: str) -> None:
+def _check_volume_memory(n: int, rows: int, cols: int, frames_per_file: int, label: str) -> None:
     """Refuse a series whose HU volume cannot fit in memory (before allocating it)."""
     # float32 volume + one file's stored frames (at most 8 bytes a value) + a float64 slice
     needed = 4 * n * rows * cols + 8 * frames_per_file * rows * cols + 8 * rows * cols
     try:
         check_memory(
-            needed, f"series {uid} ({n} images of {rows} x {cols})", "read fewer files (a sub-folder) or free memory"
+            needed, f"{label} ({n} images of {rows} x {cols})", "read fewer files (a sub-folder) or free memory"
         )
     except MemoryBudgetError as exc:
         raise DicomReadError(str(exc)) from None
@@ -732,7 +448,43 @@ def _skip_summary(skipped: list[SkippedFile]) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
 
 
-def read_series(path: str | os.PathLike, series_uid: str | None = None) -> CTVolume:
+class SeveralSeriesError(DicomReadError):
+    """A folder holds several CT series and none was chosen.
+
+    Attributes
+    ----------
+    path : Path
+    series : list of (str, str, int)
+        (SeriesInstanceUID, SeriesDescription, number of images) of each series, by UID.
+    """
+
+    def __init__(self, path: str | os.PathLike, series: list[tuple[str, str, int]]):
+        self.path = Path(path)
+        self.series = series
+        super().__init__(self.message())
+
+    @property
+    def single_slices(self) -> bool:
+        """Whether every series holds one image (they may be one scan: see ``stack_series``)."""
+        return all(n == 1 for _, _, n in self.series)
+
+    def message(self, choose: str = "series_uid=UID", stack: str = "stack_series=True") -> str:
+        """The one-line message, naming the option that picks a series and the one that stacks.
+
+        The command line passes its own option names (``--series UID``, ``--stack-series``).
+        """
+        shown = [
+            f"{uid} {desc or '(no description)'!r} {n} slice{'s' if n != 1 else ''}" for uid, desc, n in self.series[:8]
+        ]
+        if len(self.series) > 8:
+            shown.append(f"... and {len(self.series) - 8} more")
+        text = f"{self.path} holds {len(self.series)} CT series: {'; '.join(shown)}; pick one with {choose}"
+        if self.single_slices:
+            text += f", or read these series of one slice each as one scan with {stack}"
+        return text
+
+
+def read_series(path: str | os.PathLike, series_uid: str | None = None, *, stack_series: bool = False) -> CTVolume:
     """Read one CT series as HU.
 
     Parameters
@@ -741,6 +493,12 @@ def read_series(path: str | os.PathLike, series_uid: str | None = None) -> CTVol
         A folder (searched recursively) or a single DICOM file.
     series_uid : str, optional
         SeriesInstanceUID to read; needed when ``path`` holds several CT series.
+    stack_series : bool
+        Read every CT series under ``path`` as one scan: for exports that store each slice as a
+        series of its own. The images must share one frame of reference, orientation, size and
+        pixel spacing and lie at distinct positions (else :class:`DicomReadError` says which
+        differs); they are ordered along the slice normal as in any series. The volume's
+        ``series_uid`` is None and its warnings name the number of series stacked.
 
     Returns
     -------
@@ -750,9 +508,11 @@ def read_series(path: str | os.PathLike, series_uid: str | None = None) -> CTVol
     Raises
     ------
     DicomReadError
-        No CT series (the message gives the reasons files were skipped), several series and
-        none chosen (the message lists them), an unknown ``series_uid``, a mixed or
-        inconsistent series, or pixel data that cannot be decoded.
+        No CT series (the message gives the reasons files were skipped), an unknown
+        ``series_uid``, a mixed or inconsistent series (or stack), or pixel data that cannot be
+        decoded.
+    SeveralSeriesError
+        Several series and none chosen (a :class:`DicomReadError` whose message lists them).
     FileNotFoundError
         When ``path`` does not exist.
     """
@@ -760,18 +520,39 @@ def read_series(path: str | os.PathLike, series_uid: str | None = None) -> CTVol
     if not groups:
         why = _skip_summary(skipped) if skipped else "no files"
         raise DicomReadError(f"no readable CT series in {path} ({why})")
+    if stack_series:
+        if series_uid is not None:
+            raise DicomReadError("give series_uid or stack_series, not both")
+        return _read_stack(Path(path), groups)
     if series_uid is None:
         if len(groups) > 1:
-            listing = "; ".join(
-                f"{uid} {str(hs[0].header.get('SeriesDescription', '')) or '(no description)'!r} "
-                f"{sum(len(h.frames) for h in hs)} slices"
+            listing = [
+                (uid, str(hs[0].header.get("SeriesDescription", "")), sum(len(h.frames) for h in hs))
                 for uid, hs in sorted(groups.items())
-            )
-            raise DicomReadError(f"{path} holds {len(groups)} CT series: {listing}; pick one with series_uid=...")
+            ]
+            raise SeveralSeriesError(path, listing)
         series_uid = next(iter(groups))
     if series_uid not in groups:
         raise DicomReadError(f"series {series_uid} not found in {path}; present: {', '.join(sorted(groups))}")
     return _read_group(groups[series_uid], series_uid)
+
+
+def _read_stack(path: Path, groups: dict[str, list[FileHeader]]) -> CTVolume:
+    """Every series of ``groups`` read as one scan (see ``stack_series`` of :func:`read_series`)."""
+    if len(groups) == 1:
+        uid = next(iter(groups))
+        return _read_group(groups[uid], uid)
+    headers = [h for hs in groups.values() for h in hs]
+    frames = {str(h.header.get("FrameOfReferenceUID", "")) for h in headers}
+    if len(frames) > 1:
+        raise DicomReadError(
+            f"cannot stack the {len(groups)} CT series in {path}: they lie in {len(frames)} frames of reference "
+            "(FrameOfReferenceUID), so their positions cannot be compared; read them one at a time"
+        )
+    vol = _read_group(headers, "stack", f"the {len(groups)} series in {path} stacked")
+    vol.series_uid = None
+    vol.warnings.append(f"{len(groups)} series stacked into one scan of {vol.hu.shape[0]} slices")
+    return vol
 
 
 # ----------------------------------------------------------------------------- npz volumes

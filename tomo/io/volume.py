@@ -16,7 +16,7 @@ from .volume_types import CTVolume, VolumeReadError, spacing_pair
 __all__ = ["CTVolume", "VolumeReadError", "read_volume", "spacing_pair"]
 
 
-def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> CTVolume:
+def read_volume(path: str | os.PathLike, series_uid: str | None = None, *, stack_series: bool = False) -> CTVolume:
     """Read a CT volume from DICOM (folder or file) or an OpenKBP-style ``.npz``.
 
     Parameters
@@ -26,12 +26,18 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> CTVol
         ``.nii``/``.nii.gz`` (see :func:`tomo.io.nifti.read_nifti_volume`; needs nibabel).
     series_uid : str, optional
         For DICOM input, as in :func:`tomo.io.dicom_read.read_series`.
+    stack_series : bool
+        For DICOM input: read every series under ``path`` as one scan (series of one slice
+        each), as in :func:`tomo.io.dicom_read.read_series`.
 
     Returns
     -------
     CTVolume
     """
     path = Path(path)
+    is_volume_file = path.name.lower().endswith((".nii", ".nii.gz", ".npz"))
+    if (series_uid is not None or stack_series) and is_volume_file:
+        raise ValueError(f"{path}: series_uid and stack_series apply to DICOM input only")
     if path.name.lower().endswith((".nii", ".nii.gz")):
         from .nifti import read_nifti_volume  # nibabel is optional: import only for NIfTI
 
@@ -42,4 +48,4 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> CTVol
         return read_npz_volume(path)
     from .dicom_read import read_series
 
-    return read_series(path, series_uid)
+    return read_series(path, series_uid, stack_series=stack_series)
