@@ -191,3 +191,22 @@ def test_restore_final_denoising_option(tiny_prior_dir, disk_png, tmp_path, caps
     assert "--denoise-hu must be >= 0" in capsys.readouterr().err
     assert main(base + ["--task", "deblur", "--method", "dps", "--denoise-hu", "5", "-o", str(tmp_path / "d")]) == 2
     assert "does not apply to --method dps" in capsys.readouterr().err
+
+
+def test_prior_help_lists_only_the_shipped_priors_present(monkeypatch, capsys):
+    """``--prior`` help names the shipped priors whose folder exists (``large`` is not shipped)."""
+    from tomo.priors import prior as prior_module
+    from tomo.priors.prior import available_priors, shipped_prior_path
+
+    present = available_priors()
+    assert "default" in present and all(shipped_prior_path(n).is_dir() for n in present)
+    with monkeypatch.context() as m:  # the list follows the folders, not the table of names
+        m.setitem(prior_module.SHIPPED_PRIORS, "not-shipped", "no-such-folder")
+        m.setitem(prior_module.SHIPPED_PRIORS, "same-folder", prior_module.SHIPPED_PRIORS["default"])
+        assert "not-shipped" not in available_priors() and "same-folder" in available_priors()
+    for command in (["restore", "--help"], ["demo", "--help"], ["reconstruct", "--method", "dds", "--help"]):
+        with pytest.raises(SystemExit):
+            main(command)
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"({', '.join(present)}) or a checkpoint folder" in text
+        assert "large" not in text.replace("larger", "")

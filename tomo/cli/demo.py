@@ -57,10 +57,13 @@ def register(subparsers) -> None:
         default=DEMO_DPS_STEPS,
         help=f"DPS sampler steps (default {DEMO_DPS_STEPS}: the full schedule; fewer is faster but worse)",
     )
+    from tomo.priors.prior import available_priors
+
     p.add_argument(
         "--prior",
         default=None,
-        help="diffusion prior: a shipped name (default, large) or a checkpoint folder (default: default)",
+        help=f"diffusion prior: a shipped name ({', '.join(available_priors())}) or a checkpoint folder "
+        "(default: default)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the scan noise and the samplers (default 0)")
     p.add_argument("--out", default="tomo-demo", help="output folder (default: ./tomo-demo)")

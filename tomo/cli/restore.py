@@ -69,11 +69,13 @@ def register(subparsers) -> None:
     task.add_argument(
         "--keep", type=float, default=0.5, help="outpaint: kept centre fraction of each side (default 0.5)"
     )
+    from tomo.priors.prior import available_priors
+
     sol = p.add_argument_group("solver")
     sol.add_argument(
         "--prior",
         default=None,
-        help="a shipped prior by name (default, large) or a checkpoint folder (default: default)",
+        help=f"a shipped prior by name ({', '.join(available_priors())}) or a checkpoint folder (default: default)",
     )
     sol.add_argument(
         "--steps", type=int, default=None, help="sampling steps (default dds 50, 25 for inpaint; dps 1000)"

@@ -17,6 +17,7 @@ from operators.base import LinearOperator
 from operators.geometry import FanBeam2D
 from operators.noise import transmission_weights
 from operators.units import MU_WATER_PER_MM
+from tomo.priors.prior import available_priors
 from tomo.solvers import dds, default_zeta, dps, sample_or_mean
 from tomo.solvers.data_terms import batch_measurements
 from tomo.solvers.problem import ModelDomainProblem, affine_problem, model_to_hu_affine
@@ -248,7 +249,7 @@ _COMMON = (
         "--prior",
         "prior",
         str,
-        "diffusion prior: a shipped name (default, large) or a checkpoint folder (default: default)",
+        f"diffusion prior: a shipped name ({', '.join(available_priors())}) or a checkpoint folder (default: default)",
     ),
     MethodOption("--seed", "seed", int, "sampling seed (default 0)"),
     MethodOption(

@@ -48,6 +48,11 @@ def shipped_prior_path(name: str = "default") -> Path:
     return in_repo
 
 
+def available_priors() -> tuple[str, ...]:
+    """Names of :data:`SHIPPED_PRIORS` whose folder is present in this copy of tomo (``--prior`` help)."""
+    return tuple(name for name in SHIPPED_PRIORS if shipped_prior_path(name).is_dir())
+
+
 def default_prior_path() -> Path:
     """The prior :func:`load_prior` reads by default: ``$TOMO_PRIOR``, else the shipped ``default``."""
     env = os.environ.get(PRIOR_ENV)
