@@ -51,3 +51,51 @@ def test_info_npz(tmp_path, capsys):
     assert "sinogram: parallel beam, shape [30, 40]" in capsys.readouterr().out
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     assert main(["info", str(tmp_path / "bad.npz")]) == 2
+
+
+def test_info_names_every_skipped_file_and_why(tmp_path, capsys):
+    """Self-contained (pydicom's bundled files): each skipped file is named under its reason."""
+    import shutil
+
+    import pytest
+    from pydicom.data import get_testdata_file
+
+    ct, mr = get_testdata_file("CT_small.dcm", download=False), get_testdata_file("MR_small.dcm", download=False)
+    if ct is None or mr is None:
+        pytest.skip("pydicom's bundled test files are not installed")
+    shutil.copy(ct, tmp_path / "a-ct.dcm")
+    shutil.copy(ct, tmp_path / "b-ct-copy.dcm")  # found second (files are scanned in name order)
+    shutil.copy(mr, tmp_path / "mr.dcm")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert main(["info", "--no-pixels", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "skipped 3 files:" in lines
+    start = lines.index("skipped 3 files:")
+    listing = [line.strip() for line in lines[start + 1 :]]
+    for reason, name in (
+        ("not CT (modality MR, MR Image Storage)", "mr.dcm"),
+        ("not a DICOM file", "notes.txt"),
+        ("duplicate of an image already found (same SOPInstanceUID)", "b-ct-copy.dcm"),
+    ):
+        at = listing.index(f"1  {reason}")
+        assert listing[at + 1] == str(tmp_path / name)  # the file, under its reason
+    assert str(tmp_path / "a-ct.dcm") not in listing  # the CT image read is not listed as skipped
+
+
+def test_info_suggests_stacking_single_slice_series(tmp_path, capsys):
+    import pydicom
+    import pytest
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    ct = get_testdata_file("CT_small.dcm", download=False)
+    if ct is None:
+        pytest.skip("pydicom's bundled test files are not installed")
+    for k in range(3):
+        ds = pydicom.dcmread(ct)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
+        ds.ImagePositionPatient = [0.0, 0.0, 3.0 * k]
+        ds.save_as(tmp_path / f"{k}.dcm")
+    assert main(["info", "--no-pixels", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "3 CT series" in out and "3 series of one slice each: `tomo simulate --stack-series`" in out

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 
 import numpy as np
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 
 import tomo.io.dicom_write as dicom_write
 from tomo.io.dicom_read import read_series
-from tomo.io.dicom_write import choose_rescale, write_series
+from tomo.io.dicom_write import WINDOW_PRESETS, choose_rescale, default_series_number, write_series
 
 DERIVATION = "DDS reconstruction, parallel beam 30 views, I0=1e6"
+
+
+@pytest.fixture(scope="module")
+def small_reference():
+    """pydicom's bundled CT_small (128 x 128, SeriesNumber 1, no window): no data folder needed."""
+    path = get_testdata_file("CT_small.dcm", download=False)
+    if path is None:
+        pytest.skip("pydicom does not ship CT_small.dcm")
+    return read_series(path)
 
 
 @pytest.fixture(scope="module")
@@ -158,15 +169,113 @@ def test_bad_input_rejected(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
-def test_dcmdump_parses_without_warnings(reference, tmp_path):
+def test_dcmdump_parses_without_warnings(small_reference, tmp_path):
     dcmdump = shutil.which("dcmdump")
     if dcmdump is None:
         pytest.skip("dcmtk's dcmdump not installed")
     files = write_series(
-        reference.hu[:1, :64, :64], tmp_path / "o", None, pixel_spacing_mm=0.5, description="a", derivation=DERIVATION
+        small_reference.hu[:1, :64, :64],
+        tmp_path / "o",
+        None,
+        pixel_spacing_mm=0.5,
+        description="a",
+        derivation=DERIVATION,
+        window=(40, 400),
     )
     result = subprocess.run([dcmdump, "-dc", str(files[0])], capture_output=True, text=True)
     assert result.returncode == 0
     bad = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith(("W:", "E:", "F:"))]
     assert bad == []
     assert "CTImageStorage" in result.stdout and "LittleEndianExplicit" in result.stdout
+
+
+# ----------------------------------------------------------------------------- display window
+
+
+def _window(files) -> tuple[list[float], list[float], list[str]]:
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    as_list = lambda v: [v] if isinstance(v, (str, float, int)) else list(v)  # noqa: E731
+    return (
+        [float(v) for v in as_list(ds.WindowCenter)],
+        [float(v) for v in as_list(ds.WindowWidth)],
+        [str(v) for v in as_list(ds.WindowCenterWidthExplanation)],
+    )
+
+
+def test_window_from_the_reference_else_a_preset(small_reference, tmp_path):
+    ref = copy.deepcopy(small_reference)
+    hu = ref.hu[:, ::2, ::2]
+    common = dict(pixel_spacing_mm=1.0, description="tomo TV reconstruction", derivation=DERIVATION)
+    # CT_small carries no window: the soft-tissue preset
+    files = write_series(hu, tmp_path / "none", ref, **common)
+    assert _window(files) == ([40.0], [400.0], ["SOFT TISSUE"])
+    # a reference with two windows (as scanners write them): both copied, with their names
+    ref.header.WindowCenter, ref.header.WindowWidth = ["40", "-600"], ["400", "1500"]
+    ref.header.WindowCenterWidthExplanation = ["MEDIASTINUM", "LUNG"]
+    files = write_series(hu, tmp_path / "ref", ref, **common)
+    assert _window(files) == ([40.0, -600.0], [400.0, 1500.0], ["MEDIASTINUM", "LUNG"])
+    # presets and a pair
+    for name, (centre, width) in WINDOW_PRESETS.items():
+        files = write_series(hu, tmp_path / name, ref, window=name, **common)
+        assert _window(files)[:2] == ([centre], [width])
+    files = write_series(hu, tmp_path / "pair", ref, window=(50, 350), **common)
+    assert _window(files) == ([50.0], [350.0], ["USER"])
+    # auto: the 1st to 99th percentile of what is written (a standard-deviation map in HU)
+    std = np.random.default_rng(0).uniform(0.0, 50.0, hu.shape)
+    files = write_series(std, tmp_path / "auto", ref, window="auto", hu_step=0.1, **common)
+    (centre,), (width,), _ = _window(files)
+    assert centre == pytest.approx(25.0, abs=1.0) and width == pytest.approx(49.0, abs=1.0)
+    # an unusable reference window falls back to the preset
+    ref.header.WindowWidth = ["0", "1500"]
+    assert _window(write_series(hu, tmp_path / "bad", ref, **common))[:2] == ([40.0], [400.0])
+    for bad, message in (("mediastinum", "unknown window"), ((40, 0), "width >= 1"), ("auto x", "unknown")):
+        with pytest.raises(ValueError, match=message):
+            write_series(hu, tmp_path / "x", ref, window=bad, **common)
+    assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- series numbers
+
+
+def test_series_numbers_differ_by_method_and_beside_each_other(small_reference, tmp_path):
+    ref = small_reference  # SeriesNumber 1
+    hu = ref.hu[:, ::2, ::2]
+
+    def write(folder, description):
+        files = write_series(hu, folder, ref, pixel_spacing_mm=1.0, description=description, derivation=DERIVATION)
+        return int(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesNumber)
+
+    study = tmp_path / "study"
+    tv, dds = write(study / "tv", "tomo TV reconstruction"), write(study / "dds", "tomo DDS reconstruction")
+    assert tv != dds and {tv % 10, dds % 10} == {1}  # 1000 + the reference's 1 + 10 * slot
+    # the same method written twice beside itself: the next free block
+    tv_again = write(study / "tv-weight-2", "tomo TV reconstruction")
+    assert tv_again not in (tv, dds) and tv_again % 10 == 1
+    # deterministic: the same description gives the same number where nothing else is written
+    assert write(tmp_path / "elsewhere" / "tv", "tomo TV reconstruction") == tv
+    assert tv == default_series_number(ref, description="tomo TV reconstruction")
+    # overwriting a series keeps its number (its own folder does not count as taken)
+    files = write_series(
+        hu,
+        study / "tv",
+        ref,
+        pixel_spacing_mm=1.0,
+        description="tomo TV reconstruction",
+        derivation="x",
+        overwrite=True,
+    )
+    assert int(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesNumber) == tv
+    # another study's series beside it take no number
+    other = write_series(
+        hu, study / "other", None, pixel_spacing_mm=1.0, description="tomo TV reconstruction", derivation="x"
+    )
+    assert int(pydicom.dcmread(other[0], stop_before_pixels=True).SeriesNumber) == tv - 1  # no reference: base 1000
+
+
+def test_builtin_methods_get_distinct_series_numbers():
+    """Slots of the descriptions tomo writes (reconstruct and demo) never collide."""
+    methods = ("FBP", "SIRT", "CGLS", "TV", "DDS", "DPS")
+    numbers = [default_series_number(None, description=f"tomo {m} reconstruction") for m in methods]
+    numbers += [default_series_number(None, description=f"tomo {m} demo") for m in methods]
+    assert len(set(numbers)) == len(numbers) and all(1000 <= n < 1900 and n % 10 == 0 for n in numbers)
+    assert default_series_number(None) == 1000 and default_series_number(None, 1, description="x") % 10 == 1

@@ -17,8 +17,8 @@ def register(subparsers) -> None:
         "info",
         help=HELP,
         description="List the CT series under PATH (a DICOM folder, searched recursively, or file) "
-        "with size, spacing, HU range, transfer syntaxes, tilt/irregular spacing and the "
-        "files skipped; or describe an .npz CT volume or sinogram file, or a NIfTI volume "
+        "with size, spacing, HU range, transfer syntaxes, tilt/irregular spacing, and every "
+        "file skipped with the reason; or describe an .npz CT volume or sinogram file, or a NIfTI volume "
         "(.nii, .nii.gz: size, spacing, HU range, orientation; needs nibabel).",
     )
     parser.add_argument("path", type=Path, metavar="PATH")
@@ -78,10 +78,20 @@ def describe_scan(scan) -> list[str]:
         for p in s.problems:
             lines.append(f"    NOT READABLE: {p}")
         lines.append(f"    files: {len(s.files)} (first {s.files[0]})")
+    if len(scan) > 1 and all(s.n_slices == 1 for s in scan):
+        lines.append(
+            f"{len(scan)} series of one slice each: `tomo simulate --stack-series` reads them as one scan "
+            "(if they share frame of reference, orientation, size and pixel spacing)"
+        )
     if scan.skipped:
-        lines.append(f"skipped {len(scan.skipped)} files:")
+        # every skipped file by name, under its reason (most common reason first)
+        lines.append(f"skipped {len(scan.skipped)} file{'s' if len(scan.skipped) != 1 else ''}:")
+        by_reason: dict[str, list[Path]] = {}
+        for skipped in scan.skipped:
+            by_reason.setdefault(skipped.reason, []).append(skipped.path)
         for reason, n in scan.skipped_reasons().most_common():
             lines.append(f"  {n:5d}  {reason}")
+            lines.extend(f"           {path}" for path in by_reason[reason])
     return lines
 
 

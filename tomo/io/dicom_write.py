@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from tomo.io.atomic import atomic_folder
 from tomo.io.volume_types import CTVolume, spacing_pair
 
-__all__ = ["write_series", "choose_rescale", "default_series_number"]
+__all__ = ["write_series", "choose_rescale", "default_series_number", "window_values", "WINDOW_PRESETS"]
 
 _AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 # Attributes copied verbatim from the reference: Patient, General Study, Patient Study,
@@ -94,16 +96,170 @@ def choose_rescale(hu_min: float, hu_max: float, step: float = 1.0) -> tuple[flo
     return slope, intercept
 
 
-def default_series_number(reference: CTVolume | None, offset: int = 0) -> int:
-    """SeriesNumber of a derived series: 1000 + the reference's (or 1000), plus ``offset``.
+#: display windows (centre, width) in HU, the usual radiology presets
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "soft-tissue": (40.0, 400.0),
+    "lung": (-600.0, 1500.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
+#: what ``window="reference"`` falls back to when the reference carries no usable window
+_FALLBACK_WINDOW = "soft-tissue"
 
-    A second series derived from the same reconstruction (e.g. its standard-deviation map)
-    takes ``offset=1`` so a viewer lists the two next to each other.
+#: a SeriesNumber block: a series and the series derived with it (its standard-deviation map at
+#: ``offset=1``) share one block of ten numbers
+_BLOCK = 10
+_SLOTS = 90
+#: sibling folders looked at for series numbers already taken (bounds the time on huge folders)
+_MAX_SIBLINGS = 1000
+
+
+def window_values(window, reference: CTVolume | None = None, hu=None) -> tuple[list[float], list[float], list[str]]:
+    """The WindowCenter and WindowWidth values to write, and their explanation.
+
+    Parameters
+    ----------
+    window : str or (float, float)
+        ``"reference"``: the reference series' values (every pair it carries, e.g. a soft-tissue
+        and a lung window), else the ``"soft-tissue"`` preset; a preset name of
+        :data:`WINDOW_PRESETS` (``"soft-tissue"`` 40/400, ``"lung"`` -600/1500, ``"bone"``
+        400/1800, ``"brain"`` 40/80 HU); ``"auto"``: the 1st to 99th percentile of ``hu`` (for
+        maps that are not images of the body, e.g. a standard deviation in HU); or a
+        ``(centre, width)`` pair in HU.
+    reference : CTVolume, optional
+    hu : array_like, optional
+        The values written (needed for ``"auto"``), HU.
+
+    Returns
+    -------
+    centres, widths : list of float
+        HU; widths >= 1 (DICOM's minimum).
+    explanations : list of str
+        WindowCenterWidthExplanation of each pair (the preset's name, the reference's,
+        ``REFERENCE``, ``AUTO`` or ``USER``).
+    """
+    if isinstance(window, str):
+        name = window.strip().lower()
+        if name == "reference":
+            found = _reference_window(reference)
+            if found is not None:
+                return found
+            name = _FALLBACK_WINDOW
+        if name == "auto":
+            if hu is None:
+                raise ValueError('window="auto" needs the values (hu)')
+            lo, hi = np.percentile(np.asarray(hu, dtype=np.float64), [1.0, 99.0])
+            return [float((lo + hi) / 2)], [max(float(hi - lo), 1.0)], ["AUTO"]
+        if name not in WINDOW_PRESETS:
+            choices = ", ".join(["reference", *WINDOW_PRESETS, "auto"])
+            raise ValueError(f"unknown window {window!r}: give one of {choices}, or (centre, width) in HU")
+        centre, width = WINDOW_PRESETS[name]
+        return [centre], [width], [name.upper().replace("-", " ")]
+    try:
+        centre, width = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise ValueError(f"window must be a name or (centre, width) in HU, got {window!r}") from None
+    if not (np.isfinite(centre) and np.isfinite(width) and width >= 1.0):
+        raise ValueError(f"window (centre, width) must be finite with width >= 1 HU, got {window!r}")
+    return [centre], [width], ["USER"]
+
+
+def _reference_window(reference: CTVolume | None) -> tuple[list[float], list[float], list[str]] | None:
+    """The reference header's window pairs, or None when it carries none that are usable."""
+    header = reference.header if reference is not None else None
+    if header is None:
+        return None
+    try:
+        centres = [float(v) for v in np.atleast_1d(np.asarray(header.get("WindowCenter"), dtype=object))]
+        widths = [float(v) for v in np.atleast_1d(np.asarray(header.get("WindowWidth"), dtype=object))]
+    except (TypeError, ValueError):
+        return None
+    if not centres or len(centres) != len(widths):
+        return None
+    if not all(np.isfinite(c) and np.isfinite(w) and w >= 1.0 for c, w in zip(centres, widths)):
+        return None
+    given = header.get("WindowCenterWidthExplanation")
+    texts = [str(v)[:64] for v in np.atleast_1d(np.asarray(given, dtype=object))] if given not in (None, "") else []
+    if len(texts) != len(centres):
+        texts = ["REFERENCE"] * len(centres)
+    return centres, widths, texts
+
+
+def default_series_number(
+    reference: CTVolume | None,
+    offset: int = 0,
+    *,
+    description: str | None = None,
+    taken: set[int] | frozenset[int] = frozenset(),
+) -> int:
+    """SeriesNumber of a derived series: ``1000 + the reference's (or 0) + 10 * slot + offset``.
+
+    The slot is a fixed function of ``description`` (CRC-32 of the SeriesDescription, modulo
+    90), so series of different methods (``"tomo TV reconstruction"``, ``"tomo DDS
+    reconstruction"``) get different numbers even when written to unrelated folders; it moves
+    on to the next slot while a number in ``taken`` (the numbers of the study's series already
+    written beside the new one) falls in its block of ten. Without ``description`` the slot is 0
+    (``1000 + the reference's``, the number before slots existed). A second series derived with
+    the first (e.g. its standard-deviation map) passes the first's number plus one, or
+    ``offset=1`` with the same arguments.
+
+    Parameters
+    ----------
+    reference : CTVolume, optional
+        Its header's SeriesNumber is the base.
+    offset : int
+        Added to the block's first number (0 for an image, 1 for its standard-deviation map).
+    description : str, optional
+        SeriesDescription of the new series.
+    taken : set of int
+        SeriesNumbers already used in the study (see :func:`write_series`).
+
+    Returns
+    -------
+    int
     """
     ref_number = (
         reference.header.get("SeriesNumber") if reference is not None and reference.header is not None else None
     )
-    return 1000 + int(ref_number or 0) + int(offset)
+    try:
+        base = 1000 + int(ref_number or 0)
+    except (TypeError, ValueError):  # a malformed IS value: no base
+        base = 1000
+    slot = 0 if description is None else zlib.crc32(description.encode("utf-8")) % _SLOTS
+    for step in range(_SLOTS):
+        first = base + _BLOCK * ((slot + step) % _SLOTS)
+        if not any(first <= t < first + _BLOCK for t in taken):
+            return first + int(offset)
+    return base + _BLOCK * slot + int(offset)  # every block taken: keep the method's own
+
+
+def _numbers_beside(out: Path, study_uid: str) -> set[int]:
+    """SeriesNumbers of the series of study ``study_uid`` in the folders beside ``out``.
+
+    One header a folder (its first ``.dcm`` file); ``out`` itself (about to be replaced) and
+    hidden folders (unfinished writes) are left out.
+    """
+    numbers: set[int] = set()
+    parent = out.parent
+    if not parent.is_dir():
+        return numbers
+    try:
+        siblings = sorted(d for d in parent.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError:
+        return numbers
+    for folder in siblings[:_MAX_SIBLINGS]:
+        if folder.resolve() == out.resolve():
+            continue
+        try:
+            first = min((f for f in folder.iterdir() if f.suffix.lower() == ".dcm" and f.is_file()), default=None)
+            if first is None:
+                continue
+            ds = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesNumber"])
+            if str(ds.get("StudyInstanceUID", "")) == study_uid and ds.get("SeriesNumber") not in (None, ""):
+                numbers.add(int(ds.SeriesNumber))
+        except Exception:  # noqa: BLE001 - a folder we cannot read takes no number
+            continue
+    return numbers
 
 
 def _as_volume(hu) -> np.ndarray:
@@ -233,6 +389,7 @@ def write_series(
     series_number: int | None = None,
     study_uids: tuple[str, str] | None = None,
     hu_step: float = 1.0,
+    window: str | tuple[float, float] = "reference",
 ) -> list[Path]:
     """Write HU slices as a new derived CT series.
 
@@ -267,7 +424,9 @@ def write_series(
     slice_spacing_mm : float, optional
         Slice spacing without reference or positions (needed for several slices).
     series_number : int, optional
-        SeriesNumber; default :func:`default_series_number` (1000 + the reference's, or 1000).
+        SeriesNumber; default :func:`default_series_number` of ``description``, moved past the
+        numbers of the study's series in the folders beside ``out_dir``: ``1000 + the
+        reference's + 10 * slot``, so a TV and a DDS series of one study differ.
     study_uids : (str, str), optional
         (StudyInstanceUID, FrameOfReferenceUID) used when the reference has none (no reference,
         or one not read from DICOM): give the same pair to series that belong together (an
@@ -276,6 +435,11 @@ def write_series(
     hu_step : float
         Preferred stored step, HU (:func:`choose_rescale`): 1 for images, e.g. 0.1 for a
         standard-deviation map.
+    window : str or (float, float)
+        Display window written as WindowCenter / WindowWidth (:func:`window_values`):
+        ``"reference"`` (default: the reference's window, else soft tissue 40/400 HU), a preset
+        (``"soft-tissue"``, ``"lung"``, ``"bone"``, ``"brain"``), ``"auto"`` (1st to 99th
+        percentile of ``hu``, for a standard-deviation map) or ``(centre, width)`` in HU.
 
     Returns
     -------
@@ -303,6 +467,7 @@ def write_series(
     out = Path(out_dir)
     _check_output(out, reference, overwrite)
 
+    centres, widths, explanations = window_values(window, reference, vol)
     slope, intercept = choose_rescale(float(vol.min()), float(vol.max()), hu_step)
     stored = np.clip(np.rint((vol - intercept) / slope), *_INT16).astype("<i2")
 
@@ -310,7 +475,10 @@ def write_series(
     base = _base_dataset(reference, now, study_uids)
     base.Modality = "CT"
     base.SeriesInstanceUID = generate_uid()
-    base.SeriesNumber = series_number if series_number is not None else default_series_number(reference)
+    if series_number is None:
+        taken = _numbers_beside(out, str(base.StudyInstanceUID))
+        series_number = default_series_number(reference, description=description[:64], taken=taken)
+    base.SeriesNumber = series_number
     base.SeriesDescription = description[:64]
     base.SeriesDate = base.ContentDate = base.InstanceCreationDate = now.strftime("%Y%m%d")
     base.SeriesTime = base.ContentTime = base.InstanceCreationTime = now.strftime("%H%M%S")
@@ -340,6 +508,9 @@ def write_series(
     base.RescaleIntercept = _ds_str(intercept)
     base.RescaleSlope = _ds_str(slope)
     base.RescaleType = "HU"
+    base.WindowCenter = [_ds_str(c) for c in centres] if len(centres) > 1 else _ds_str(centres[0])
+    base.WindowWidth = [_ds_str(w) for w in widths] if len(widths) > 1 else _ds_str(widths[0])
+    base.WindowCenterWidthExplanation = explanations if len(explanations) > 1 else explanations[0]
     base.SOPClassUID = CTImageStorage
 
     names = [f"CT{k + 1:06d}.dcm" for k in range(n)]
