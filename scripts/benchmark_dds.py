@@ -51,7 +51,7 @@ from tomo.evaluation.report import summarise
 from tomo.evaluation.runner import evaluate_registry
 from tomo.evaluation.scores import calibration_factor, coverage_from_quantiles
 from tomo.evaluation.tuning import append_json_line, parse_settings
-from tomo.methods.diffusion import std_calibration
+from tomo.methods.diffusion import solver_name, std_calibration
 
 
 def load_slices(data_root: Path, count: int) -> list[Slice]:
@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
                         error_std_q90_each=[round(v, 3) for v in q90],
                         error_std_quantiles_each=[r.error_std_quantiles for r in records],
                         # the calibration factor already in the std (1: raw spread of the samples)
-                        std_factor_applied=std_calibration(method, cases[0].geometry),
+                        std_factor_applied=std_calibration(solver_name(method, settings), cases[0].geometry),
                     )
                 append_json_line(args.json, row)
     return 0

@@ -8,7 +8,7 @@ import torch
 from operators.base import LinearOperator
 from tomo.methods.diffusion import ct_problem
 from tomo.priors import DiffusionPrior, build_unet, make_config
-from tomo.solvers import dds, dps
+from tomo.solvers import daps, dds, dps, dsg, mpgd
 
 
 class Subsample(LinearOperator):
@@ -51,7 +51,16 @@ def tiny_prior():
     return prior.eval()
 
 
-@pytest.mark.parametrize("solver,kw", [(dds, {"steps": 3, "cg_iterations": 2}), (dps, {"steps": 3, "zeta": 0.5})])
+@pytest.mark.parametrize(
+    "solver,kw",
+    [
+        (dds, {"steps": 3, "cg_iterations": 2}),
+        (dps, {"steps": 3, "zeta": 0.5}),
+        (mpgd, {"steps": 3, "grad_steps": 2}),
+        (dsg, {"steps": 3}),
+        (daps, {"steps": 3, "langevin_steps": 2}),
+    ],
+)
 def test_solvers_run_with_a_unet_patch_prior_on_odd_sizes(tiny_prior, solver, kw):
     op = Subsample((14, 10))  # not a multiple of the 8-pixel patch
     y = torch.rand(2, 7, 5) * 2 - 1
@@ -81,7 +90,14 @@ def tiny_prior_dir(tmp_path_factory, tiny_prior):
 
 
 @pytest.mark.parametrize(
-    "method,options", [("dds", {"steps": 2, "cg_iterations": 3, "eta": 0.5}), ("dps", {"steps": 2, "zeta": 0.5})]
+    "method,options",
+    [
+        ("dds", {"steps": 2, "cg_iterations": 3, "eta": 0.5}),
+        ("dps", {"steps": 2, "zeta": 0.5}),
+        ("dps", {"steps": 2, "guidance": "dps", "zeta": 0.5}),
+        ("dps", {"steps": 2, "guidance": "dsg"}),
+        ("dps", {"steps": 2, "guidance": "daps"}),
+    ],
 )
 def test_registered_in_the_reconstruct_registry(tiny_prior_dir, method, options):
     """``reconstruct(..., method="dds"|"dps")`` returns attenuation in 1/mm of the grid's shape."""
@@ -330,3 +346,32 @@ def test_dds_start_default_per_configuration(monkeypatch):
     diffusion.run_dds(None, Problem())
     diffusion.run_dds(None, Problem(), samples=3)
     assert seen == [0.05, 0.2]
+
+
+def test_registry_dps_guidance_defaults_and_refusals(tiny_prior_dir, monkeypatch):
+    """--method dps runs the default successor (warm start, final denoising); --guidance dps is the
+    reference (cold start, zeta 1000 / steps); options of another guidance are refused."""
+    from operators import CTProjector
+    from tomo.methods import diffusion as solver_methods
+    from tomo.methods.registry import reconstruct
+
+    parallel = _parallel_16px(8)
+    seen = []
+    real = solver_methods.sample_or_mean
+    monkeypatch.setattr(
+        solver_methods, "sample_or_mean", lambda solver, *a, **k: seen.append((solver, k)) or real(solver, *a, **k)
+    )
+    sino = CTProjector(parallel)(torch.full((1, 16, 16), 0.0192))
+    kw = dict(progress=False, prior=str(tiny_prior_dir), i0=1e6)
+    reconstruct(sino, parallel, "dps", steps=2, **kw)
+    reconstruct(sino, parallel, "dps", guidance="dps", steps=4, **kw)
+    default = solver_methods.DPS_GUIDANCE[solver_methods.DPS_DEFAULTS["guidance"]]
+    (solver, k), (ref, k_ref) = seen
+    assert solver is default and "x_init" in k and k["denoise_sigma"] > 0 and k["steps"] == 2
+    assert ref is dps and "x_init" not in k_ref and k_ref["zeta"] == 250.0 and "denoise_sigma" not in k_ref
+    with pytest.raises(ValueError, match="guidance"):
+        reconstruct(sino, parallel, "dps", guidance="magic", steps=2, **kw)
+    with pytest.raises(ValueError, match="--grad-steps does not apply to --guidance daps"):
+        reconstruct(sino, parallel, "dps", guidance="daps", grad_steps=3, steps=2, **kw)
+    with pytest.raises(ValueError, match="--denoise-hu does not apply"):
+        reconstruct(sino, parallel, "dps", guidance="dps", denoise_hu=20.0, steps=2, **kw)

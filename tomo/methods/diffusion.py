@@ -8,6 +8,7 @@ dose ``i0`` is known, white otherwise.
 
 from __future__ import annotations
 
+import inspect
 import math
 from functools import lru_cache
 
@@ -18,7 +19,7 @@ from operators.geometry import FanBeam2D
 from operators.noise import transmission_weights
 from operators.units import MU_WATER_PER_MM
 from tomo.priors.prior import available_priors
-from tomo.solvers import dds, default_zeta, dps, sample_or_mean
+from tomo.solvers import daps, dds, default_zeta, dps, dsg, mpgd, sample_or_mean
 from tomo.solvers.data_terms import batch_measurements
 from tomo.solvers.problem import ModelDomainProblem, affine_problem, model_to_hu_affine
 
@@ -35,6 +36,10 @@ __all__ = [
     "ct_problem",
     "DDS_DEFAULTS",
     "DPS_DEFAULTS",
+    "DPS_REFERENCE_DEFAULTS",
+    "DPS_GUIDANCE",
+    "dps_solver",
+    "solver_name",
     "DDS_START",
     "dds_start_default",
     "denoise_sigma",
@@ -58,8 +63,27 @@ DDS_DEFAULTS = {
     "init": "tv",
     "denoise_hu": 20.0,
 }
-#: defaults of ``tomo reconstruct --method dps``; without --zeta, zeta = default_zeta(steps) = 1000 / steps
-DPS_DEFAULTS = {"steps": 1000, "seed": 0}
+#: the residual-gradient family behind ``tomo reconstruct --method dps --guidance NAME``: DPS as the
+#: lecture note writes it (gradients through the network) and its Jacobian-free successors
+#: (docs/method.md, docs/solvers.md)
+DPS_GUIDANCE = {"dps": dps, "mpgd": mpgd, "dsg": dsg, "daps": daps}
+#: defaults of ``tomo reconstruct --method dps``: the successor that won on the train/ tuning
+#: slices (docs/solvers.md, "The residual-gradient family"), warm-started from TV like DDS
+DPS_DEFAULTS = {
+    "guidance": "mpgd",
+    "steps": 25,
+    "eta": 0.85,
+    "grad_steps": 5,
+    "zeta": 1.0,
+    "spacing": "leading",
+    "seed": 0,
+    "init": "tv",
+    "start": 0.2,
+    "denoise_hu": 20.0,
+}
+#: ``--guidance dps``: the reference, DPS of the lecture note over the full schedule from noise;
+#: without --zeta, zeta = default_zeta(steps) = 1000 / steps
+DPS_REFERENCE_DEFAULTS = {"steps": 1000, "seed": 0}
 
 
 @lru_cache(maxsize=2)
@@ -236,11 +260,50 @@ def run_dds(
     return _solve(dds, defaults, sinogram, problem, prior, options)
 
 
-def run_dps(sinogram: torch.Tensor, problem: ReconProblem, *, prior=None, **options) -> torch.Tensor:
-    """DPS reconstruction: mu [1/mm] ``[B, H, W]`` (options: steps, zeta, seed)."""
-    if options.get("zeta") is None:
-        options["zeta"] = default_zeta(options.get("steps") or DPS_DEFAULTS["steps"])
-    return _solve(dps, DPS_DEFAULTS, sinogram, problem, prior, options)
+def dps_solver(guidance: str | None):
+    """The solver of ``--guidance`` (None: the default, :data:`DPS_DEFAULTS`) and its defaults."""
+    guidance = str(DPS_DEFAULTS["guidance"]) if guidance is None else guidance
+    if guidance not in DPS_GUIDANCE:
+        raise ValueError(f"--guidance must be one of {', '.join(DPS_GUIDANCE)}, got {guidance!r}")
+    if guidance == "dps":
+        return dps, dict(DPS_REFERENCE_DEFAULTS)
+    defaults = {k: v for k, v in DPS_DEFAULTS.items() if k != "guidance"}
+    if guidance != DPS_DEFAULTS["guidance"]:  # the tuned step options belong to the default's solver
+        defaults = {k: v for k, v in defaults.items() if k in _SHARED_OPTIONS}
+    return DPS_GUIDANCE[guidance], defaults
+
+
+def solver_name(method: str, options: dict) -> str:
+    """The solver behind registry ``method`` with ``options``: the key of :data:`STD_CALIBRATION`
+    (``"dds"``, or the ``--guidance`` of ``dps``: ``"mpgd"``, ``"dps"``, ...)."""
+    if method != "dps":
+        return method
+    return dps_solver(options.get("guidance"))[0].__name__
+
+
+#: options every guidance of ``--method dps`` takes (the others are per solver)
+_SHARED_OPTIONS = ("steps", "seed", "init", "start", "denoise_hu", "spacing", "samples")
+
+
+def run_dps(
+    sinogram: torch.Tensor, problem: ReconProblem, *, prior=None, guidance: str | None = None, **options
+) -> torch.Tensor:
+    """DPS-family reconstruction: mu [1/mm] ``[B, H, W]``.
+
+    ``guidance`` picks the solver (:data:`DPS_GUIDANCE`; None = :data:`DPS_DEFAULTS`'s);
+    ``"dps"`` is the reference (options steps, zeta, seed, samples). Options the solver does not
+    take are refused with a one-line error.
+    """
+    solver, defaults = dps_solver(guidance)
+    if solver is dps and options.get("zeta") is None:
+        options["zeta"] = default_zeta(options.get("steps") or defaults["steps"])
+    parameters = set(inspect.signature(solver).parameters)
+    accepted = parameters | {"init", "samples"} | ({"denoise_hu"} if "denoise_sigma" in parameters else set())
+    given = [k for k, v in options.items() if v is not None and k not in accepted]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ValueError(f"{flags} does not apply to --guidance {guidance or DPS_DEFAULTS['guidance']}")
+    return _solve(solver, defaults, sinogram, problem, prior, options)
 
 
 _COMMON = (
@@ -262,6 +325,39 @@ _COMMON = (
 )
 
 
+# options dds and dps share (one flag, one dest and type in the command)
+_ETA = MethodOption(
+    "--eta",
+    "eta",
+    float,
+    f"dds, dps: fraction of fresh noise when re-noising, 0-1 (default dds {DDS_DEFAULTS['eta']}, "
+    f"dps {DPS_DEFAULTS['eta']})",
+)
+_DENOISE_HU = MethodOption(
+    "--denoise-hu",
+    "denoise_hu",
+    float,
+    "dds, dps: end with one more network evaluation that denoises the result as if it "
+    "carried white noise of this many HU (at the prior's nearest noise level; "
+    "default 20; 0 = off: the last data-consistent estimate)",
+)
+_INIT = MethodOption(
+    "--init",
+    "init",
+    str,
+    "dds, dps: warm start from this classical method's image, or 'none' for "
+    "a cold start from noise (default tv; dps --guidance dps: none)",
+)
+_START = MethodOption(
+    "--start",
+    "start",
+    float,
+    "dds, dps: with --init, run the last START fraction of the schedule "
+    "from the warm start, 0-1 (default dds: 0.05 for parallel scans of more than 15 "
+    f"views per half turn, else 0.2, and 0.2 with --samples; dps: {DPS_DEFAULTS['start']}; 1 = the whole schedule)",
+)
+
+
 def register(registry: MethodRegistry) -> None:
     """Register ``dds`` and ``dps`` in ``registry``."""
     registry.register(
@@ -272,7 +368,7 @@ def register(registry: MethodRegistry) -> None:
         options=_COMMON
         + (
             MethodOption("--cg-iterations", "cg_iterations", int, "dds: CG iterations per step (default 3)"),
-            MethodOption("--eta", "eta", float, "dds: fraction of fresh noise when re-noising, 0-1 (default 0.85)"),
+            _ETA,
             MethodOption(
                 "--dds-tv",
                 "dds_tv",
@@ -295,29 +391,9 @@ def register(registry: MethodRegistry) -> None:
                 int,
                 "dds: ADMM iterations per step of the hybrid data step (default 4)",
             ),
-            MethodOption(
-                "--denoise-hu",
-                "denoise_hu",
-                float,
-                "dds: end with one more network evaluation that denoises the result as if it "
-                "carried white noise of this many HU (at the prior's nearest noise level; "
-                "default 20; 0 = off: the last data-consistent estimate)",
-            ),
-            MethodOption(
-                "--init",
-                "init",
-                str,
-                "dds: warm start from this classical method's image, or 'none' for "
-                "a cold start from noise (default tv)",
-            ),
-            MethodOption(
-                "--start",
-                "start",
-                float,
-                "dds: with --init, run the last START fraction of the schedule "
-                "from the warm start, 0-1 (default 0.05 for parallel scans of more than 15 "
-                "views per half turn, else 0.2, and 0.2 with --samples; 1 = the whole schedule)",
-            ),
+            _DENOISE_HU,
+            _INIT,
+            _START,
         ),
     )
 
@@ -325,7 +401,35 @@ def register(registry: MethodRegistry) -> None:
         "dps",
         run_dps,
         batch_size=2,
-        help="Diffusion Posterior Sampling: gradient through the prior network each step (slow: 1000 steps)",
+        help="Diffusion Posterior Sampling, the residual-gradient family: by default MPGD (residual "
+        "gradients on the denoised estimate, no backpropagation), 26 network evaluations; "
+        "--guidance dps --steps 1000 is the lecture note's DPS (slow)",
         options=_COMMON
-        + (MethodOption("--zeta", "zeta", float, "dps: data-consistency step size (default 1000 / steps)"),),
+        + (
+            MethodOption(
+                "--guidance",
+                "guidance",
+                str,
+                "dps: mpgd (default: residual-gradient steps on the denoised estimate), dsg (steps on the "
+                "noise sphere), daps (decoupled annealing, Langevin on the estimate) or dps (the "
+                "reference: gradient through the network, use with --steps 1000)",
+            ),
+            MethodOption(
+                "--zeta",
+                "zeta",
+                float,
+                "dps: step size of the residual gradient (default: mpgd 1.0 in units of the inverse "
+                "Lipschitz constant; guidance dps 1000 / steps)",
+            ),
+            MethodOption(
+                "--grad-steps",
+                "grad_steps",
+                int,
+                f"dps: residual-gradient steps per network evaluation (mpgd; default {DPS_DEFAULTS['grad_steps']})",
+            ),
+            _ETA,
+            _DENOISE_HU,
+            _INIT,
+            _START,
+        ),
     )

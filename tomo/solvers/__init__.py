@@ -5,7 +5,8 @@ Solvers see a prior (``eps(x_t, t, generator)``, ``alphas_cumprod``) and an
 the prior's model range with :func:`affine_problem` (an affine change of variable; the CT and
 HU-image versions are :func:`tomo.methods.diffusion.ct_problem` and
 :func:`tomo.methods.image_tasks.hu_problem`), then solved with :func:`dds` (fast, no network
-gradients) or :func:`dps`.
+gradients), :func:`dps` (the reference: gradients through the network) or its Jacobian-free
+successors :func:`mpgd`, :func:`dsg` and :func:`daps` (docs/solvers.md).
 
 >>> from tomo.methods.diffusion import ct_problem                      # doctest: +SKIP
 >>> problem = ct_problem(prior, projector, sinogram, i0=1e6)          # doctest: +SKIP
@@ -13,11 +14,14 @@ gradients) or :func:`dps`.
 >>> hu = prior.model_to_hu(result.x)                                   # doctest: +SKIP
 """
 
+from .daps import daps
 from .data_terms import DataFidelity, conjugate_gradient, transmission_poisson_weights
 from .dds import dds
 from .dps import default_zeta, dps
+from .dsg import dsg
 from .ensemble import posterior_mean, sample_or_mean
 from .gaussian_prior import GaussianPrior, linear_beta_alphas_cumprod
+from .mpgd import mpgd
 from .problem import ModelDomainProblem, affine_problem, model_to_hu_affine
 from .sampler_setup import SolverResult
 from .schedule import (
@@ -32,6 +36,9 @@ from .schedule import (
 __all__ = [
     "dds",
     "dps",
+    "mpgd",
+    "dsg",
+    "daps",
     "default_zeta",
     "posterior_mean",
     "sample_or_mean",

@@ -166,6 +166,16 @@ class DataFidelity:
         """``||r(x)||`` per item, shape [B]."""
         return self.residual(x).flatten(1).norm(dim=1)
 
+    def residual_gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gradient of ``1/2 ||r(x)||^2`` (``-s A^T W^{1/2} r``, [B, 1, H, W]) and ``||r(x)||`` [B].
+
+        Two operator calls (``A`` and ``A^T``), no autograd: the data step of the solvers that take
+        the residual's gradient on the denoised estimate instead of through the network.
+        """
+        r = self.residual(x)
+        g = self._apply_adjoint(self._weigh(r))
+        return -g * self._scale_like(g), r.flatten(1).norm(dim=1)
+
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         """``s^2 A^T W A x``."""
         out = self._normal_unscaled(x)

@@ -9,7 +9,7 @@ import torch
 
 from tomo.priors.noising import add_noise
 
-__all__ = ["SolverResult", "check_prior", "make_generator", "standard_normal"]
+__all__ = ["SolverResult", "check_prior", "check_number", "make_generator", "standard_normal"]
 
 
 @dataclass
@@ -52,6 +52,15 @@ def check_prior(prior) -> None:
             f"prior must provide eps(x_t, t, generator=None) and alphas_cumprod "
             f"(like tomo.priors.DiffusionPrior); {type(prior).__name__} lacks {', '.join(missing)}"
         )
+
+
+def check_number(name: str, value, low: float = 0.0, high: float = float("inf"), *, integer: bool = False) -> None:
+    """Refuse ``value`` unless it is a finite number (an int with ``integer``) in ``[low, high]``."""
+    kind = (int,) if integer else (int, float)
+    ok = isinstance(value, kind) and not isinstance(value, bool) and value == value and low <= value <= high
+    if not ok or (not integer and abs(value) == float("inf")):
+        what = "an int" if integer else "a finite number"
+        raise ValueError(f"{name} must be {what} in [{low:g}, {high:g}], got {value!r}")
 
 
 def make_generator(seed: int | torch.Generator | None) -> torch.Generator:
