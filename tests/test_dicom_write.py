@@ -279,3 +279,28 @@ def test_builtin_methods_get_distinct_series_numbers():
     numbers += [default_series_number(None, description=f"tomo {m} demo") for m in methods]
     assert len(set(numbers)) == len(numbers) and all(1000 <= n < 1900 and n % 10 == 0 for n in numbers)
     assert default_series_number(None) == 1000 and default_series_number(None, 1, description="x") % 10 == 1
+
+
+def test_reconstruct_window_option(tmp_path, capsys):
+    """`tomo reconstruct --window` sets the derived series' window; a bad one is refused at parsing."""
+    from tomo.cli.main import main
+
+    ct = get_testdata_file("CT_small.dcm", download=False)
+    if ct is None:
+        pytest.skip("pydicom does not ship CT_small.dcm")
+    sino = tmp_path / "s.npz"
+    assert main(["simulate", ct, "--config", "parallel-30", "--grid", "32", "--out", str(sino)]) == 0
+    base = ["reconstruct", str(sino), "--method", "fbp", "--reference", ct, "--no-preview"]
+    assert main([*base, "--window", "lung", "--out", str(tmp_path / "lung")]) == 0
+    assert main([*base, "--window", "30,300", "--out", str(tmp_path / "pair")]) == 0
+    assert main([*base, "--out", str(tmp_path / "default")]) == 0
+    windows = {}
+    for name in ("lung", "pair", "default"):
+        ds = pydicom.dcmread(sorted((tmp_path / name).glob("*.dcm"))[0], stop_before_pixels=True)
+        windows[name] = (float(ds.WindowCenter), float(ds.WindowWidth))
+    assert windows == {"lung": (-600.0, 1500.0), "pair": (30.0, 300.0), "default": (40.0, 400.0)}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--window", "mediastinum", "--out", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2 and "unknown window 'mediastinum'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -98,6 +98,15 @@ def add_parser(subparsers, help_line: str, methods: dict, flags: dict) -> argpar
     )
     parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID in --reference, if it holds several")
     parser.add_argument(
+        "--window",
+        type=window_arg,
+        default="reference",
+        metavar="NAME|CENTRE,WIDTH",
+        help="display window (WindowCenter/WindowWidth) of a DICOM series written: 'reference' (default: "
+        "--reference's window, else soft tissue), 'soft-tissue' (40,400 HU), 'lung' (-600,1500), 'bone' "
+        "(400,1800), 'brain' (40,80), or CENTRE,WIDTH in HU; a std series gets its own range",
+    )
+    parser.add_argument(
         "--slice-spacing",
         type=float,
         metavar="MM",
@@ -117,6 +126,25 @@ def add_parser(subparsers, help_line: str, methods: dict, flags: dict) -> argpar
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars and no information lines")
     return parser
+
+
+def window_arg(value: str) -> str | tuple[float, float]:
+    """``--window``: a preset name or ``CENTRE,WIDTH`` in HU (checked by :func:`tomo.io.dicom_write.window_values`)."""
+    from tomo.io.dicom_write import window_values
+
+    text = value.strip().lower()
+    window: str | tuple[float, float] = text
+    if "," in text:
+        try:
+            centre, width = (float(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"CENTRE,WIDTH must be two numbers in HU, got {value!r}") from None
+        window = (centre, width)
+    try:
+        window_values(window, None, hu=[0.0])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return window
 
 
 def chosen_options(args, entry, flags) -> dict:

@@ -161,7 +161,7 @@ def write_dicom(setup: Setup, summary: str, args, has_std: bool) -> list[str]:
     import pydicom
     from pydicom.uid import generate_uid
 
-    from tomo.io.dicom_write import default_series_number, write_series
+    from tomo.io.dicom_write import write_series
 
     p = setup.source.geometry.pixel_spacing_mm
     name = args.method.upper()
@@ -173,11 +173,12 @@ def write_dicom(setup: Setup, summary: str, args, has_std: bool) -> list[str]:
         setup.reference,
         description=f"tomo {name} reconstruction",
         derivation=f"{summary} (tomo reconstruct)",
+        window=getattr(args, "window", "reference"),
         **common,
     )
     written = [f"{len(files)} DICOM files to {setup.outputs.main}"]
     if has_std and setup.outputs.std is not None:
-        image_uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
+        image = pydicom.dcmread(files[0], stop_before_pixels=True)
         samples = setup.options.get("samples")
         std_files = write_series(
             setup.partial.volume("std_hu"),
@@ -186,9 +187,10 @@ def write_dicom(setup: Setup, summary: str, args, has_std: bool) -> list[str]:
             description=f"tomo {name} posterior std (HU)",
             derivation=(
                 f"pixel-wise posterior standard deviation in HU over {samples} samples of the {name} "
-                f"reconstruction in series {image_uid}; {summary} (tomo reconstruct)"
+                f"reconstruction in series {image.SeriesInstanceUID}; {summary} (tomo reconstruct)"
             ),
-            series_number=default_series_number(setup.reference, 1),
+            series_number=int(image.SeriesNumber) + 1,  # next to its image series
+            window="auto",  # a std map in HU: its own range, not a body window
             hu_step=0.1,
             **common,
         )
