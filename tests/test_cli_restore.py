@@ -210,3 +210,76 @@ def test_prior_help_lists_only_the_shipped_priors_present(monkeypatch, capsys):
         text = " ".join(capsys.readouterr().out.split())
         assert f"({', '.join(present)}) or a checkpoint folder" in text
         assert "large" not in text.replace("larger", "")
+
+
+# ----- --measured: the input is already degraded ------------------------------------------------
+
+
+def _restore(tiny_prior_dir, image, out, *extra):
+    return main(["restore", str(image), *extra, "--steps", "2", "--prior", str(tiny_prior_dir), "-o", str(out)])
+
+
+def test_measured_deblur_restores_the_input_as_it_is(tiny_prior_dir, tmp_path, capsys):
+    """The blurred image is the measurement itself: no second blur, no noise, no reference."""
+    from operators import GaussianBlur
+
+    hu = np.full((24, 24), -1000.0, np.float32)
+    hu[6:18, 6:18] = 40.0
+    blurred = GaussianBlur((24, 24), 1.5)(torch.from_numpy(hu)).numpy()
+    vol = tmp_path / "blurred.npz"
+    np.savez(vol, hu=blurred[None], spacing_mm=np.array([1.5, 1.5, 3.0], np.float32))
+    out = tmp_path / "m"
+    assert _restore(tiny_prior_dir, vol, out, "--task", "deblur", "--measured", "--sigma-px", "1.5") == 0
+    text = capsys.readouterr().out
+    assert "measured, restored as it is" in text and "PSNR" not in text and "no reference" in text
+    saved = np.load(out / "blurred_deblur.npz")
+    np.testing.assert_array_equal(saved["measured"], blurred)  # taken as measured, not blurred again
+    assert "reference_hu" not in saved.files and "degraded" not in saved.files
+    assert saved["restored_hu"].shape == (24, 24) and np.isfinite(saved["restored_hu"]).all()
+    assert not (out / "blurred_deblur_reference.png").exists()
+    figure = np.asarray(Image.open(out / "blurred_deblur_figure.png"))
+    assert figure.shape[1] > 1.5 * figure.shape[0]  # two panels side by side
+
+
+def test_measured_superres_restores_on_factor_times_the_grid(tiny_prior_dir, tmp_path):
+    low = tmp_path / "low.png"
+    Image.fromarray(np.pad(np.full((4, 4), 140, np.uint8), 2)).save(low)  # 8 x 8 low-resolution image
+    out = tmp_path / "s"
+    assert _restore(tiny_prior_dir, low, out, "--task", "superres", "--measured", "--factor", "4", "--quiet") == 0
+    saved = np.load(out / "low_superres.npz")
+    assert saved["measured"].shape == (8, 8) and saved["restored_hu"].shape == (32, 32)
+    assert np.asarray(Image.open(out / "low_superres_restored.png")).shape == (32, 32)
+
+
+def test_measured_inpaint_takes_the_missing_pixels_from_a_mask_file(tiny_prior_dir, disk_png, tmp_path):
+    missing = np.zeros((40, 40), np.uint8)
+    missing[14:26, 10:30] = 255
+    mask = tmp_path / "hole.png"
+    Image.fromarray(missing).save(mask)
+    out = tmp_path / "i"
+    args = ["--task", "inpaint", "--measured", "--mask", str(mask), "--quiet"]
+    assert _restore(tiny_prior_dir, disk_png, out, *args) == 0
+    saved = np.load(out / "disk_inpaint.npz")
+    assert (saved["measured"][14:26, 10:30] == -1000.0).all()  # the missing pixels, shown as air
+    assert saved["measured"][20, 8] == pytest.approx(140 / 255 * 2000 - 1000, abs=10)  # observed: kept
+    assert saved["restored_hu"].shape == (40, 40)
+
+
+def test_measured_mode_refuses_what_does_not_apply(tiny_prior_dir, disk_png, tmp_path, capsys):
+    assert _restore(tiny_prior_dir, disk_png, tmp_path / "a", "--task", "deblur", "--measured", "--noise-hu", "5") == 2
+    assert "--noise-hu" in capsys.readouterr().err
+    assert _restore(tiny_prior_dir, disk_png, tmp_path / "b", "--task", "inpaint", "--mask", str(disk_png)) == 2
+    assert "--mask" in capsys.readouterr().err
+    empty = tmp_path / "empty.npy"
+    np.save(empty, np.zeros((40, 40)))
+    args = ["--task", "inpaint", "--measured", "--mask", str(empty)]
+    assert _restore(tiny_prior_dir, disk_png, tmp_path / "c", *args) == 2
+    assert "marks no pixel as missing" in capsys.readouterr().err
+
+
+def test_simulated_mode_writes_a_figure_with_the_reference(tiny_prior_dir, disk_png, tmp_path, capsys):
+    out = tmp_path / "f"
+    assert _restore(tiny_prior_dir, disk_png, out, "--task", "deblur", "--size", "32") == 0
+    assert "PSNR" in capsys.readouterr().out
+    figure = np.asarray(Image.open(out / "disk_deblur_figure.png"))
+    assert figure.shape[1] > 2.5 * figure.shape[0]  # degraded, restored and reference side by side

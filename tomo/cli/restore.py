@@ -1,14 +1,26 @@
-"""``tomo restore IMAGE --task ...``: degrade a CT image, restore it with the diffusion prior, score it.
+"""``tomo restore IMAGE --task ...``: restore a CT image with the diffusion prior (degrading it first, or as measured).
 
 IMAGE is a DICOM file or series folder (a slice of it), an ``.npz`` HU volume (``hu``,
-``spacing_mm``) or a PNG (grey levels read as the [-1000, 1000] HU display window). The slice is
-resized so that its longer side has ``--size`` pixels (default 256, near the prior's 1.5 mm
-pixels for a 512-pixel CT slice), degraded with the task's operator plus white Gaussian noise of
-``--noise-hu`` HU, restored with DDS (default) or DPS, and written as three PNGs (degraded input,
-restored result, reference) in the [-1000, 1000] HU window, plus an ``.npz`` of the HU images.
-With ``--samples N`` the result is the mean of N posterior samples and a fourth PNG shows their
-pixel-wise standard deviation (0-200 HU, black to white). PSNR/SSIM against the reference are
-printed.
+``spacing_mm``) or a PNG (grey levels read as the [-1000, 1000] HU display window).
+
+By default the slice is a clean reference: it is resized so that its longer side has ``--size``
+pixels (default 256, near the prior's 1.5 mm pixels for a 512-pixel CT slice), degraded with the
+task's operator plus white Gaussian noise of ``--noise-hu`` HU, restored with DDS (default) or
+DPS and scored (PSNR/SSIM against the reference are printed).
+
+With ``--measured`` IMAGE is the measurement itself (already blurred, low-resolution or with
+missing pixels) and is restored as it is, with the operator given by the task's options: deblur
+``--sigma-px`` (blur of IMAGE, in its pixels), superres ``--factor`` (IMAGE is the low-resolution
+image; the result has ``factor`` times its size), inpaint/outpaint ``--mask FILE`` (PNG or
+``.npy`` of IMAGE's size, non-zero = missing pixel) or else ``--box`` / ``--keep``. No noise is
+added and there is no reference and no score. ``--size`` (default: keep) resizes the result
+grid; a deblur ``--sigma-px`` is scaled with it.
+
+Outputs in ``--output-dir``: PNGs of the input (degraded or measured; missing pixels as air),
+the restored result and the reference (not with ``--measured``) in the [-1000, 1000] HU window, a
+side-by-side figure ``STEM_TASK_figure.png`` of them (with the scores), and an ``.npz`` of the HU
+images. With ``--samples N`` the result is the mean of N posterior samples and a further PNG
+shows their pixel-wise standard deviation (0-200 HU, black to white).
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ from tomo.cli.progress import library_bars
 DEFAULT_WARM_START = 0.2
 
 #: one-line summary shown by ``tomo --help``
-HELP = "degrade a CT image (blur, downsample, mask) and restore it with the diffusion prior"
+HELP = "restore a CT image (deblur, super-resolve, in/outpaint) with the diffusion prior"
 
 
 def register(subparsers) -> None:
@@ -53,10 +65,22 @@ def register(subparsers) -> None:
     src = p.add_argument_group("input")
     src.add_argument("--slice", type=int, default=None, help="slice index of a volume (default: the middle one)")
     src.add_argument(
-        "--size", type=int, default=256, help="resize so the longer side has this many pixels (0: keep; default 256)"
+        "--size",
+        type=int,
+        default=None,
+        help="resize so the longer side has this many pixels (0: keep; default 256, with --measured: keep; "
+        "with --measured --task superres: the result's side)",
+    )
+    src.add_argument(
+        "--measured",
+        action="store_true",
+        help="IMAGE is already degraded (blurred, low-resolution, with missing pixels): restore it as it "
+        "is, with the operator of the task's options, no added noise and no reference",
     )
     task = p.add_argument_group("degradation")
-    task.add_argument("--noise-hu", type=float, default=10.0, help="Gaussian noise std, HU (default 10)")
+    task.add_argument(
+        "--noise-hu", type=float, default=None, help="Gaussian noise std added, HU (default 10; not with --measured)"
+    )
     task.add_argument("--sigma-px", type=float, default=2.0, help="deblur: Gaussian blur std, pixels (default 2)")
     task.add_argument("--factor", type=int, default=4, choices=(2, 4), help="superres: factor (default 4)")
     task.add_argument(
@@ -68,6 +92,12 @@ def register(subparsers) -> None:
     )
     task.add_argument(
         "--keep", type=float, default=0.5, help="outpaint: kept centre fraction of each side (default 0.5)"
+    )
+    task.add_argument(
+        "--mask",
+        type=Path,
+        metavar="FILE",
+        help="inpaint/outpaint with --measured: the missing pixels, a PNG or .npy of IMAGE's size (non-zero = missing)",
     )
     from tomo.priors.prior import available_priors
 
@@ -146,6 +176,11 @@ def read_hu_slice(path: Path, index: int | None) -> tuple[np.ndarray, str]:
     return volume.hu[k].astype(np.float32), f"slice {k % n} of {n}, {volume.hu.shape[2]}x{volume.hu.shape[1]}"
 
 
+def _multiple(args: argparse.Namespace) -> int:
+    """What both sides of the restored image must divide by: the super-resolution factor."""
+    return args.factor if args.task == "superres" else 1
+
+
 def resize_for_task(hu: np.ndarray, size: int, multiple: int) -> np.ndarray:
     """Resize (anti-aliased) so the longer side is ``size`` and both sides divide by ``multiple``."""
     from tomo.methods.image_tasks import resize_to_task_grid
@@ -165,6 +200,64 @@ def save_png(hu: np.ndarray, path: Path) -> None:
 
     with atomic_path(path, overwrite=True) as tmp:  # run() refused existing outputs without --overwrite
         Image.fromarray(np.round(window(hu) * 255).astype(np.uint8)).save(tmp)
+
+
+def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """The observed pixels (bool [H, W], True = observed) from a mask file whose non-zero pixels are
+    missing; resized (nearest) to ``shape`` when the image was resized."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such mask file: {path}")
+    if path.suffix.lower() == ".npy":
+        missing = np.load(path, allow_pickle=False)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            missing = np.asarray(im.convert("L"))
+    if missing.ndim != 2:
+        raise CommandError(f"--mask {path}: expected a 2-D image, got shape {missing.shape}")
+    missing = missing != 0
+    if missing.shape != shape:
+        from skimage.transform import resize
+
+        missing = resize(missing, shape, order=0, anti_aliasing=False) > 0.5
+    if missing.all() or not missing.any():
+        raise CommandError(f"--mask {path} marks {'every' if missing.all() else 'no'} pixel as missing")
+    return ~missing
+
+
+def measured_grid(hu: np.ndarray, args: argparse.Namespace) -> tuple[np.ndarray, float]:
+    """A measured image resized for ``--size`` (the result's side; superres: / factor) and the scale."""
+    if not args.size:
+        return hu, 1.0
+    if args.size < 0:
+        raise CommandError(f"--size must be >= 0, got {args.size}")
+    factor = args.factor if args.task == "superres" else 1
+    if args.size % factor:
+        raise CommandError(f"--size {args.size} with --measured superres must be a multiple of --factor {factor}")
+    resized = resize_for_task(hu, args.size // factor, 1)
+    return resized, max(resized.shape) / max(hu.shape)
+
+
+def save_figure(path: Path, panels: list[tuple[np.ndarray, str]], title: str) -> None:
+    """Side-by-side figure of HU images in the [-1000, 1000] HU window, one titled panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tomo.io.atomic import atomic_path
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), dpi=100, squeeze=False)
+    for ax, (img, label) in zip(axes[0], panels):
+        ax.imshow(img, cmap="gray", vmin=-1000, vmax=1000, interpolation="nearest")
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"{title}; window [-1000, 1000] HU", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path, overwrite=True) as tmp:  # run() refused existing outputs without --overwrite
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
 
 
 def displayable_degraded(task: str, op, y_hu: np.ndarray) -> np.ndarray:
@@ -195,13 +288,19 @@ def run(args: argparse.Namespace) -> int:
     from tomo.methods.image_tasks import SOLVER_DEFAULTS, degrade, restore, task_operator
     from tomo.priors import load_prior
 
-    if args.noise_hu < 0:
-        raise CommandError(f"--noise-hu must be >= 0, got {args.noise_hu}")
+    if args.measured and args.noise_hu is not None:
+        raise CommandError("--noise-hu adds noise to a clean image; with --measured the image is taken as it is")
+    if args.mask is not None and (not args.measured or args.task not in ("inpaint", "outpaint")):
+        raise CommandError("--mask gives the missing pixels of a --measured image, for --task inpaint or outpaint")
+    noise_hu = 10.0 if args.noise_hu is None else args.noise_hu
+    if noise_hu < 0:
+        raise CommandError(f"--noise-hu must be >= 0, got {noise_hu}")
     if args.denoise_hu is not None and args.denoise_hu < 0:
         raise CommandError(f"--denoise-hu must be >= 0, got {args.denoise_hu}")
     stem = args.image.stem if args.image.is_file() else args.image.name
     out_dir: Path = args.output_dir
-    kinds = ("degraded", "restored", "reference") + (("spread",) if args.samples > 1 else ())
+    kinds: tuple[str, ...] = ("measured" if args.measured else "degraded", "restored")
+    kinds += (() if args.measured else ("reference",)) + (("spread",) if args.samples > 1 else ()) + ("figure",)
     names = {k: out_dir / f"{stem}_{args.task}_{k}.png" for k in kinds}
     names["npz"] = out_dir / f"{stem}_{args.task}.npz"
     existing = [str(p) for p in names.values() if p.exists()]
@@ -209,19 +308,32 @@ def run(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{existing[0]} exists; choose another --output-dir or pass --overwrite")
 
     hu, what = read_hu_slice(args.image, args.slice)
-    hu = resize_for_task(hu, args.size, args.factor if args.task == "superres" else 1)
     device = torch.device(args.device)
+    sigma_px = args.sigma_px
+    if args.measured:  # hu is the measurement y; the image to restore lives on the operator's input grid
+        y_np, scale = measured_grid(hu, args)
+        sigma_px *= scale
+        shape = tuple(s * args.factor for s in y_np.shape) if args.task == "superres" else y_np.shape
+        reference = None
+    else:
+        hu = resize_for_task(hu, 256 if args.size is None else args.size, _multiple(args))
+        shape = hu.shape
+    observed = read_mask(args.mask, shape) if args.mask is not None else None
     op = task_operator(
         args.task,
-        hu.shape,
-        sigma_px=args.sigma_px,
+        shape,
+        sigma_px=sigma_px,
         factor=args.factor,
         box=tuple(args.box) if args.box else None,
         keep=args.keep,
+        mask=observed,
         device=device,
     )
-    reference = torch.from_numpy(hu).to(device)
-    y = degrade(op, reference, args.noise_hu, seed=args.seed)
+    if args.measured:
+        y = torch.from_numpy(np.ascontiguousarray(y_np, dtype=np.float32)).to(device)
+    else:
+        reference = torch.from_numpy(hu).to(device)
+        y = degrade(op, reference, noise_hu, seed=args.seed)
 
     prior = load_prior(args.prior, device=device)
     kwargs: dict[str, Any] = dict(SOLVER_DEFAULTS[(args.method, args.task)])
@@ -239,10 +351,8 @@ def run(args: argparse.Namespace) -> int:
     kwargs.update(warm_start_settings(args, kwargs))
     if args.bf16:
         kwargs["autocast_dtype"] = torch.bfloat16
-    print(
-        f"{args.image} ({what}) -> {hu.shape[1]}x{hu.shape[0]}; task {args.task}, noise {args.noise_hu:g} HU; "
-        f"{args.method} {kwargs}"
-    )
+    source = "measured, restored as it is" if args.measured else f"noise {noise_hu:g} HU"
+    print(f"{args.image} ({what}) -> {shape[1]}x{shape[0]}; task {args.task}, {source}; {args.method} {kwargs}")
     if args.samples < 1:
         raise CommandError(f"--samples must be >= 1, got {args.samples}")
     result = restore(
@@ -252,10 +362,24 @@ def run(args: argparse.Namespace) -> int:
     degraded = displayable_degraded(args.task, op, y.cpu().numpy())
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_png(degraded, names["degraded"])
+    save_png(degraded, names[kinds[0]])
     save_png(restored, names["restored"])
-    save_png(hu, names["reference"])
-    arrays = dict(reference_hu=hu, degraded=degraded, restored_hu=restored, task=args.task, method=args.method)
+    arrays: dict[str, Any] = dict(restored_hu=restored, task=args.task, method=args.method)
+    arrays["measured" if args.measured else "degraded"] = degraded
+    scores = None
+    if not args.measured:
+        save_png(hu, names["reference"])
+        arrays["reference_hu"] = hu
+        scores = (float(psnr(restored, hu)), float(ssim(restored, hu)))
+    panels = [(degraded, "measured input" if args.measured else "degraded input")]
+    if scores is not None and degraded.shape == hu.shape and args.task == "deblur":
+        panels[0] = (degraded, f"degraded: {psnr(degraded, hu):.2f} dB, SSIM {ssim(degraded, hu):.3f}")
+    panels.append(
+        (restored, f"{args.method.upper()}" + ("" if scores is None else f": {scores[0]:.2f} dB, SSIM {scores[1]:.3f}"))
+    )
+    if not args.measured:
+        panels.append((hu, "reference"))
+    save_figure(names["figure"], panels, f"{stem}: {args.task}, {source}")
     if result.std_hu is not None:
         spread = result.std_hu[0, 0].cpu().numpy()
         save_png(spread * 10.0 - 1000.0, names["spread"])  # 0-200 HU spread shown black to white
@@ -264,11 +388,14 @@ def run(args: argparse.Namespace) -> int:
 
     with atomic_file(names["npz"], overwrite=True) as fh:
         np.savez_compressed(fh, **arrays)
-    print(
-        f"restored: PSNR {psnr(restored, hu):.2f} dB, SSIM {ssim(restored, hu):.4f} "
-        f"([-1000, 1000] HU window; {result.network_evaluations} network evaluations)"
-    )
-    if degraded.shape == hu.shape and args.task == "deblur":
+    if scores is None:
+        print(f"restored ({result.network_evaluations} network evaluations; no reference to score against)")
+    else:
+        print(
+            f"restored: PSNR {scores[0]:.2f} dB, SSIM {ssim(restored, hu):.4f} "
+            f"([-1000, 1000] HU window; {result.network_evaluations} network evaluations)"
+        )
+    if scores is not None and degraded.shape == hu.shape and args.task == "deblur":
         print(f"degraded: PSNR {psnr(degraded, hu):.2f} dB, SSIM {ssim(degraded, hu):.4f}")
     for path in names.values():
         print(f"wrote {path}")

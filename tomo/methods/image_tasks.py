@@ -124,7 +124,15 @@ def default_box(shape) -> tuple[int, int, int, int]:
 
 
 def task_operator(
-    task: str, shape, *, sigma_px: float = 2.0, factor: int = 4, box=None, keep: float = 0.5, device="cpu"
+    task: str,
+    shape,
+    *,
+    sigma_px: float = 2.0,
+    factor: int = 4,
+    box=None,
+    keep: float = 0.5,
+    mask: np.ndarray | None = None,
+    device="cpu",
 ) -> LinearOperator:
     """The forward model of a restoration task on ``(H, W)`` images.
 
@@ -141,7 +149,16 @@ def task_operator(
         Missing box, pixels (inpaint; default :func:`default_box`).
     keep : float
         Kept fraction of each side around the centre (outpaint).
+    mask : np.ndarray, optional
+        bool [H, W], True = observed: the measured pixels of a real masked image (inpaint or
+        outpaint; instead of ``box`` / ``keep``).
     """
+    if mask is not None:
+        if task not in ("inpaint", "outpaint"):
+            raise ValueError(f"a mask of observed pixels applies to inpaint and outpaint, not {task!r}")
+        if np.shape(mask) != tuple(shape):
+            raise ValueError(f"mask has shape {np.shape(mask)} but the image {tuple(shape)}")
+        return Inpaint(torch.as_tensor(np.asarray(mask, dtype=bool)), device=device)
     if task == "deblur":
         return GaussianBlur(shape, sigma_px, device=device)
     if task == "superres":
