@@ -261,6 +261,13 @@ def test_simulate_names_its_own_options_for_several_series(ct_small, tmp_path, c
     assert main([*argv, "--stack-series", "--out", str(tmp_path / "b.npz")]) == 0
     with np.load(tmp_path / "b.npz") as sino:
         assert sino["sinogram"].shape[0] == 3  # the three single-slice series, one scan
+    # reconstruct --reference on the same folder: the same options, the same stacking
+    recon = ["reconstruct", str(tmp_path / "b.npz"), "--method", "fbp", "--reference", str(tmp_path / "scan")]
+    assert main([*recon, "--no-preview", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--series UID" in err and "--stack-series" in err and "series_uid" not in err, err
+    assert main([*recon, "--stack-series", "--no-preview", "--out", str(tmp_path / "out")]) == 0
+    assert read_series(tmp_path / "out").hu.shape[0] == 3
 
 
 # ----------------------------------------------------------------------------- gantry tilt

@@ -107,6 +107,12 @@ def add_parser(subparsers, help_line: str, methods: dict, flags: dict) -> argpar
         "(400,1800), 'brain' (40,80), or CENTRE,WIDTH in HU; a std series gets its own range",
     )
     parser.add_argument(
+        "--stack-series",
+        action="store_true",
+        help="read every series in --reference as one scan (series of one slice each, as tomo simulate "
+        "--stack-series read them)",
+    )
+    parser.add_argument(
         "--slice-spacing",
         type=float,
         metavar="MM",

@@ -131,9 +131,14 @@ def refuse_existing(outputs: Outputs, expects_std: bool, overwrite: bool) -> Non
 
 def read_reference(args, sf):
     """Read the reference volume and check it matches the sinogram's slices and field of view."""
+    from tomo.io.dicom_read import SeveralSeriesError
     from tomo.io.volume import read_volume
 
-    vol = read_volume(args.dicom_reference, series_uid=args.series)
+    try:
+        stack = getattr(args, "stack_series", False)
+        vol = read_volume(args.dicom_reference, series_uid=args.series, stack_series=stack)
+    except SeveralSeriesError as exc:  # name the command's options, not the Python arguments
+        raise CommandError(exc.message("--series UID", "--stack-series")) from None
     if vol.hu.shape[0] != sf.num_slices:
         raise CommandError(
             f"--reference has {vol.hu.shape[0]} slices but the sinogram {sf.num_slices}; "
