@@ -236,3 +236,26 @@ def test_dotted_names_in_the_docs_import():
             if not _resolves(m.group(1)):
                 bad.append(f"{page.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1} {m.group(1)}")
     assert not bad, f"names in the docs that do not import: {bad}"
+
+
+# ----------------------------------------------------------------------------- figures
+
+_IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def test_images_the_docs_show_exist_and_committed_figures_stay_small():
+    """Every ``![...](path)`` of the README and docs names a file; figures under docs/images/ are
+    < 300 kB (the README figure is made by ``scripts/make_readme_figure.py``)."""
+    missing = []
+    for page in PAGES:
+        for m in _IMAGE.finditer(page.read_text(encoding="utf-8")):
+            target = m.group(1)
+            if not target.startswith(("http://", "https://")) and not (page.parent / target).is_file():
+                missing.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not missing, f"images that do not exist: {missing}"
+    figures = sorted((ROOT / "docs" / "images").glob("*.png"))
+    assert figures, "docs/images/ holds the README's figure"
+    big = [f"{f.name}: {f.stat().st_size // 1024} kB" for f in figures if f.stat().st_size >= 300 * 1024]
+    assert not big, f"figures over 300 kB: {big}"
+    readme, index = (ROOT / "README.md").read_text(), (ROOT / "docs" / "index.md").read_text()
+    assert "docs/images/reconstructions.png" in readme and "images/reconstructions.png" in index
