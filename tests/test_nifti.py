@@ -459,6 +459,8 @@ def test_a_file_without_placement_still_needs_and_takes_the_flags(tmp_path, caps
         np.savez(old, **{k: z[k] for k in z.files if k not in ("slice_spacing_mm", "orientation", "positions_mm")})
     assert main(["reconstruct", str(old), "--method", "fbp", "--out", str(tmp_path / "a.nii.gz"), "--quiet"]) == 2
     assert "--slice-spacing" in capsys.readouterr().err
+    assert main(["reconstruct", str(old), "--method", "fbp", "--out", str(tmp_path / "dicom"), "--quiet"]) == 2
+    assert "--reference" in capsys.readouterr().err  # DICOM without placement needs the reference
     args = ["reconstruct", str(old), "--method", "fbp", "--out", str(tmp_path / "b.nii.gz"), "--slice-spacing", "4"]
     assert main([*args, "--quiet"]) == 0
     out = read_nifti_volume(tmp_path / "b.nii.gz")
@@ -466,3 +468,22 @@ def test_a_file_without_placement_still_needs_and_takes_the_flags(tmp_path, caps
     args = ["reconstruct", str(old), "--method", "fbp", "--out", str(tmp_path / "c.nii.gz"), "--reference"]
     assert main([*args, str(tmp_path / "vol.nii.gz"), "--quiet"]) == 0
     np.testing.assert_allclose(read_nifti_volume(tmp_path / "c.nii.gz").orientation, src.orientation, atol=1e-6)
+
+
+def test_nifti_simulated_and_reconstructed_to_dicom_needs_no_reference(tmp_path):
+    """`tomo reconstruct scan.npz --out DIR` writes a DICOM series placed as the input volume."""
+    from tomo.cli.main import main
+    from tomo.io.dicom_read import read_series
+
+    src = _oblique_input(tmp_path / "vol.nii.gz")
+    scan, out = tmp_path / "scan.npz", tmp_path / "series"
+    assert (
+        main(["simulate", str(tmp_path / "vol.nii.gz"), "--config", "parallel-8", "--out", str(scan), "--quiet"]) == 0
+    )
+    assert main(["reconstruct", str(scan), "--method", "fbp", "--out", str(out), "--quiet"]) == 0
+    dcm = read_series(out)
+    assert dcm.hu.shape == (3, 10, 10)
+    np.testing.assert_allclose(dcm.pixel_spacing_mm, (6.0, 6.0), rtol=1e-6)
+    assert dcm.slice_spacing_mm == pytest.approx(4.0, rel=1e-4)
+    np.testing.assert_allclose(dcm.orientation, src.orientation, atol=1e-5)
+    np.testing.assert_allclose(_fov_centre(dcm), _fov_centre(src), atol=1e-2)

@@ -85,7 +85,7 @@ def plan_outputs(args, expects_std: bool) -> Outputs:
             out.with_name(f"{stem}.png"),
             out.with_name(f"{stem}_std.png"),
         )
-    elif args.dicom_reference is not None:
+    elif args.dicom_reference is not None or (out.suffix == "" and records_placement(args.file)):
         if out.suffix == ".npz":
             raise CommandError(
                 "with --reference, --out is a folder for the DICOM series (or an .nii/.nii.gz file), not an .npz"
@@ -94,13 +94,28 @@ def plan_outputs(args, expects_std: bool) -> Outputs:
     elif out.suffix == ".npz":
         outputs = Outputs("npz", out, None, out.with_suffix(".png"), out.with_name(f"{stem}_std.png"))
     else:
-        raise CommandError(f"--out must end in .npz, .nii or .nii.gz (or give --reference for DICOM), got {out}")
+        raise CommandError(
+            f"--out must end in .npz, .nii or .nii.gz, or name a folder for DICOM with --reference (or "
+            f"without it, for a sinogram file that records where its slices lie, as tomo simulate writes it), got {out}"
+        )
     if args.slice_spacing is not None and (outputs.kind != "nifti" or not args.slice_spacing > 0):
         raise CommandError("--slice-spacing takes a positive number of mm and applies to NIfTI output only")
     if args.no_preview:
         outputs.preview = outputs.std_preview = None
     refuse_existing(outputs, expects_std, args.overwrite)
     return outputs
+
+
+def records_placement(path: Path) -> bool:
+    """Whether the sinogram file records where its slices lie (``positions_mm``, written by
+    ``tomo simulate`` from a volume): then ``--out DIR`` writes a DICOM series without ``--reference``."""
+    from tomo.io.sinogram import open_sinogram
+
+    try:
+        with open_sinogram(path) as source:
+            return source.positions_mm is not None
+    except (OSError, ValueError):
+        return False  # reported with its reason when the run opens the file
 
 
 def require_nibabel() -> None:

@@ -177,7 +177,7 @@ def _prepare(args, entry, flags, ranks: Ranks) -> Setup:
         batch = args.batch_size or entry.batch_size
         check_memory(source, args.method, min(batch, source.num_slices), args.batch_size is None, ranks.local_world)
         reference = read_reference(args, source) if args.dicom_reference is not None else None
-        if reference is None and outputs.kind == "nifti":
+        if reference is None and outputs.kind in ("nifti", "dicom"):
             from tomo.io.sinogram import recorded_placement
 
             reference = recorded_placement(source)  # where tomo simulate recorded the slices, if it did
