@@ -58,46 +58,24 @@ def test_pack_keeps_metadata_and_quantises_within_half_a_step(tmp_path):
     assert pack.main([str(src), "--out", str(tmp_path / "small"), "--max-mb", "0.001"]) == 1
 
 
-def test_recipe_trains_shards_and_reports_throughput(tmp_path, capsys):
-    data = _volumes(tmp_path / "src")
-    run, dest = tmp_path / "run", tmp_path / "export"
-    limit = 0.05  # MiB; the tiny UNet (~0.2 MiB) needs several shards
+def _run_recipe(args: list[str]) -> int:
     recipe = _script("train_prior_gpu")
     threads = torch.get_num_threads()
     try:
-        rc = recipe.main(
-            [
-                "--data",
-                str(data),
-                "--out",
-                str(run),
-                "--export",
-                str(dest),
-                "--device",
-                "cpu",
-                "--arch",
-                "tiny",
-                "--image-size",
-                "32",
-                "--batch-size",
-                "2",
-                "--steps",
-                "4",
-                "--warmup-steps",
-                "1",
-                "--log-every",
-                "1",
-                "--samples",
-                "0",
-                "--threads",
-                "1",
-                "--shard-mb",
-                str(limit),
-                "--channels-last",
-            ]
-        )
+        return recipe.main(args)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_shipped_preset_trains_with_tomo_train_and_exports_its_ema(tmp_path, capsys):
+    data = _volumes(tmp_path / "src")
+    run, dest = tmp_path / "run", tmp_path / "export"
+    limit = 0.05  # MiB; the tiny UNet (~0.2 MiB) needs several shards
+    rc = _run_recipe(
+        ["--preset", "shipped", "--data", str(data), "--out", str(run), "--export", str(dest), "--device", "cpu"]
+        + ["--arch", "tiny", "--image-size", "32", "--batch-size", "2", "--steps", "4", "--warmup-steps", "1"]
+        + ["--log-every", "1", "--samples", "0", "--threads", "1", "--shard-mb", str(limit), "--channels-last"]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     m = re.search(r"throughput: ([\d.]+) training images/s, ([\d.]+) TFLOP/s achieved \(3 x ([\d.]+) GFLOPs", out)
@@ -113,8 +91,90 @@ def test_recipe_trains_shards_and_reports_throughput(tmp_path, capsys):
         assert torch.equal(p, state[f"ema.{name}"]), name
     record = json.loads((dest / "prior.json").read_text())["training"]
     assert record["steps"] == 4 and record["channels_last"] is True
-    assert record["command"].startswith("python scripts/train_prior_gpu.py --data ")
+    assert record["command"].startswith("python scripts/train_prior_gpu.py --preset shipped --data ")
     assert json.loads((run / "prior.json").read_text())["data"]["sources"] == {
         "p1": {"collection": "TCIA test-p1", "licence": "CC BY 4.0"},
         "p2": {"collection": "TCIA test-p2", "licence": "CC BY 4.0"},
     }
+
+
+def test_large_preset_device_loop_continues_and_logs_each_burst(tmp_path, capsys):
+    """The device-resident loop on the CPU: a new tiny ShuffleUNet, then a second burst that
+    continues its float16 EMA weights; throughput line, held-out test, card rows, shards."""
+    data = _volumes(tmp_path / "src")
+    common = ["--data", str(data), "--device", "cpu", "--image-size", "32", "--batch-size", "2", "--steps", "3"]
+    common += ["--warmup-steps", "1", "--log-every", "1", "--samples", "0", "--threads", "1"]
+    common += ["--val", str(data / "b.npz"), "--weights-dtype", "float16", "--shard-mb", "0.2"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    rc = _run_recipe(
+        common
+        + ["--arch", "shuffle-tiny", "--out", str(tmp_path / "r1"), "--export", str(first)]
+        + ["--card", str(tmp_path / "no_card_yet.md")]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    m = re.search(r"throughput: ([\d.]+) training images/s, ([\d.]+) TFLOP/s achieved \(3 x ([\d.]+) GFLOPs", out)
+    assert m and float(m.group(1)) > 0 and float(m.group(3)) > 0, out
+    assert re.search(r"held-out train/ denoising: x0 RMSE [\d.]+ / [\d.]+ / [\d.]+ HU", out), out
+    files = weight_files(first)
+    assert len(files) >= 3 and all(f.stat().st_size <= 0.2 * 2**20 for f in files[1:])
+    assert all(t.dtype == torch.float16 for f in files[1:] for t in load_tensors(f)[0].values())
+    rc = _run_recipe(
+        common
+        + ["--init-from", str(first), "--out", str(tmp_path / "r2"), "--export", str(second)]
+        + ["--card", str(first / "MODEL_CARD.md")]
+    )
+    assert rc == 0
+    prior = load_prior(second)  # float16 on disk, float32 in memory
+    assert all(p.dtype == torch.float32 for p in prior.unet.parameters())
+    record = json.loads((second / "prior.json").read_text())["training"]
+    assert record["steps"] == 6 and record["patches_seen"] == 12 and record["loop"] == "device"
+    assert [b["steps"] for b in record["bursts"]] == [3, 3] and len(record["bursts"][-1]["heldout_x0_rmse_hu"]) == 3
+    assert record["initialised_from"] == str(first) and record["channels_last"] is True
+    card = (second / "MODEL_CARD.md").read_text()
+    rows = [line for line in card.splitlines() if re.match(r"\| \d{4}-\d\d-\d\d", line)]
+    assert len(rows) == 2 and "3 (total 6)" in rows[1], card
+    steps = [int(line.split(",")[0]) for line in (second / "log.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4, 5, 6]  # one log across bursts
+
+
+def test_gpu_train_sh_starts_then_continues_within_the_return_limits(tmp_path):
+    """scripts/gpu_train.sh as the lead runs it on a GPU machine, here on the CPU with a tiny
+    network and a tiny budget: a fresh start when the prior folder is empty, then a continuation
+    of the weights it exported; at most 8 files of at most 16 MiB come back."""
+    import os
+    import subprocess
+    import sys
+
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    _volumes(packed / "train")
+    (packed / "val").mkdir()
+    (packed / "train" / "b.npz").rename(packed / "val" / "b.npz")
+    prior, out = tmp_path / "prior-large", tmp_path / "out"
+    prior.mkdir()
+    env = dict(os.environ, PYTHON=sys.executable, PACKED=str(packed), PRIOR=str(prior), DEVICE="cpu")
+    env.update(MINUTES="2", ARCH="shuffle-tiny", BATCH="2", OUT=str(out))
+    extra = ["--", "--image-size", "32", "--steps", "2", "--log-every", "1", "--samples", "0", "--threads", "1"]
+    for burst in (1, 2):
+        proc = subprocess.run(
+            ["bash", str(REPO / "scripts" / "gpu_train.sh"), *extra], env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert ("continuing" if burst == 2 else "a new shuffle-tiny network") in proc.stdout
+        files = [f for f in out.iterdir() if f.is_file()]
+        assert len(files) <= 8 and all(f.stat().st_size <= 16 * 2**20 for f in files)
+        assert {"prior.json", "log.csv", "MODEL_CARD.md", "train.log", WEIGHTS_INDEX_NAME} <= {f.name for f in files}
+        load_prior(out)
+        record = json.loads((out / "prior.json").read_text())["training"]
+        assert record["steps"] == 2 * burst
+        # the lead's step afterwards: the returned files become the prior that the next burst continues
+        for f in prior.iterdir():
+            f.unlink()
+        for f in files:
+            (prior / f.name).write_bytes(f.read_bytes())
+        for f in files:
+            f.unlink()
+    card = (prior / "MODEL_CARD.md").read_text()
+    rows = [line for line in card.splitlines() if re.match(r"\| \d{4}-\d\d-\d\d", line)]
+    assert len(rows) == 2 and "| 2 (total 2) |" in rows[0] and "| 2 (total 4) |" in rows[1], card

@@ -81,7 +81,62 @@ def large_architecture(in_channels: int = 1, sample_size: int = 256) -> dict[str
     }
 
 
-ARCHITECTURES = {"small": default_architecture, "tiny": tiny_architecture, "large": large_architecture}
+def shuffle_architecture(
+    channels=(64, 128, 256),
+    blocks=(2, 2, 2),
+    attention=(False, False, True),
+    patch: int = 4,
+    mid_blocks: int = 1,
+    in_channels: int = 1,
+    sample_size: int = 256,
+    dropout: float = 0.0,
+) -> dict[str, Any]:
+    """Arguments of :class:`tomo.priors.networks.ShuffleUNet` (pixel-unshuffle stem, widths in
+    multiples of 64, attention at coarse levels only); the candidates measured in docs/prior.md."""
+    return {
+        "class": "ShuffleUNet",
+        "sample_size": sample_size,
+        "in_channels": in_channels,
+        "out_channels": 1,
+        "patch": patch,
+        "channels": list(channels),
+        "blocks": list(blocks),
+        "attention": list(attention),
+        "mid_blocks": mid_blocks,
+        "head_dim": 64,
+        "emb_dim": 256,
+        "dropout": dropout,
+    }
+
+
+def tiny_shuffle_architecture(in_channels: int = 1, sample_size: int = 32) -> dict[str, Any]:
+    """A very small ``ShuffleUNet`` for tests and smoke runs (patch 2, widths 64 and 64)."""
+    arch = shuffle_architecture(
+        channels=(64, 64), blocks=(1, 1), attention=(False, True), patch=2, in_channels=in_channels
+    )
+    arch.update(sample_size=sample_size, emb_dim=64)
+    return arch
+
+
+def shuffle_large_architecture(in_channels: int = 1, sample_size: int = 256) -> dict[str, Any]:
+    """The ``large`` prior's ``ShuffleUNet`` for GPU training: most of its FLOPs at 64 px with 128
+    channels (docs/prior.md, "Choosing the network"); its float16 weights must travel to the GPU
+    machine with the packed data within 64 MiB, which bounds the parameters at the coarse levels."""
+    return shuffle_architecture(
+        channels=(128, 192, 192), blocks=(2, 2, 1), mid_blocks=1, in_channels=in_channels, sample_size=sample_size
+    )
+
+
+ARCHITECTURES = {
+    "small": default_architecture,
+    "shuffle-large": shuffle_large_architecture,
+    "tiny": tiny_architecture,
+    "large": large_architecture,
+    "shuffle-tiny": tiny_shuffle_architecture,
+}
+
+#: network classes a configuration may name: diffusers' UNet and tomo's own (tomo.priors.networks)
+NETWORK_CLASSES = ("UNet2DModel", "ShuffleUNet")
 
 
 def default_schedule(beta_schedule: str = "linear", num_train_timesteps: int = 1000) -> dict[str, Any]:
@@ -164,7 +219,9 @@ def make_config(
 
 
 def downsampling_factor(arch: dict) -> int:
-    """Total down-sampling of the UNet: spatial sizes must be multiples of this."""
+    """Total down-sampling of the network: spatial sizes must be multiples of this."""
+    if arch.get("class") == "ShuffleUNet":
+        return int(arch["patch"]) * 2 ** (len(arch["channels"]) - 1)
     return 2 ** (len(arch["block_out_channels"]) - 1)
 
 
@@ -191,8 +248,10 @@ def validate_config(config: dict) -> None:
         if key not in config:
             raise ValueError(f"prior config lacks {key!r}")
     arch, sched = config["architecture"], config["schedule"]
-    if arch.get("class") != "UNet2DModel":
-        raise ValueError(f"unsupported architecture class {arch.get('class')!r} (expected 'UNet2DModel')")
+    if arch.get("class") not in NETWORK_CLASSES:
+        raise ValueError(
+            f"unsupported architecture class {arch.get('class')!r} (expected one of {', '.join(NETWORK_CLASSES)})"
+        )
     if sched.get("class") != "DDPMScheduler" or sched.get("prediction_type") != "epsilon":
         raise ValueError("unsupported schedule: expected DDPMScheduler with prediction_type 'epsilon'")
     lo, hi = config["hu_window"]
@@ -219,7 +278,7 @@ def validate_config(config: dict) -> None:
 
 
 def unet_kwargs(config: dict) -> dict[str, Any]:
-    """``UNet2DModel`` keyword arguments from a configuration (``"class"`` removed)."""
+    """Network keyword arguments from a configuration (``"class"`` removed, lists as tuples)."""
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in config["architecture"].items() if k != "class"}
 
 

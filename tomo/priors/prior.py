@@ -87,10 +87,37 @@ def _resolve_prior(path) -> Path:
 
 
 def build_unet(config: dict):
-    """A freshly initialised diffusers ``UNet2DModel`` for a configuration."""
+    """A freshly initialised network for a configuration: diffusers' ``UNet2DModel`` or
+    tomo's ``ShuffleUNet`` (:mod:`tomo.priors.networks`), by the architecture's ``class``."""
+    if config["architecture"].get("class") == "ShuffleUNet":
+        from .networks import ShuffleUNet
+
+        return ShuffleUNet(**unet_kwargs(config))
     from diffusers import UNet2DModel
 
     return UNet2DModel(**unet_kwargs(config))
+
+
+def schedule_alphas_cumprod(config: dict) -> torch.Tensor:
+    """``abar_t`` of the configuration's DDPM schedule, float64 [T], computed as diffusers'
+    ``DDPMScheduler`` does (float32 betas, cumulative product in float32), without importing
+    diffusers, which a GPU machine may lack (the tests check the two agree exactly)."""
+    import math
+
+    sched = config["schedule"]
+    n = int(sched["num_train_timesteps"])
+    kind = sched.get("beta_schedule", "linear")
+    if kind == "linear":
+        betas = torch.linspace(float(sched["beta_start"]), float(sched["beta_end"]), n, dtype=torch.float32)
+    elif kind == "squaredcos_cap_v2":
+
+        def abar(s: float) -> float:
+            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)], dtype=torch.float32)
+    else:
+        raise ValueError(f"unsupported beta_schedule {kind!r} (linear or squaredcos_cap_v2)")
+    return torch.cumprod(1.0 - betas, dim=0).to(torch.float64)
 
 
 def build_scheduler(config: dict):
@@ -173,11 +200,9 @@ class DiffusionPrior(torch.nn.Module):
         super().__init__()
         self.unet = unet
         self.config = config
-        self.scheduler = build_scheduler(config)
-        self.register_buffer(
-            "alphas_cumprod", self.scheduler.alphas_cumprod.detach().clone().to(torch.float64), persistent=False
-        )
-        self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
+        self._scheduler = None
+        self.register_buffer("alphas_cumprod", schedule_alphas_cumprod(config), persistent=False)
+        self.num_train_timesteps = int(config["schedule"]["num_train_timesteps"])
         c_skip, c_out, self._skip_mean = skip_coefficients(config, self.alphas_cumprod)
         self.register_buffer("_c_skip", c_skip, persistent=False)
         self.register_buffer("_c_out", c_out, persistent=False)
@@ -189,6 +214,14 @@ class DiffusionPrior(torch.nn.Module):
         # inference object: gradients flow to the input only (DPS); call
         # requires_grad_(True) to fine-tune
         self.requires_grad_(False)
+
+    @property
+    def scheduler(self):
+        """The diffusers ``DDPMScheduler`` of the configuration (built on first use: sampling
+        needs it, denoising does not, so a machine without diffusers can still evaluate)."""
+        if self._scheduler is None:
+            self._scheduler = build_scheduler(self.config)
+        return self._scheduler
 
     # ------------------------------------------------------------------ HU <-> model range
     def hu_to_model(self, hu):
