@@ -50,6 +50,8 @@ from operators.geometry import FanBeam2D, ParallelBeam2D
 
 from .atomic import atomic_file
 from .npzfile import NpzArchive
+from .placement import PLACEMENT_KEYS, check_placement, placement_volume
+from .volume_types import CTVolume
 
 __all__ = [
     "SinogramFile",
@@ -71,8 +73,6 @@ __all__ = [
 REQUIRED_KEYS = ("sinogram", "angles", "geometry", "detector_spacing_mm", "pixel_spacing_mm", "image_shape")
 FANBEAM_KEYS = ("source_origin_mm", "origin_detector_mm")
 OPTIONAL_KEYS = ("i0", "hu_reference", "description")
-#: optional keys placing the slices in patient space (for NIfTI and DICOM output)
-PLACEMENT_KEYS = ("slice_spacing_mm", "orientation", "positions_mm")
 
 
 #: the file's ``geometry`` value of each geometry class
@@ -280,69 +280,23 @@ def _validate(f: SinogramFile, source=None) -> None:
 
 def _validate_placement(f, num_slices: int, source) -> None:
     """Check and normalise ``slice_spacing_mm``, ``orientation`` and ``positions_mm`` of ``f``."""
-    spacing = getattr(f, "slice_spacing_mm", None)
-    if spacing is not None:
-        try:
-            spacing = float(np.asarray(spacing).item())
-        except (TypeError, ValueError):
-            raise _err(source, f"slice_spacing_mm must be a single number of mm, got {spacing!r}") from None
-        if not (math.isfinite(spacing) and spacing > 0):
-            raise _err(source, f"slice_spacing_mm must be a finite distance > 0 mm, got {spacing}")
-        f.slice_spacing_mm = spacing
-    orientation, positions = getattr(f, "orientation", None), getattr(f, "positions_mm", None)
-    if (orientation is None) != (positions is None):
-        raise _err(source, "orientation and positions_mm go together: give both or neither")
-    if orientation is None:
-        return
-    o = np.asarray(orientation)
-    if o.dtype.kind not in "fiu" or o.shape != (6,) or not np.isfinite(o).all():
-        raise _err(source, f"orientation must be 6 finite direction cosines, got {o.dtype} shape {o.shape}")
-    o = o.astype(np.float64)
-    row, col = o[:3], o[3:]
-    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
-        raise _err(source, f"orientation {o.tolist()} is not two perpendicular unit vectors")
-    pos = np.asarray(positions)
-    if pos.dtype.kind not in "fiu" or pos.shape != (num_slices, 3) or not np.isfinite(pos).all():
-        raise _err(
-            source, f"positions_mm must be finite [{num_slices}, 3] mm (one per slice), got {pos.dtype} {pos.shape}"
+    try:
+        f.slice_spacing_mm, f.orientation, f.positions_mm = check_placement(
+            getattr(f, "slice_spacing_mm", None),
+            getattr(f, "orientation", None),
+            getattr(f, "positions_mm", None),
+            num_slices,
         )
-    f.orientation, f.positions_mm = o, pos.astype(np.float64)
+    except ValueError as exc:
+        raise _err(source, str(exc)) from None
 
 
-def recorded_placement(f: SinogramFile | SinogramSource):
-    """The patient placement a file records, as the reference volume the NIfTI/DICOM writers take.
-
-    Parameters
-    ----------
-    f : SinogramFile or SinogramSource
-
-    Returns
-    -------
-    tomo.io.volume.CTVolume or None
-        None when the file has no ``orientation``/``positions_mm``. Otherwise a volume of the
-        reconstruction grid's shape [slices, rows, cols] holding no data (``hu`` is a read-only
-        broadcast zero), with the grid's pixel spacing, the recorded orientation and positions,
-        and ``slice_spacing_mm`` (recorded, else from the positions); no DICOM header.
-    """
-    from .volume_types import CTVolume
-
-    if f.orientation is None or f.positions_mm is None:
-        return None
-    positions = np.asarray(f.positions_mm, dtype=np.float64)
-    orientation = np.asarray(f.orientation, dtype=np.float64)
-    spacing = f.slice_spacing_mm
-    if spacing is None and len(positions) > 1:
-        normal = np.cross(orientation[:3], orientation[3:])
-        spacing = float(np.median(np.abs(np.diff(positions @ normal)))) or None
-    p = float(f.geometry.pixel_spacing_mm)
-    rows, cols = (int(v) for v in f.geometry.image_shape)
-    return CTVolume(
-        hu=np.broadcast_to(np.float32(0), (len(positions), rows, cols)),
-        pixel_spacing_mm=(p, p),
-        slice_spacing_mm=spacing,
-        positions=positions,
-        orientation=tuple(float(v) for v in orientation),
-    )
+def recorded_placement(f: SinogramFile | SinogramSource) -> CTVolume | None:
+    """The placement a file records, as the reference volume the NIfTI/DICOM writers take
+    (:func:`tomo.io.placement.placement_volume`: the reconstruction grid's shape and pixel spacing,
+    no data, no DICOM header), or None when the file has no ``orientation``/``positions_mm``."""
+    g = f.geometry
+    return placement_volume(f.slice_spacing_mm, f.orientation, f.positions_mm, g.pixel_spacing_mm, g.image_shape)
 
 
 def save_sinogram(
