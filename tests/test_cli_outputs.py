@@ -320,17 +320,21 @@ def test_dicom_std_is_a_second_series_of_the_same_study(dicom_series, fakestd, t
 
 
 def test_refusals_are_one_line(volume_scan, tmp_path, capsys, monkeypatch):
+    unplaced = tmp_path.parent / f"{tmp_path.name}-unplaced.npz"  # as written before placement was recorded
+    with np.load(volume_scan) as d:
+        np.savez(unplaced, **{k: d[k] for k in d.files if k not in ("slice_spacing_mm", "orientation", "positions_mm")})
     cases = [
-        (["--out", str(tmp_path / "a.npz"), "--slice-spacing", "2"], "NIfTI output only"),
-        (["--out", str(tmp_path / "a.nii.gz")], "--slice-spacing"),  # 5 slices, no distance known
-        (["--out", str(tmp_path / "a.nii.gz"), "--slice-spacing", "-1"], "positive"),
+        (volume_scan, ["--out", str(tmp_path / "a.npz"), "--slice-spacing", "2"], "NIfTI output only"),
+        (unplaced, ["--out", str(tmp_path / "a.nii.gz")], "--slice-spacing"),  # 5 slices, no distance known
+        (volume_scan, ["--out", str(tmp_path / "a.nii.gz"), "--slice-spacing", "-1"], "positive"),
     ]
-    for extra, message in cases:
+    for scan, extra, message in cases:
         capsys.readouterr()
-        assert main(["reconstruct", str(volume_scan), "--quiet", *extra]) == 2
+        assert main(["reconstruct", str(scan), "--quiet", *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
     assert not list(tmp_path.iterdir())
+    unplaced.unlink()
     monkeypatch.setitem(sys.modules, "nibabel", None)  # as if it were not installed
     (tmp_path / "b.nii").write_bytes(b"")
     for argv in (

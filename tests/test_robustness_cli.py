@@ -258,7 +258,8 @@ def test_sigkill_leaves_no_output_or_a_complete_one(volume_scan, tmp_path, comma
         outcomes.append(_check_complete_or_absent(out, key, shape))
     assert {p: _digest(p) for p in inputs} == inputs  # inputs never touched
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
-    assert all(".tmp-" in name for name in leftovers)  # at most hidden temporaries of killed runs
+    # at most hidden temporaries and (unlocked) lock files of killed runs
+    assert all(".tmp-" in name or name.endswith(".lock") for name in leftovers), leftovers
     print(f"{command}: full run {duration:.1f} s, kills -> {outcomes}")
 
 

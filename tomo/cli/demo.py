@@ -224,6 +224,14 @@ def run(args) -> int:
         raise CommandError(f"--dps-steps must be >= 1, got {args.dps_steps}")
     out = Path(args.out)
     _prepare_out(out, args.overwrite)
+    from tomo.io.outputs import OutputPlan
+
+    plan = OutputPlan([args.source, args.prior], overwrite=args.overwrite)
+    plan.workdir(out, "--out folder")
+    for name in ("scan.npz", "results.csv", "comparison.png"):
+        plan.file(out / name, name)
+    plan.folder(out / "dicom", "DICOM series")
+    plan.claim()  # locked and checked against the inputs before any work (tomo.io.outputs)
     hu, spacing, volume, label = _load_source(args.source, args.slice)
     t0 = time.perf_counter()
     scan = simulate_slice(hu, spacing, args.config, seed=args.seed, progress=library_bars(args))

@@ -73,11 +73,26 @@ def _add_quiet(parser: argparse.ArgumentParser) -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    _safe_streams()
+    command = _selected_command(argv) or ""
+    try:  # Ctrl-C while torch imports (build_parser) is one line too, not a traceback
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        command = args.command
+        return _run_command(args)
+    except KeyboardInterrupt:
+        _error(command, "interrupted")
+        return 130
+    finally:
+        from tomo.io.outputs import release_all
+
+        release_all()  # the output locks a command took as plain statements
+
+
+def _run_command(args: argparse.Namespace) -> int:
     quiet = bool(getattr(args, "quiet", False))
     if quiet and hasattr(args, "progress"):  # sub-commands with a --no-progress flag (train)
         args.progress = False
@@ -108,16 +123,28 @@ def main(argv=None) -> int:
         return 1
 
 
+def _safe_streams() -> None:
+    """File names are bytes on Linux: one that is not UTF-8 (decoded to lone surrogates) must not
+    make a print fail, so stdout and stderr escape what they cannot encode."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(ValueError, OSError):
+                stream.reconfigure(errors="backslashreplace")
+
+
 def _one_line(exc: BaseException) -> str:
     """The exception's message on one line (file names are kept; newlines become '; ')."""
     text = str(exc).strip()
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        text = f"{exc.filename}: {exc.strerror}"
+        text = f"{os.fsdecode(exc.filename)}: {exc.strerror}"
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _error(command: str, message: str) -> None:
-    print(f"tomo {command}: error: {message}", file=sys.stderr)
+    from tomo.io.outputs import shown
+
+    prefix = f"tomo {command}" if command else "tomo"
+    print(f"{prefix}: error: {shown(message)}", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -126,7 +153,7 @@ def _quiet_stdout(quiet: bool):
     if not quiet:
         yield
         return
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+    with open(os.devnull, "w", errors="backslashreplace") as sink, contextlib.redirect_stdout(sink):
         yield
 
 

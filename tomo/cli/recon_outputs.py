@@ -15,6 +15,7 @@ from tomo.cli.main import CommandError
 
 if TYPE_CHECKING:
     from tomo.cli.recon_partial import PartialRun
+    from tomo.io.outputs import Claim, OutputPlan
     from tomo.io.sinogram import SinogramSource
     from tomo.io.volume import CTVolume
 
@@ -54,6 +55,8 @@ class Setup:
     slice_spacing: float | None
     partial: PartialRun
     todo: list[int]
+    overwrite: bool  # --overwrite, or --resume of a run killed while writing its outputs
+    claim: Claim  # the locks on every output, held until the run ends
 
     def shared(self) -> dict:
         return {"manifest": self.partial.manifest, "folder": str(self.partial.folder), "todo": self.todo}
@@ -67,13 +70,11 @@ def _stem(path: Path) -> str:
     return name
 
 
-def plan_outputs(args, expects_std: bool) -> Outputs:
-    """The output paths of ``--out``; refuse the input, a wrong suffix, or existing outputs."""
+def plan_outputs(args) -> Outputs:
+    """The output paths of ``--out``; refuse a wrong suffix (:func:`output_plan` checks the paths)."""
     from tomo.io.nifti import is_nifti_path
 
     out: Path = args.out
-    if out.resolve() == args.file.resolve():
-        raise CommandError("--out is the input file; refusing to overwrite the input")
     stem = _stem(out)
     if is_nifti_path(out):
         require_nibabel()  # before the reconstruction, not after it
@@ -102,7 +103,6 @@ def plan_outputs(args, expects_std: bool) -> Outputs:
         raise CommandError("--slice-spacing takes a positive number of mm and applies to NIfTI output only")
     if args.no_preview:
         outputs.preview = outputs.std_preview = None
-    refuse_existing(outputs, expects_std, args.overwrite)
     return outputs
 
 
@@ -130,18 +130,27 @@ def require_nibabel() -> None:
         ) from None
 
 
-def refuse_existing(outputs: Outputs, expects_std: bool, overwrite: bool) -> None:
-    paths = [outputs.main, outputs.preview] + ([outputs.std, outputs.std_preview] if expects_std else [])
-    for path in paths:
-        if path is None or overwrite:
-            continue
-        if outputs.kind == "dicom" and path.is_dir():
-            if any(path.iterdir()):
-                raise FileExistsError(f"{path} exists and is not empty; pass --overwrite to replace it")
-        elif path.exists():
-            raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-    if not outputs.main.parent.is_dir():
-        raise FileNotFoundError(f"folder {outputs.main.parent} does not exist")
+def output_plan(outputs: Outputs, expects_std: bool, inputs: list, overwrite: bool) -> OutputPlan:
+    """Every path the run writes (:mod:`tomo.io.outputs`): the image, its std, the previews and
+    ``OUT.partial``, to be claimed (locked and checked against ``inputs``) before any work."""
+    from tomo.cli.recon_partial import partial_folder
+    from tomo.io.outputs import OutputPlan
+
+    plan = OutputPlan(inputs, overwrite=overwrite)
+    if outputs.kind == "dicom":
+        plan.folder(outputs.main, "DICOM series")
+        if expects_std and outputs.std is not None:
+            plan.folder(outputs.std, "posterior std DICOM series")
+    else:
+        plan.file(outputs.main, "output")
+        if expects_std and outputs.std is not None:
+            plan.file(outputs.std, "posterior std volume")
+    if outputs.preview is not None:
+        plan.file(outputs.preview, "preview")
+    if expects_std and outputs.std_preview is not None:
+        plan.file(outputs.std_preview, "posterior std preview")
+    plan.folder(partial_folder(outputs.main), "partial results", scratch=True)
+    return plan
 
 
 def read_reference(args, sf):

@@ -6,13 +6,16 @@ digest, method, options, chunk size) matches, and the output is assembled from t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tomo.cli.main import CommandError
+from tomo.io.outputs import shown
 
 
 def partial_folder(out: Path) -> Path:
@@ -40,9 +43,30 @@ class PartialRun:
     """
 
     VERSION = 2  # 2: chunks carry std_hu
+    #: written just before the outputs: a run killed while writing them left outputs of its own
+    FINISHING = "finishing"
 
-    def __init__(self, folder: Path, manifest: dict):
+    def __init__(self, folder: Path, manifest: dict, created: bool = False):
         self.folder, self.manifest = folder, manifest
+        self.created = created  # by this run (so a run failing before its first chunk removes it)
+
+    @staticmethod
+    def was_finishing(folder: Path) -> bool:
+        """Whether the run of ``folder`` was killed while writing its outputs (they are its own)."""
+        return (folder / PartialRun.FINISHING).is_file()
+
+    @staticmethod
+    def leftover_message(folder: Path) -> str:
+        return (
+            f"{shown(folder)} holds partial results of an earlier run: pass --resume to "
+            "continue it, or --overwrite to start again"
+        )
+
+    def mark_finishing(self) -> None:
+        from tomo.io.atomic import atomic_file
+
+        with atomic_file(self.folder / self.FINISHING, "w", overwrite=True) as fh:
+            fh.write("outputs being written\n")
 
     @classmethod
     def open(cls, folder: Path, args, options: dict, batch: int, source) -> PartialRun:
@@ -60,11 +84,13 @@ class PartialRun:
         if folder.exists():
             if args.overwrite and not args.resume:
                 remove_partial(folder)
+                if folder.exists():
+                    foreign = ", ".join(sorted(shown(p.name) for p in folder.iterdir())[:3])
+                    raise FileExistsError(
+                        f"{shown(folder)} holds files tomo did not write ({foreign}); move them out of it"
+                    )
             elif not args.resume:
-                raise FileExistsError(
-                    f"{folder} holds partial results of an earlier run: pass --resume to "
-                    "continue it, or --overwrite to start again"
-                )
+                raise FileExistsError(cls.leftover_message(folder))
             else:
                 try:
                     old = json.loads((folder / "manifest.json").read_text())
@@ -80,7 +106,7 @@ class PartialRun:
         folder.mkdir()
         with atomic_file(folder / "manifest.json", "w") as fh:
             json.dump(manifest, fh, indent=1)
-        return cls(folder, manifest)
+        return cls(folder, manifest, created=True)
 
     @classmethod
     def join(cls, folder: Path, manifest: dict) -> PartialRun:
@@ -144,7 +170,19 @@ class PartialRun:
         remove_partial(self.folder)
 
 
-def remove_partial(folder: Path) -> None:
-    import shutil
+#: the files a run writes in ``OUT.partial`` (and their atomic temporaries): the only ones it removes
+_OWN = re.compile(r"\.?(manifest\.json|finishing|slices-\d{6}\.npz)(\.tmp-\d+-[0-9a-f]{8}(\.json|\.npz)?)?")
 
-    shutil.rmtree(folder, ignore_errors=True)
+
+def remove_partial(folder: Path) -> None:
+    """Remove the files a run wrote in ``folder``, then the folder if that left it empty.
+
+    Never a whole tree: anything else in it (an input, a user's file) stays, and so does the folder.
+    """
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for path in folder.iterdir():
+        if _OWN.fullmatch(path.name) and (path.is_file() or path.is_symlink()):
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: what is left is not ours
+        folder.rmdir()

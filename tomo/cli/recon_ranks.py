@@ -114,5 +114,5 @@ def silent_unless(speak: bool):
     if speak:
         yield
         return
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+    with open(os.devnull, "w", errors="backslashreplace") as sink, contextlib.redirect_stdout(sink):
         yield

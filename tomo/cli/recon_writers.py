@@ -7,9 +7,11 @@ atomically (:mod:`tomo.io.atomic`): a kill leaves no output or the complete one.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from tomo.io.outputs import shown
 
 if TYPE_CHECKING:
     from tomo.cli.recon_outputs import Outputs, Setup
@@ -114,7 +116,7 @@ def save_npz(path: Path, partial: PartialRun, shape: tuple, meta: dict, overwrit
             writer.write(key, np.str_(value) if isinstance(value, str) else value)
 
 
-def write_previews(outputs: Outputs, partial: PartialRun, source, args, has_std: bool) -> list[str]:
+def write_previews(outputs: Outputs, partial: PartialRun, source, args, has_std: bool, overwrite: bool) -> list[str]:
     """The middle slice's PNG (beside the reference and its scores) and its std figure."""
     from tomo.evaluation.scores import psnr, ssim
     from tomo.io.atomic import atomic_path
@@ -130,15 +132,15 @@ def write_previews(outputs: Outputs, partial: PartialRun, source, args, has_std:
         if source.has_reference:
             ((_, _, ref),) = source.iter_slices(k, k + 1, 1)
             ref = ref[0]
-        with atomic_path(outputs.preview, overwrite=args.overwrite) as tmp:
+        with atomic_path(outputs.preview, overwrite=overwrite) as tmp:
             save_preview(
                 tmp, hu, ref, title=title, scores=None if ref is None else (float(psnr(hu, ref)), float(ssim(hu, ref)))
             )
-        written.append(str(outputs.preview))
+        written.append(shown(outputs.preview))
     if has_std and outputs.std_preview is not None:
-        with atomic_path(outputs.std_preview, overwrite=args.overwrite) as tmp:
+        with atomic_path(outputs.std_preview, overwrite=overwrite) as tmp:
             save_std_preview(tmp, hu, partial.read(start, "std_hu")[k - start], title=title)
-        written.append(str(outputs.std_preview))
+        written.append(shown(outputs.std_preview))
     return written
 
 
@@ -152,7 +154,7 @@ def write_nifti(setup: Setup, overwrite: bool, has_std: bool) -> list[str]:
             write_nifti_volume(
                 path, setup.partial.volume(key), (p, p), setup.slice_spacing, setup.reference, overwrite=overwrite
             )
-            written.append(str(path))
+            written.append(shown(path))
     return written
 
 
@@ -166,7 +168,7 @@ def write_dicom(setup: Setup, summary: str, args, has_std: bool) -> list[str]:
     p = setup.source.geometry.pixel_spacing_mm
     name = args.method.upper()
     study = (generate_uid(), generate_uid())  # the two series' study when the reference has none (NIfTI)
-    common = dict(pixel_spacing_mm=(p, p), overwrite=args.overwrite, study_uids=study)
+    common: dict[str, Any] = dict(pixel_spacing_mm=(p, p), overwrite=setup.overwrite, study_uids=study)
     files = write_series(
         setup.partial.volume("hu"),
         setup.outputs.main,
@@ -176,7 +178,7 @@ def write_dicom(setup: Setup, summary: str, args, has_std: bool) -> list[str]:
         window=getattr(args, "window", "reference"),
         **common,
     )
-    written = [f"{len(files)} DICOM files to {setup.outputs.main}"]
+    written = [f"{len(files)} DICOM files to {shown(setup.outputs.main)}"]
     if has_std and setup.outputs.std is not None:
         image = pydicom.dcmread(files[0], stop_before_pixels=True)
         samples = setup.options.get("samples")
@@ -194,5 +196,5 @@ def write_dicom(setup: Setup, summary: str, args, has_std: bool) -> list[str]:
             hu_step=0.1,
             **common,
         )
-        written.append(f"{len(std_files)} DICOM files (posterior std) to {setup.outputs.std}")
+        written.append(f"{len(std_files)} DICOM files (posterior std) to {shown(setup.outputs.std)}")
     return written

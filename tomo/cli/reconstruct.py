@@ -52,7 +52,7 @@ from tomo.cli.main import CommandError
 from tomo.cli.progress import library_bars
 from tomo.cli.recon_args import add_parser, chosen_options, method_options
 from tomo.cli.recon_memory import check_memory, estimate_memory
-from tomo.cli.recon_outputs import Outputs, Setup, nifti_slice_spacing, plan_outputs, read_reference
+from tomo.cli.recon_outputs import Outputs, Setup, nifti_slice_spacing, output_plan, plan_outputs, read_reference
 from tomo.cli.recon_partial import PartialRun, partial_folder
 from tomo.cli.recon_ranks import DIST_TIMEOUT_S, Ranks, silent_unless
 from tomo.cli.recon_writers import (
@@ -66,6 +66,7 @@ from tomo.cli.recon_writers import (
     write_nifti,
     write_previews,
 )
+from tomo.io.outputs import shown
 
 # names other modules and tests import from here
 __all__ = [
@@ -140,9 +141,15 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
             return 0
         _check_reports(reports, partial)
         return _finish(args, setup, time.time() - t0)
+    except BaseException:
+        if setup is not None and setup.partial.created and setup.partial.slices_done() == 0:
+            setup.partial.remove()  # refused before any chunk (a bad option, a missing --prior): no leftover
+        raise
     finally:
         if source is not None:
             source.close()
+        if setup is not None:
+            setup.claim.release()
 
 
 def _check_reports(reports: list[dict], partial: PartialRun) -> None:
@@ -151,7 +158,7 @@ def _check_reports(reports: list[dict], partial: PartialRun) -> None:
         if report["error"]:
             raise CommandError(
                 f"rank {rank} failed ({report['error'].splitlines()[0]}); the finished chunks are "
-                f"kept in {partial.folder}: rerun the same command with --resume"
+                f"kept in {shown(partial.folder)}: rerun the same command with --resume"
             )
     if len(reports) > 1:
         print(
@@ -171,9 +178,21 @@ def _prepare(args, entry, flags, ranks: Ranks) -> Setup:
         raise CommandError(f"--threads must be >= 0, got {args.threads}")
     if not args.file.is_file():
         raise FileNotFoundError(f"no sinogram file {args.file}")
-    outputs = plan_outputs(args, expects_std=int(options.get("samples") or 1) >= 2)
-    source = open_sinogram(args.file)
+    outputs = plan_outputs(args)
+    folder = partial_folder(outputs.main)
+    # --resume of a run killed while writing its outputs: those outputs are its own to replace
+    overwrite = args.overwrite or (args.resume and PartialRun.was_finishing(folder))
+    expects_std = int(options.get("samples") or 1) >= 2
+    inputs = [args.file, args.dicom_reference, options.get("prior")]
     try:
+        claim = output_plan(outputs, expects_std, inputs, overwrite).claim()  # locked and checked, before any work
+    except FileExistsError:
+        if folder.is_dir() and not args.resume:  # the outputs of a stopped run: say how to finish it
+            raise FileExistsError(PartialRun.leftover_message(folder)) from None
+        raise
+    source = None
+    try:
+        source = open_sinogram(args.file)
         batch = args.batch_size or entry.batch_size
         check_memory(source, args.method, min(batch, source.num_slices), args.batch_size is None, ranks.local_world)
         reference = read_reference(args, source) if args.dicom_reference is not None else None
@@ -182,19 +201,21 @@ def _prepare(args, entry, flags, ranks: Ranks) -> Setup:
 
             reference = recorded_placement(source)  # where tomo simulate recorded the slices, if it did
         spacing = nifti_slice_spacing(args, source, reference) if outputs.kind == "nifti" else None
-        partial = PartialRun.open(partial_folder(outputs.main), args, options, batch, source)
+        partial = PartialRun.open(folder, args, options, batch, source)
         todo = [s for s in partial.starts() if not partial.done(s)]
         if len(todo) < len(partial.starts()):
             print(
                 f"resuming: {len(partial.starts()) - len(todo)} of {len(partial.starts())} chunks of "
-                f"{partial.manifest['chunk']} slices already done in {partial.folder}"
+                f"{partial.manifest['chunk']} slices already done in {shown(partial.folder)}"
             )
         if ranks.world > 1:
             print(f"{ranks.world} processes share {len(todo)} chunks of {partial.manifest['chunk']} slices")
     except BaseException:
-        source.close()
+        if source is not None:
+            source.close()
+        claim.release()
         raise
-    return Setup(options, outputs, source, reference, spacing, partial, todo)
+    return Setup(options, outputs, source, reference, spacing, partial, todo, overwrite, claim)
 
 
 def _join(args, ranks: Ranks, shared: dict):
@@ -234,10 +255,11 @@ def _finish(args, setup: Setup, seconds: float) -> int:
         f", options {setup.options}" if setup.options else ""
     )
     has_std = partial.has_std()
+    partial.mark_finishing()  # killed from here on, --resume may replace the outputs written so far
     if outputs.kind == "dicom":
         written = write_dicom(setup, summary, args, has_std)
     elif outputs.kind == "nifti":
-        written = write_nifti(setup, args.overwrite, has_std)
+        written = write_nifti(setup, setup.overwrite, has_std)
     else:
         meta = dict(
             method=args.method,
@@ -248,9 +270,9 @@ def _finish(args, setup: Setup, seconds: float) -> int:
         )
         if scores is not None:
             meta.update(psnr=np.float64(scores[0]), ssim=np.float64(scores[1]))
-        save_npz(outputs.main, partial, hu_shape(source), meta, overwrite=args.overwrite)
-        written = [f"{outputs.main} (hu{', std_hu' if has_std else ''} {'x'.join(map(str, hu_shape(source)))})"]
-    written += write_previews(outputs, partial, source, args, has_std)
+        save_npz(outputs.main, partial, hu_shape(source), meta, overwrite=setup.overwrite)
+        written = [f"{shown(outputs.main)} (hu{', std_hu' if has_std else ''} {'x'.join(map(str, hu_shape(source)))})"]
+    written += write_previews(outputs, partial, source, args, has_std, setup.overwrite)
     partial.remove()
     print(f"wrote {', '.join(written)} in {seconds:.1f} s ({summary})")
     return 0

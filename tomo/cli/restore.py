@@ -303,9 +303,13 @@ def run(args: argparse.Namespace) -> int:
     kinds += (() if args.measured else ("reference",)) + (("spread",) if args.samples > 1 else ()) + ("figure",)
     names = {k: out_dir / f"{stem}_{args.task}_{k}.png" for k in kinds}
     names["npz"] = out_dir / f"{stem}_{args.task}.npz"
-    existing = [str(p) for p in names.values() if p.exists()]
-    if existing and not args.overwrite:
-        raise FileExistsError(f"{existing[0]} exists; choose another --output-dir or pass --overwrite")
+    from tomo.io.outputs import OutputPlan
+
+    plan = OutputPlan([args.image, args.prior], overwrite=args.overwrite)
+    plan.workdir(out_dir, "--output-dir")
+    for kind, path in names.items():
+        plan.file(path, kind if kind == "npz" else f"{kind} image")
+    plan.claim()  # locked and checked against the inputs before any work (tomo.io.outputs)
 
     hu, what = read_hu_slice(args.image, args.slice)
     device = torch.device(args.device)

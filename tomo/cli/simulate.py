@@ -248,15 +248,15 @@ def _check_simulation_memory(shape, config, grid) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tomo.evaluation.simulation import simulate_volume
+    from tomo.io.outputs import OutputPlan
     from tomo.io.sinogram import save_sinogram
 
     out: Path = args.out
     if out.suffix != ".npz":
         raise CommandError(f"--out must end in .npz, got {out}")
-    if Path(args.source).exists() and out.resolve() == Path(args.source).resolve():
-        raise CommandError("--out is the input file; refusing to overwrite the input")
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    plan = OutputPlan([args.source], overwrite=args.overwrite)
+    plan.file(out, "sinogram file")
+    plan.claim()  # locked and checked against the input before any work (tomo.io.outputs)
     if args.grid is not None and args.grid < 2:
         raise CommandError(f"--grid must be >= 2, got {args.grid}")
     config = _config(args)

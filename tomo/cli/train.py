@@ -183,10 +183,15 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from tomo.io.outputs import OutputPlan
     from tomo.priors.training import TrainOptions, train
 
     fields = TrainOptions.__dataclass_fields__
     opts = TrainOptions(**{k: v for k, v in vars(args).items() if k in fields})
+    if int(__import__("os").environ.get("RANK", "0")) == 0:  # one claim per run: rank 0's
+        plan = OutputPlan([*opts.data, opts.init_from], overwrite=True)
+        plan.workdir(opts.out, "--out folder")
+        plan.claim()  # one run per folder: a second one is refused at once (tomo.io.outputs)
     summary = train(opts)
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "data"}), file=sys.stdout)

@@ -133,8 +133,21 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         _commit_file(tmp, path, overwrite)
+    except OSError as exc:
+        named = _naming(exc, path)
+        if named is exc:
+            raise
+        raise named from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` with the destination as its file name when it names none (a full disk, an I/O
+    error while writing: the user must learn which output failed)."""
+    if exc.errno is None or exc.filename is not None:
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))  # errno picks the subclass
 
 
 @contextlib.contextmanager
@@ -216,5 +229,10 @@ def atomic_folder(path: str | os.PathLike, *, overwrite: bool = False) -> Iterat
         else:
             tmp.rename(path)
         _fsync_dir(path.parent)
+    except OSError as exc:
+        named = _naming(exc, path)
+        if named is exc:
+            raise
+        raise named from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # the failed temporary, or the replaced old folder
