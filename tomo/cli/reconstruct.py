@@ -122,7 +122,7 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
     try:
         failure = None
         try:
-            if source is None:  # ranks other than 0: a failure here is reported like one in the work
+            if source is None or partial is None:  # ranks other than 0: a failure here is reported like one in the work
                 source, partial = _join(args, ranks, shared)
             with _threads(args):
                 _reconstruct_chunks(source, partial, args, options, shared["todo"], ranks)
@@ -139,6 +139,7 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
             raise failure
         if not ranks.is_main:
             return 0
+        assert setup is not None and partial is not None  # rank 0 prepared them
         _check_reports(reports, partial)
         return _finish(args, setup, time.time() - t0)
     except BaseException:
