@@ -19,7 +19,7 @@ from operators.geometry import FanBeam2D
 from operators.noise import transmission_weights
 from operators.units import MU_WATER_PER_MM
 from tomo.priors.prior import available_priors
-from tomo.solvers import daps, dds, default_zeta, dps, dsg, mpgd, sample_or_mean
+from tomo.solvers import daps, dds, default_zeta, dps, dsg, mpgd, pigdm, sample_or_mean
 from tomo.solvers.data_terms import batch_measurements
 from tomo.solvers.problem import ModelDomainProblem, affine_problem, model_to_hu_affine
 
@@ -66,7 +66,7 @@ DDS_DEFAULTS = {
 #: the residual-gradient family behind ``tomo reconstruct --method dps --guidance NAME``: DPS as the
 #: lecture note writes it (gradients through the network) and its Jacobian-free successors
 #: (docs/method.md, docs/solvers.md)
-DPS_GUIDANCE = {"dps": dps, "mpgd": mpgd, "dsg": dsg, "daps": daps}
+DPS_GUIDANCE = {"dps": dps, "pigdm": pigdm, "mpgd": mpgd, "dsg": dsg, "daps": daps}
 #: defaults of ``tomo reconstruct --method dps``: the successor that won on the train/ tuning
 #: slices (docs/solvers.md, "The residual-gradient family"), warm-started from TV like DDS
 DPS_DEFAULTS = {

@@ -6,7 +6,7 @@ the prior's model range with :func:`affine_problem` (an affine change of variabl
 HU-image versions are :func:`tomo.methods.diffusion.ct_problem` and
 :func:`tomo.methods.image_tasks.hu_problem`), then solved with :func:`dds` (fast, no network
 gradients), :func:`dps` (the reference: gradients through the network) or its Jacobian-free
-successors :func:`mpgd`, :func:`dsg` and :func:`daps` (docs/solvers.md).
+successors :func:`pigdm`, :func:`mpgd`, :func:`dsg` and :func:`daps` (docs/solvers.md).
 
 >>> from tomo.methods.diffusion import ct_problem                      # doctest: +SKIP
 >>> problem = ct_problem(prior, projector, sinogram, i0=1e6)          # doctest: +SKIP
@@ -22,6 +22,7 @@ from .dsg import dsg
 from .ensemble import posterior_mean, sample_or_mean
 from .gaussian_prior import GaussianPrior, linear_beta_alphas_cumprod
 from .mpgd import mpgd
+from .pigdm import pigdm
 from .problem import ModelDomainProblem, affine_problem, model_to_hu_affine
 from .sampler_setup import SolverResult
 from .schedule import (
@@ -39,6 +40,7 @@ __all__ = [
     "mpgd",
     "dsg",
     "daps",
+    "pigdm",
     "default_zeta",
     "posterior_mean",
     "sample_or_mean",

@@ -166,6 +166,11 @@ class DataFidelity:
         """``||r(x)||`` per item, shape [B]."""
         return self.residual(x).flatten(1).norm(dim=1)
 
+    def weighted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``s W^{1/2} A x`` (one operator call): the normalised forward model."""
+        ax = self._weigh(self._apply(x))
+        return ax * self._scale_like(ax)
+
     def residual_gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The gradient of ``1/2 ||r(x)||^2`` (``-s A^T W^{1/2} r``, [B, 1, H, W]) and ``||r(x)||`` [B].
 
