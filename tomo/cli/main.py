@@ -23,7 +23,9 @@ import sys
 from tomo.cli import CommandError
 
 #: sub-command modules, in the order ``tomo --help`` lists them
-COMMANDS: tuple[str, ...] = ("info", "simulate", "reconstruct", "train", "restore", "demo")
+COMMANDS: tuple[str, ...] = ("info", "simulate", "import", "reconstruct", "train", "restore", "demo")
+#: sub-commands whose module has another name (``import`` is a Python keyword)
+MODULES: dict[str, str] = {"import": "import_htc"}
 
 #: errors that are the user's input or environment, printed as one line with exit code 2
 USER_ERRORS = (CommandError, ValueError, TypeError, OSError)
@@ -54,7 +56,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = None if argv is None else _selected_command(argv)
     for name in COMMANDS:
-        module = importlib.import_module(f"tomo.cli.{name}")
+        module = importlib.import_module(f"tomo.cli.{MODULES.get(name, name)}")
         if argv is None or name == chosen:
             module.register(subparsers)
             _add_quiet(subparsers.choices[name])

@@ -21,7 +21,21 @@ Keys (a public contract; outside tools may write these files too):
 ``positions_mm``          optional: float [slices, 3], DICOM ImagePositionPatient (LPS, mm) of
                           the first pixel centre of each slice *of the reconstruction grid*;
                           given together with ``orientation``
+``detector_offset_mm``    optional: shift of the detector along its direction (mm; fan beam: at
+                          the detector), i.e. a centre of rotation that does not project onto
+                          the detector centre: bin ``i`` sits at ``(i - (n-1)/2) * spacing +
+                          offset`` (default 0; see ``operators.geometry``)
+``flat``, ``dark``        optional: with ``flat`` present, ``sinogram`` holds raw detector
+                          intensities ``I``, converted on reading to line integrals
+                          ``-log((I - dark) / (flat - dark))`` (:func:`line_integrals`); each a
+                          float scalar, [detectors] or [views, detectors]; ``dark`` defaults to
+                          0; a non-positive ``I - dark`` or ``flat - dark`` is refused
+``units``                 optional: the units of the reconstruction: ``"hu"`` (calibrated human
+                          CT, the default) or ``"mu_per_mm"`` (anything else, e.g. a phantom or a
+                          material sample: attenuation in 1/mm, no HU conversion)
 ========================  =====================================================================
+
+Files without these optional keys read as before.
 
 ``tomo simulate`` records the placement keys ``slice_spacing_mm``, ``orientation`` and
 ``positions_mm`` from a volume with patient geometry, so that
@@ -65,6 +79,9 @@ __all__ = [
     "geometry_name",
     "REQUIRED_KEYS",
     "OPTIONAL_KEYS",
+    "MEASURED_KEYS",
+    "UNITS",
+    "line_integrals",
     "PLACEMENT_KEYS",
     "recorded_placement",
 ]
@@ -73,6 +90,10 @@ __all__ = [
 REQUIRED_KEYS = ("sinogram", "angles", "geometry", "detector_spacing_mm", "pixel_spacing_mm", "image_shape")
 FANBEAM_KEYS = ("source_origin_mm", "origin_detector_mm")
 OPTIONAL_KEYS = ("i0", "hu_reference", "description")
+#: optional keys of measured (scanner) data
+MEASURED_KEYS = ("detector_offset_mm", "flat", "dark", "units")
+#: values of ``units``: HU for calibrated human CT (the default), attenuation in 1/mm otherwise
+UNITS = ("hu", "mu_per_mm")
 
 
 #: the file's ``geometry`` value of each geometry class
@@ -104,6 +125,8 @@ def geometry_to_fields(geometry: ParallelBeam2D | FanBeam2D) -> dict:
     if isinstance(geometry, FanBeam2D):
         fields["source_origin_mm"] = float(geometry.source_origin_mm)
         fields["origin_detector_mm"] = float(geometry.origin_detector_mm)
+    if geometry.detector_offset_mm != 0.0:  # optional key: files without an offset are unchanged
+        fields["detector_offset_mm"] = float(geometry.detector_offset_mm)
     return fields
 
 
@@ -120,7 +143,8 @@ def geometry_from_fields(d: Mapping, detector_count: int | None = None) -> Paral
     d : mapping
         ``geometry`` (``"parallel"`` or ``"fanbeam"``), ``angles`` [views] (radians),
         ``detector_spacing_mm``, ``pixel_spacing_mm``, ``image_shape`` [2], and for fan beam
-        ``source_origin_mm`` and ``origin_detector_mm``; values may be 0-d NumPy arrays as
+        ``source_origin_mm`` and ``origin_detector_mm``; optionally ``detector_offset_mm``
+        (default 0); values may be 0-d NumPy arrays as
         ``np.load`` returns them. If ``d`` has a ``sinogram`` key its last dimension gives the
         detector count and its view dimension must match ``angles``.
     detector_count : int, optional
@@ -158,6 +182,7 @@ def geometry_from_fields(d: Mapping, detector_count: int | None = None) -> Paral
         angles=angles,
         detector_count=detector_count,
         detector_spacing_mm=d["detector_spacing_mm"],
+        detector_offset_mm=d["detector_offset_mm"] if "detector_offset_mm" in keys else 0.0,
     )
     if kind == "parallel":
         return ParallelBeam2D(**common)
@@ -196,6 +221,8 @@ class SinogramFile:
     positions_mm : np.ndarray or None, float64 [slices, 3]
         ImagePositionPatient (LPS, mm) of each slice's first pixel centre on the reconstruction
         grid; given together with ``orientation``.
+    units : str
+        ``"hu"`` (calibrated human CT, the default) or ``"mu_per_mm"`` (report attenuation).
     """
 
     sinogram: np.ndarray
@@ -207,6 +234,7 @@ class SinogramFile:
     slice_spacing_mm: float | None = None
     orientation: np.ndarray | None = None
     positions_mm: np.ndarray | None = None
+    units: str = "hu"
 
     def __post_init__(self):
         _validate(self)
@@ -276,6 +304,64 @@ def _validate(f: SinogramFile, source=None) -> None:
     if f.description is not None:
         f.description = str(np.asarray(f.description).item()) if np.ndim(f.description) == 0 else str(f.description)
     _validate_placement(f, sino.shape[0] if sino.ndim == 3 else 1, source)
+    f.units = _check_units(getattr(f, "units", "hu"), source)
+
+
+def _check_units(value, source) -> str:
+    text = _as_str(value).strip().lower() if value is not None else "hu"
+    if text not in UNITS:
+        raise _err(source, f"units must be one of {UNITS} ('hu' for calibrated human CT), got {text!r}")
+    return text
+
+
+def line_integrals(intensities, flat, dark=None, source=None) -> np.ndarray:
+    """Raw detector intensities to line integrals: ``-log((I - dark) / (flat - dark))``.
+
+    Parameters
+    ----------
+    intensities : array, float [..., views, detectors]
+        Measured intensities ``I`` (counts or detector units).
+    flat : array, float: scalar, [detectors] or [views, detectors]
+        Intensity without the object (same units).
+    dark : array, optional
+        Intensity without X-rays (same units and shapes as ``flat``); 0 by default.
+    source : str or Path, optional
+        Named in error messages.
+
+    Returns
+    -------
+    np.ndarray, float32, the shape of ``intensities``
+        Line integrals (dimensionless).
+
+    Raises
+    ------
+    SinogramFormatError
+        Non-finite values, shapes that do not broadcast, or any ``flat - dark <= 0`` or
+        ``I - dark <= 0`` (the count of such bins is given: mask or replace dead pixels first).
+    """
+    i = np.asarray(_float_array(intensities, "sinogram (intensities)", source), dtype=np.float64)
+    f = np.asarray(_float_array(flat, "flat", source), dtype=np.float64)
+    dk = np.zeros(()) if dark is None else np.asarray(_float_array(dark, "dark", source), dtype=np.float64)
+    for name, arr in (("flat", f), ("dark", dk)):
+        if arr.ndim > 2 or (arr.ndim >= 1 and arr.shape != i.shape[-arr.ndim :]):
+            raise _err(
+                source,
+                f"{name} must be a scalar, [detectors] or [views, detectors] matching the sinogram {list(i.shape)}, got {list(arr.shape)}",
+            )
+    open_beam = f - dk
+    signal = i - dk
+    bad_flat, bad = int((open_beam <= 0).sum()), int((signal <= 0).sum())
+    if bad_flat:
+        raise _err(
+            source,
+            f"flat - dark is <= 0 in {bad_flat} bins: no open-beam signal there; fix or mask those detector bins",
+        )
+    if bad:
+        raise _err(
+            source,
+            f"intensity - dark is <= 0 in {bad} of {signal.size} bins: the log is undefined; replace those readings (e.g. by a neighbour's) before converting",
+        )
+    return (-np.log(signal / open_beam)).astype(np.float32)
 
 
 def _validate_placement(f, num_slices: int, source) -> None:
@@ -310,6 +396,7 @@ def save_sinogram(
     slice_spacing_mm: float | None = None,
     orientation=None,
     positions_mm=None,
+    units: str | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a sinogram exchange file.
@@ -323,7 +410,7 @@ def save_sinogram(
         line integrals) together with ``geometry`` and the optional fields.
     geometry : ParallelBeam2D or FanBeam2D
         Needed when ``data`` is an array.
-    i0, hu_reference, description, slice_spacing_mm, orientation, positions_mm
+    i0, hu_reference, description, slice_spacing_mm, orientation, positions_mm, units
         Optional fields (see :class:`SinogramFile`), used when ``data`` is an array.
     overwrite : bool
         Replace an existing file (atomically: written to a temporary file first).
@@ -343,6 +430,7 @@ def save_sinogram(
             or hu_reference is not None
             or description is not None
             or any(v is not None for v in placement)
+            or units is not None
         ):
             raise TypeError("pass either a SinogramFile or an array with geometry/i0/..., not both")
         f = data
@@ -359,6 +447,7 @@ def save_sinogram(
             slice_spacing_mm=slice_spacing_mm,
             orientation=orientation,
             positions_mm=positions_mm,
+            units="hu" if units is None else units,
         )
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
@@ -377,6 +466,8 @@ def save_sinogram(
         arrays["slice_spacing_mm"] = np.float64(f.slice_spacing_mm)
     if f.orientation is not None and f.positions_mm is not None:
         arrays["orientation"], arrays["positions_mm"] = f.orientation, f.positions_mm
+    if f.units != "hu":  # the default is not written: files of human CT stay as they were
+        arrays["units"] = np.str_(f.units)
     with atomic_file(path, overwrite=overwrite) as fh:
         np.savez_compressed(fh, **arrays)
     return path
@@ -402,7 +493,16 @@ class SinogramSource:
     extra_keys : tuple of str
     slice_spacing_mm, orientation, positions_mm
         The optional placement fields, or None (see :class:`SinogramFile`).
+    units : str
+        ``"hu"`` or ``"mu_per_mm"``.
+    flat, dark : np.ndarray or None
+        Open-beam and dark fields when the file holds raw intensities; the slices are converted
+        to line integrals as they are read (:func:`line_integrals`).
     """
+
+    units: str = "hu"
+    flat: np.ndarray | None = None
+    dark: np.ndarray | None = None
 
     def __init__(
         self,
@@ -454,7 +554,12 @@ class SinogramSource:
             if ref_blocks is not None:
                 _, ref = next(ref_blocks)
                 ref = _float_array(ref, "hu_reference", self.path)
-            yield k, _float_array(block, "sinogram", self.path), ref
+            yield k, self._line_integrals(block), ref
+
+    def _line_integrals(self, block) -> np.ndarray:
+        if self.flat is None:
+            return _float_array(block, "sinogram", self.path)
+        return line_integrals(block, self.flat, self.dark, self.path)
 
     def _blocks(self, key: str, start: int, stop: int, rows: int):
         if self.is_volume:
@@ -477,7 +582,8 @@ class SinogramSource:
             self.orientation,
             self.positions_mm,
         )
-        out.sinogram = arch.read("sinogram", f"the sinogram {list(self.shape)}")
+        out.sinogram = self._line_integrals(arch.read("sinogram", f"the sinogram {list(self.shape)}"))
+        out.units = self.units
         out.hu_reference = arch.read("hu_reference", "hu_reference") if self.has_reference else None
         _validate(out, source=self.path)
         return out
@@ -517,6 +623,8 @@ def _open(arch: NpzArchive) -> SinogramSource:
     for key in keys - {"sinogram", "hu_reference"}:  # the small fields: a few numbers or a string
         m = arch.member(key)
         per_slice = 32 * sino.shape[0] if key == "positions_mm" and len(sino.shape) == 3 else 0  # [slices, 3]
+        if key in ("flat", "dark") and len(sino.shape) >= 2:  # up to [views, detectors] float64
+            per_slice = 8 * sino.shape[-2] * sino.shape[-1]
         if m.nbytes > max(64 * sino.shape[-2] if len(sino.shape) >= 2 else 0, 1 << 16, per_slice):
             raise _err(path, f"field {key!r} is {list(m.shape)} {m.dtype}: too large for a sinogram-file field")
     d = {k: arch.read(k) for k in keys - {"sinogram", "hu_reference"}}
@@ -557,8 +665,32 @@ def _open(arch: NpzArchive) -> SinogramSource:
     _validate(probe, source=path)
     probe.slice_spacing_mm, probe.orientation, probe.positions_mm = (d.get(k) for k in PLACEMENT_KEYS)
     _validate_placement(probe, sino.shape[0] if len(sino.shape) == 3 else 1, path)
-    extra = tuple(sorted(keys - set(REQUIRED_KEYS) - set(FANBEAM_KEYS) - set(OPTIONAL_KEYS) - set(PLACEMENT_KEYS)))
-    return SinogramSource(
+    extra = tuple(
+        sorted(
+            keys
+            - set(REQUIRED_KEYS)
+            - set(FANBEAM_KEYS)
+            - set(OPTIONAL_KEYS)
+            - set(PLACEMENT_KEYS)
+            - set(MEASURED_KEYS)
+        )
+    )
+    if "dark" in keys and "flat" not in keys:
+        raise _err(path, "'dark' without 'flat': raw intensities need a flat field (open beam) too")
+    for key in ("flat", "dark"):
+        if key in d:
+            shape = d[key].shape
+            if (
+                d[key].dtype.kind != "f"
+                or len(shape) > 2
+                or (shape and tuple(shape) != tuple(sino.shape[-len(shape) :]))
+            ):
+                raise _err(
+                    path,
+                    f"'{key}' must be float: a scalar, [detectors] or [views, detectors] = {list(sino.shape[-2:])}, got {d[key].dtype} {list(shape)}",
+                )
+    units = _check_units(d.get("units"), path)
+    source = SinogramSource(
         arch,
         geometry,
         sino.shape,
@@ -570,6 +702,8 @@ def _open(arch: NpzArchive) -> SinogramSource:
         orientation=probe.orientation,
         positions_mm=probe.positions_mm,
     )
+    source.units, source.flat, source.dark = units, d.get("flat"), d.get("dark")
+    return source
 
 
 def load_sinogram(path: str | os.PathLike) -> SinogramFile:

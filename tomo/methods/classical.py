@@ -5,6 +5,9 @@ Defaults were tuned on train/ slices only (``scripts/tune_tv.py``, docs/reconstr
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+
 import torch
 
 from operators.geometry import FanBeam2D
@@ -12,6 +15,7 @@ from operators.noise import transmission_weights
 from tomo.recon.analytic import FILTERS, fbp_reconstruct
 from tomo.recon.iterative import cgls, sirt
 from tomo.recon.tv import tv_pdhg
+from tomo.recon.tv_subsets import tv_spdhg
 
 from .base import MethodOption, MethodRegistry, ReconProblem
 
@@ -54,6 +58,11 @@ FBP_DEFAULT_FILTER = "hann"
 DEFAULT_MODEL_ERROR = 0.05
 #: FBP filter of the TV start image (smooth start; does not change the TV solution)
 TV_START_FILTER = "hann"
+#: above this many views TV runs SPDHG over interleaved view subsets of about TV_SUBSET_VIEWS views
+#: each (tomo.recon.tv_subsets): an iteration then costs what a TV_SUBSET_VIEWS-view PDHG
+#: iteration costs (HTC2022 tb, 181 views: docs/benchmarks.md)
+TV_SUBSET_THRESHOLD = 60
+TV_SUBSET_VIEWS = 30
 
 
 def effective_views(geometry) -> float:
@@ -135,9 +144,25 @@ def _weights(weighting: str, sinogram, i0, model_error):
 
 
 def _run_sirt(
-    sinogram, problem: ReconProblem, *, iterations: int = SIRT_DEFAULT_ITERATIONS, tol: float = 0.0, nonneg: bool = True
+    sinogram,
+    problem: ReconProblem,
+    *,
+    iterations: int = SIRT_DEFAULT_ITERATIONS,
+    tol: float = 0.0,
+    nonneg: bool = True,
+    upper: float | None = None,
 ):
-    return sirt(problem.operator, sinogram, iterations=iterations, tol=tol, nonneg=nonneg, progress=problem.progress)
+    if upper is not None and not upper > 0:
+        raise ValueError(f"--upper must be a positive attenuation in 1/mm, got {upper}")
+    return sirt(
+        problem.operator,
+        sinogram,
+        iterations=iterations,
+        tol=tol,
+        nonneg=nonneg,
+        upper=upper,
+        progress=problem.progress,
+    )
 
 
 def _run_cgls(
@@ -168,10 +193,38 @@ def _run_tv(
     tol: float = TV_DEFAULT_TOL,
     weighting: str = TV_DEFAULT_WEIGHTING,
     model_error: float | None = None,
+    upper: float | None = None,
+    subsets: int | None = None,
 ):
     weight = tv_default_weight(problem.geometry, problem.i0) if tv_weight is None else tv_weight
     # Start from FBP: the solution is the same (convex problem) but reached in fewer iterations.
-    x0 = fbp_reconstruct(sinogram, problem.geometry, filter=TV_START_FILTER).clamp_min(0.0)
+    with warnings.catch_warnings():  # a limited-angle warning belongs to FBP as a method, not to the start
+        warnings.simplefilter("ignore", UserWarning)
+        x0 = fbp_reconstruct(sinogram, problem.geometry, filter=TV_START_FILTER).clamp_min(0.0)
+    if upper is not None:
+        x0 = x0.clamp_max(upper)
+    views = problem.geometry.num_views
+    m = (round(views / TV_SUBSET_VIEWS) if views > TV_SUBSET_THRESHOLD else 1) if subsets is None else int(subsets)
+    if m < 1 or m > views:
+        raise ValueError(f"--subsets must be between 1 and the number of views ({views}), got {m}")
+    if m > 1:
+        from operators import CTProjector
+
+        geoms = [
+            dataclasses.replace(problem.geometry, angles=tuple(problem.geometry.angles_array[i::m])) for i in range(m)
+        ]
+        w = _weights(weighting, sinogram, problem.i0, model_error)
+        return tv_spdhg(
+            [CTProjector(g, device=problem.device) for g in geoms],
+            [sinogram[..., i::m, :] for i in range(m)],
+            weight=weight,
+            iterations=iterations,
+            tol=tol,
+            weights=None if w is None else [w[..., i::m, :] for i in range(m)],
+            upper=upper,
+            x0=x0,
+            progress=problem.progress,
+        )
     return tv_pdhg(
         problem.operator,
         sinogram,
@@ -179,6 +232,7 @@ def _run_tv(
         iterations=iterations,
         tol=tol,
         weights=_weights(weighting, sinogram, problem.i0, model_error),
+        upper=upper,
         x0=x0,
         progress=problem.progress,
     )
@@ -223,6 +277,14 @@ def classical_method(name: str):
     return runs[name]
 
 
+_UPPER = MethodOption(
+    "--upper",
+    "upper",
+    float,
+    "upper bound of the attenuation in 1/mm (e.g. the object's densest material; helps limited-angle data); default none",
+)
+
+
 def register(registry: MethodRegistry) -> None:
     """Register ``fbp``, ``sirt``, ``cgls`` and ``tv`` in ``registry``."""
     registry.register(
@@ -235,7 +297,7 @@ def register(registry: MethodRegistry) -> None:
             MethodOption("--cutoff", "cutoff", float, "FBP filter cut-off, fraction of Nyquist in (0, 1] (default 1)"),
         ),
     )
-    registry.register("sirt", _run_sirt, help="SIRT, non-negative", options=(_ITER, _TOL))
+    registry.register("sirt", _run_sirt, help="SIRT, non-negative", options=(_ITER, _TOL, _UPPER))
     registry.register(
         "cgls",
         _run_cgls,
@@ -258,5 +320,13 @@ def register(registry: MethodRegistry) -> None:
             _TOL,
             _WEIGHTING,
             _MODEL_ERROR,
+            _UPPER,
+            MethodOption(
+                "--subsets",
+                "subsets",
+                int,
+                f"view subsets of the stochastic primal-dual solver (default: 1 up to {TV_SUBSET_THRESHOLD} "
+                f"views, else about {TV_SUBSET_VIEWS} views per subset; 1 = plain PDHG)",
+            ),
         ),
     )

@@ -41,6 +41,7 @@ def sirt(
     x0: torch.Tensor | None = None,
     progress: bool = True,
     callback: Callback | None = None,
+    upper: float | None = None,
 ) -> torch.Tensor:
     """Simultaneous Iterative Reconstruction Technique.
 
@@ -64,6 +65,8 @@ def sirt(
         Step length in (0, 2).
     nonneg : bool
         Project on ``x >= 0`` after each step (attenuation cannot be negative).
+    upper : float, optional
+        Also project on ``x <= upper`` (same units as ``x``, e.g. 1/mm) after each step.
     x0 : torch.Tensor, optional
         Start image ``[*in_shape]`` or ``[B, *in_shape]``; zeros by default.
     progress : bool
@@ -77,6 +80,8 @@ def sirt(
         The reconstruction, on ``op.device``.
     """
     check_iterations(iterations, tol)
+    if upper is not None and not upper > 0:
+        raise ValueError(f"upper must be > 0, got {upper!r}")
     if not 0.0 < relaxation < 2.0:
         raise ValueError(f"relaxation must be in (0, 2), got {relaxation}")
     yb, unbatched = as_batch(op, y)
@@ -91,8 +96,8 @@ def sirt(
     try:
         for k in range(1, iterations + 1):
             x_new = x + inv_col * op.adjoint(inv_row * (yb - op(x)))
-            if nonneg:
-                x_new.clamp_(min=0.0)
+            if nonneg or upper is not None:
+                x_new.clamp_(min=0.0 if nonneg else None, max=upper)
             x_new = where_active(stop.active, x_new, x)
             stop.update((x_new - x).flatten(1).norm(dim=1), x_new.flatten(1).norm(dim=1))
             x = x_new

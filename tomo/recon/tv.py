@@ -58,6 +58,18 @@ def _tv_weights(weight, batch: int, like: torch.Tensor) -> torch.Tensor:
     return lam.to(device=like.device, dtype=like.dtype).reshape(batch, 1, 1, 1)
 
 
+def _support(support: torch.Tensor | None, shape: tuple, like: torch.Tensor) -> torch.Tensor | None:
+    """Validate a support mask ``[H, W]`` and return it as a 0/1 tensor like ``like``."""
+    if support is None:
+        return None
+    mask = torch.as_tensor(support)
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"support must be a mask of the image shape {tuple(shape)}, got {tuple(mask.shape)}")
+    if not bool(mask.any()):
+        raise ValueError("support is empty: no pixel may hold the object")
+    return (mask.to(device=like.device) != 0).to(like.dtype)
+
+
 @torch.no_grad()
 def tv_pdhg(
     op: LinearOperator,
@@ -68,6 +80,8 @@ def tv_pdhg(
     tol: float = 0.0,
     weights: torch.Tensor | None = None,
     nonneg: bool = True,
+    upper: float | None = None,
+    support: torch.Tensor | None = None,
     x0: torch.Tensor | None = None,
     balance: float = DEFAULT_BALANCE,
     norm_iterations: int = 30,
@@ -95,6 +109,12 @@ def tv_pdhg(
         ``I0 exp(-y)``; only their relative size matters.
     nonneg : bool
         Constrain ``mu >= 0``.
+    upper : float, optional
+        Upper bound of ``mu`` in 1/mm (e.g. the attenuation of the object's densest material):
+        with limited-angle data it keeps the unmeasured directions from overshooting.
+    support : torch.Tensor, optional
+        Boolean ``[H, W]`` mask of where the object may be; ``mu = 0`` outside (e.g. a disc
+        fitted to the shadow edges, :func:`tomo.recon.support.fit_disc`).
     x0 : torch.Tensor, optional
         Start image (attenuation [1/mm]), ``[H, W]`` or ``[B, H, W]``; zeros by default.
     balance : float
@@ -117,6 +137,9 @@ def tv_pdhg(
         raise ValueError(f"TV needs a 2-D image operator, got in_shape {op.in_shape}")
     if not balance > 0:
         raise ValueError(f"balance must be > 0, got {balance!r}")
+    if upper is not None and not upper > 0:
+        raise ValueError(f"upper must be a positive attenuation in 1/mm, got {upper!r}")
+    lo, hi = (0.0 if nonneg else None), (None if upper is None else upper / MU_WATER_PER_MM)
     yb, unbatched = as_batch(op, y)
     w = _check_weights(weights, yb)
     mu_w = MU_WATER_PER_MM
@@ -147,8 +170,11 @@ def tv_pdhg(
     sigma, tau = balance / lip, 1.0 / (balance * lip)
 
     u = initial_image(op, None if x0 is None else x0 / mu_w, yb)
-    if nonneg:
-        u.clamp_(min=0.0)
+    mask = _support(support, op.in_shape, u)
+    if lo is not None or hi is not None:
+        u.clamp_(min=lo, max=hi)
+    if mask is not None:
+        u.mul_(mask)
     u_bar = u.clone()
     p = torch.zeros_like(yb)
     q = torch.zeros((b_count, 2) + op.in_shape, dtype=yb.dtype, device=yb.device)
@@ -161,8 +187,10 @@ def tv_pdhg(
             norm = q_new.pow(2).sum(1, keepdim=True).sqrt()
             q_new = q_new * torch.where(norm > lam, lam / norm.clamp_min(1e-30), torch.ones_like(norm))
             u_new = u - tau * (adj(p_new) + inv_sqrt8 * gradient_adjoint(q_new))
-            if nonneg:
-                u_new.clamp_(min=0.0)
+            if lo is not None or hi is not None:
+                u_new.clamp_(min=lo, max=hi)
+            if mask is not None:
+                u_new.mul_(mask)
             active = stop.active
             p, q = where_active(active, p_new, p), where_active(active, q_new, q)
             u_bar = where_active(active, 2.0 * u_new - u, u_bar)
