@@ -54,7 +54,7 @@ used as the prior of the diffusion posterior solvers (DPS, DDS). {mode_text}
 
 | | |
 |---|---|
-| network | diffusers `UNet2DModel`, block channels {blocks}, {layers} ResNet layer(s) per block, self-attention at the lowest resolution only; {n_params:.2f} M parameters |
+| network | {network_text}; {n_params:.2f} M parameters |
 | weights | {weights_text}, EMA weights only, float32, {size_mb:.1f} MB |
 | schedule | diffusers `DDPMScheduler`, {beta} betas 1e-4 .. 0.02, T = {T}, epsilon prediction |
 | output | {skip_text} |
@@ -358,6 +358,20 @@ def _compute_fields(prior, tr: dict) -> dict:
     return {"gflops": gflops, "crop_px": size, "pflops": 3 * gflops * (tr.get("patches_seen") or 0) / 1e6}
 
 
+def network_text(arch: dict) -> str:
+    """The card's description of the network of a configuration."""
+    if arch.get("class") == "ShuffleUNet":
+        attn = [i for i, a in enumerate(arch["attention"]) if a]
+        return (
+            f"tomo `ShuffleUNet` (tomo/priors/networks.py): pixel-unshuffle stem of {arch['patch']} px, widths "
+            f"{arch['channels']}, {arch['blocks']} ResBlocks per level, self-attention at level(s) {attn}"
+        )
+    return (
+        f"diffusers `UNet2DModel`, block channels {arch['block_out_channels']}, {arch['layers_per_block']} "
+        "ResNet layer(s) per block, self-attention at the lowest resolution only"
+    )
+
+
 def write_card(path: Path, prior_dir: Path, results: dict) -> None:
     config = json.loads((prior_dir / "prior.json").read_text())
     tr, data, arch = config.get("training", {}), config.get("data", {}), config["architecture"]
@@ -409,8 +423,7 @@ def write_card(path: Path, prior_dir: Path, results: dict) -> None:
         bf16_flag=bf16_flag,
         precision=precision,
         n_params=n_params / 1e6,
-        blocks=arch["block_out_channels"],
-        layers=arch["layers_per_block"],
+        network_text=network_text(arch),
         patch=config["patch_size"],
         pixel=config["pixel_size_mm"],
         window=config["hu_window"],

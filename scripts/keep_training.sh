@@ -7,7 +7,9 @@
 # `python -m tomo.priors.export RUN/best data/prior --force` after checking them on dev/).
 #
 # Usage: nohup scripts/keep_training.sh [RUN] > /dev/null 2>&1 &     (follow RUN/keep_training.log)
-# Environment: CHUNK (minutes, 30), BATCH (4), LR (5e-5), INIT (data/prior: fine-tune from it).
+# Environment: CHUNK (minutes, 30), BATCH (4), LR (5e-5), INIT (data/prior: fine-tune from it),
+# or ARCH (a network preset such as shuffle-default, or a JSON file: a new whole-image network
+# trained from scratch on CROP px crops, 128 by default; INIT is then ignored), THREADS (1).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # this checkout's code, not whatever `tomo` is installed: a long run must not pick up later edits
@@ -19,6 +21,9 @@ CHUNK=${CHUNK:-30}
 BATCH=${BATCH:-4}
 LR=${LR:-5e-5}
 INIT=${INIT:-data/prior}
+ARCH=${ARCH:-}
+CROP=${CROP:-128}
+THREADS=${THREADS:-1}
 # validation patients, held out of training: one lung (LungFCP-01-0006) and one kidney (KiTS-00072) CT
 VAL=("$DATA/train/ct-1.5mm/Lung-Fused-CT-Pathology_LungFCP-01-0006.npz" "$DATA/train/ct-1.5mm/C4KC-KiTS_KiTS-00072.npz")
 TRAIN=("$DATA/train/dicom")
@@ -36,7 +41,10 @@ evaluate() {  # evaluate PRIOR_DIR into OUT_DIR on the validation patients
         --threads 1 --out "$2" >> "$LOG" 2>&1
 }
 best_score() { [ -f "$RUN/best/score.txt" ] && cat "$RUN/best/score.txt" || echo inf; }
-if [ ! -f "$RUN/best/score.txt" ] && [ ! -f "$RUN/train_state.safetensors" ]; then
+if [ -n "$ARCH" ]; then
+    # a new network: nothing to compare with before its first chunk
+    [ -f "$RUN/best/score.txt" ] || { mkdir -p "$RUN/best" && echo inf > "$RUN/best/score.txt"; }
+elif [ ! -f "$RUN/best/score.txt" ] && [ ! -f "$RUN/train_state.safetensors" ]; then
     evaluate "$INIT" "$RUN/eval_init" && mkdir -p "$RUN/best" && val_score "$RUN/eval_init" > "$RUN/best/score.txt" \
         && cp "$INIT/prior.safetensors" "$INIT/prior.json" "$RUN/best/" && log "starting prior $INIT: $(cat "$RUN/best/score.txt")"
 fi
@@ -44,13 +52,16 @@ while true; do
     if [ -f "$RUN/train_state.safetensors" ]; then
         done_min=$(python -c "import json;print(json.load(open('$RUN/prior.json'))['training']['wall_time_s']/60)")
         ARGS=(--resume)
+    elif [ -n "$ARCH" ]; then
+        done_min=0
+        ARGS=(--arch "$ARCH" --patch-size 0 --image-size "$CROP")
     else
         done_min=0
         ARGS=(--init-from "$INIT")
     fi
     limit=$(python -c "print($done_min + $CHUNK)")
     log "training from minute $done_min to $limit"
-    nice -n 19 python -m tomo.cli.main train "${TRAIN[@]}" --out "$RUN" "${ARGS[@]}" --device cpu --threads 1 \
+    nice -n 19 python -m tomo.cli.main train "${TRAIN[@]}" --out "$RUN" "${ARGS[@]}" --device cpu --threads "$THREADS" \
         --batch-size "$BATCH" --lr "$LR" --lr-schedule constant --warmup-steps 50 --ema-decay 0.995 \
         --steps 10000000 --max-minutes "$limit" --checkpoint-every 1000000 --checkpoint-minutes 10 \
         --log-every 5 --samples 0 --no-progress >> "$LOG" 2>&1 || { log "tomo train failed"; sleep 60; continue; }
@@ -60,7 +71,7 @@ while true; do
     log "validation sum of eps MSE over t=10,50,100,250: $score (best $best)"
     if python -c "import sys;sys.exit(0 if float('$score') < float('$best') else 1)"; then
         rm -rf "$RUN/best.tmp" && mkdir -p "$RUN/best.tmp"
-        cp "$RUN/prior.safetensors" "$RUN/prior.json" "$RUN/best.tmp/" && echo "$score" > "$RUN/best.tmp/score.txt"
+        cp "$RUN/prior.safetensors" "$RUN/prior.json" "$RUN/log.csv" "$RUN/best.tmp/" && echo "$score" > "$RUN/best.tmp/score.txt"
         rm -rf "$RUN/best" && mv "$RUN/best.tmp" "$RUN/best"
         log "exported to $RUN/best"
     fi

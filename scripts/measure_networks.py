@@ -77,9 +77,33 @@ CANDIDATES = {
         shuffle_architecture(patch=2, channels=(64, 128, 192, 256), blocks=(1, 1, 2, 2), attention=(0, 0, 0, 1)),
         "unshuffle 2; [64,128,192,256] at 128/64/32/16 px, blocks [1,1,2,2], attention at 16 px",
     ),
-    "s4-large": (
-        shuffle_architecture(channels=(128, 192, 256), blocks=(2, 2, 2), mid_blocks=2),
-        "unshuffle 4; [128,192,256] at 64/32/16 px, 2 blocks, attention at 16 px (GPU)",
+    "s4-init1": (
+        shuffle_architecture(residual_init=1.0),
+        "s4 with residual branches at torch's default initialisation instead of zero",
+    ),
+    "s4-init1-mod1": (
+        shuffle_architecture(residual_init=1.0, modulation_init=1.0),
+        "s4-init1 with the time-step modulation at torch's default initialisation too",
+    ),
+    "s4-fr16": (
+        shuffle_architecture(full_res=16),
+        "s4 plus a thin full-resolution refinement (16 channels, two 3 x 3 convolutions)",
+    ),
+    "s4-fr32": (
+        shuffle_architecture(full_res=32),
+        "s4 plus a full-resolution refinement of 32 channels",
+    ),
+    "s4-192-fr16": (
+        shuffle_architecture(channels=(64, 128, 192), full_res=16),
+        "unshuffle 4; [64,128,192], 2 blocks, attention at 16 px, full-resolution refinement of 16 channels",
+    ),
+    "s4-192": (
+        shuffle_architecture(channels=(64, 128, 192)),
+        "unshuffle 4; [64,128,192] at 64/32/16 px, 2 blocks, attention at 16 px",
+    ),
+    "shuffle-large": (
+        ARCHITECTURES["shuffle-large"](),
+        "unshuffle 4; [128,128,192], blocks [2,2,1], attention at 16 px, full-resolution refinement of 16 channels (GPU preset)",
     ),
 }
 

@@ -29,8 +29,10 @@ def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def test_shuffle_unet_starts_at_zero_so_the_prior_starts_as_the_gaussian_denoiser():
+@pytest.mark.parametrize("full_res", [0, 8])
+def test_shuffle_unet_starts_at_zero_so_the_prior_starts_as_the_gaussian_denoiser(full_res):
     config = tiny_config(gaussian_skip=(-0.7, 0.1))
+    config["architecture"]["full_res"] = full_res
     net = build_unet(config)
     assert isinstance(net, ShuffleUNet) and net.downsampling_factor == downsampling_factor(config["architecture"]) == 4
     x = torch.randn(2, 1, 32, 32)
@@ -97,14 +99,18 @@ def test_config_rejects_unknown_network_class_and_bad_widths():
 
 
 def test_level_flops_add_up_to_the_counted_total():
-    net = build_unet(make_config(architecture=shuffle_architecture(), patch_size=None, image_size=64))
+    arch = shuffle_architecture(full_res=16)
+    net = build_unet(make_config(architecture=arch, patch_size=None, image_size=64))
     rows = level_flops(net, size=64)
-    total, levels = rows[0][1], [g for _, g in rows[1:]]
-    assert [name for name, _ in rows[1:]] == ["16 px", "8 px", "4 px"]
+    total, levels = rows[0][1], [g for _, g in rows[2:]]
+    assert [name for name, _ in rows[1:]] == ["64 px", "16 px", "8 px", "4 px"]
+    # the full-resolution refinement: two 3 x 3 convolutions 1 <-> 16 channels and a 1 x 1 one
+    assert rows[1][1] == pytest.approx(2 * 64 * 64 * (2 * 16 * 9 + 16) / 1e9, rel=0.01)
+    levels = [rows[1][1], *levels]
     # everything but the time-step MLP (a few kFLOPs) is attributed to a level
     assert 0.999 * total < sum(levels) <= total
     # a 3 x 3 convolution 64 -> 64 at 16 x 16 px: 2 x 64 x 64 x 9 x 256 FLOPs, at least 8 of them at 16 px
-    assert levels[0] > 8 * 2 * 64 * 64 * 9 * 256 / 1e9
+    assert rows[2][1] > 8 * 2 * 64 * 64 * 9 * 256 / 1e9
 
 
 @pytest.mark.parametrize("kind", ["linear", "squaredcos_cap_v2"])

@@ -90,6 +90,9 @@ def shuffle_architecture(
     in_channels: int = 1,
     sample_size: int = 256,
     dropout: float = 0.0,
+    residual_init: float = 0.0,
+    modulation_init: float = 0.0,
+    full_res: int = 0,
 ) -> dict[str, Any]:
     """Arguments of :class:`tomo.priors.networks.ShuffleUNet` (pixel-unshuffle stem, widths in
     multiples of 64, attention at coarse levels only); the candidates measured in docs/prior.md."""
@@ -106,6 +109,9 @@ def shuffle_architecture(
         "head_dim": 64,
         "emb_dim": 256,
         "dropout": dropout,
+        "residual_init": residual_init,
+        "modulation_init": modulation_init,
+        "full_res": full_res,
     }
 
 
@@ -119,17 +125,33 @@ def tiny_shuffle_architecture(in_channels: int = 1, sample_size: int = 32) -> di
 
 
 def shuffle_large_architecture(in_channels: int = 1, sample_size: int = 256) -> dict[str, Any]:
-    """The ``large`` prior's ``ShuffleUNet`` for GPU training: most of its FLOPs at 64 px with 128
-    channels (docs/prior.md, "Choosing the network"); its float16 weights must travel to the GPU
-    machine with the packed data within 64 MiB, which bounds the parameters at the coarse levels."""
+    """The ``large`` prior's ``ShuffleUNet`` for GPU training (6.6 M parameters, 14.4 GFLOPs per
+    256 x 256 evaluation): most of its FLOPs at 64 px with 128 channels, where tensor cores are
+    busy. Its float16 weights (12.6 MiB) must travel to the GPU machine beside the working tree
+    and the packed data within 64 MiB (docs/prior.md), which bounds the parameters of the coarse
+    levels, where they are cheapest in FLOPs."""
     return shuffle_architecture(
-        channels=(128, 192, 192), blocks=(2, 2, 1), mid_blocks=1, in_channels=in_channels, sample_size=sample_size
+        channels=(128, 128, 192),
+        blocks=(2, 2, 1),
+        mid_blocks=1,
+        full_res=16,
+        in_channels=in_channels,
+        sample_size=sample_size,
     )
+
+
+def shuffle_default_architecture(in_channels: int = 1, sample_size: int = 256) -> dict[str, Any]:
+    """The candidate for the ``default`` prior (7.4 M parameters, 28 MiB in float32, 7.5 GFLOPs
+    and about 0.18 s per 256 x 256 evaluation on one CPU core): widths 64 / 128 / 192 at 64 / 32 /
+    16 px, two blocks per level, attention at 16 px, a 16-channel full-resolution refinement; the
+    best of the candidates per training FLOP that meet the CPU bar (docs/prior.md)."""
+    return shuffle_architecture(channels=(64, 128, 192), full_res=16, in_channels=in_channels, sample_size=sample_size)
 
 
 ARCHITECTURES = {
     "small": default_architecture,
     "shuffle-large": shuffle_large_architecture,
+    "shuffle-default": shuffle_default_architecture,
     "tiny": tiny_architecture,
     "large": large_architecture,
     "shuffle-tiny": tiny_shuffle_architecture,
