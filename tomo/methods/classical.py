@@ -195,6 +195,7 @@ def _run_tv(
     model_error: float | None = None,
     upper: float | None = None,
     subsets: int | None = None,
+    support: str = "none",
 ):
     weight = tv_default_weight(problem.geometry, problem.i0) if tv_weight is None else tv_weight
     # Start from FBP: the solution is the same (convex problem) but reached in fewer iterations.
@@ -203,6 +204,9 @@ def _run_tv(
         x0 = fbp_reconstruct(sinogram, problem.geometry, filter=TV_START_FILTER).clamp_min(0.0)
     if upper is not None:
         x0 = x0.clamp_max(upper)
+    mask = _support_mask(support, sinogram, problem.geometry)
+    if mask is not None:
+        x0 = x0 * mask.to(x0.device)
     views = problem.geometry.num_views
     m = (round(views / TV_SUBSET_VIEWS) if views > TV_SUBSET_THRESHOLD else 1) if subsets is None else int(subsets)
     if m < 1 or m > views:
@@ -222,6 +226,7 @@ def _run_tv(
             tol=tol,
             weights=None if w is None else [w[..., i::m, :] for i in range(m)],
             upper=upper,
+            support=mask,
             x0=x0,
             progress=problem.progress,
         )
@@ -233,9 +238,28 @@ def _run_tv(
         tol=tol,
         weights=_weights(weighting, sinogram, problem.i0, model_error),
         upper=upper,
+        support=mask,
         x0=x0,
         progress=problem.progress,
     )
+
+
+SUPPORTS = ("none", "disc")
+
+
+def _support_mask(support: str, sinogram, geometry):
+    """``none``, or ``disc``: the disc fitted to the shadow edges of each slice (tomo.recon.support)."""
+    if support not in SUPPORTS:
+        raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
+    if support == "none":
+        return None
+    from tomo.recon.support import disc_mask, fit_disc
+
+    y = sinogram.detach().cpu().numpy()
+    if y.ndim == 3 and y.shape[0] > 1:
+        raise ValueError("--support disc fits one disc per call: reconstruct slices one at a time (--batch-size 1)")
+    x, yc, r, _rms = fit_disc(y.reshape(geometry.sinogram_shape), geometry)
+    return torch.from_numpy(disc_mask(geometry, x, yc, r))
 
 
 _ITER = MethodOption(
@@ -321,6 +345,14 @@ def register(registry: MethodRegistry) -> None:
             _WEIGHTING,
             _MODEL_ERROR,
             _UPPER,
+            MethodOption(
+                "--support",
+                "support",
+                str,
+                "support constraint: 'disc' = mu is 0 outside the disc fitted to the shadow edges "
+                "(disc-shaped objects, e.g. phantoms, with limited-angle data); default none",
+                choices=SUPPORTS,
+            ),
             MethodOption(
                 "--subsets",
                 "subsets",
