@@ -5,6 +5,7 @@
 #
 #   scripts/gpu_train.sh pack      # here, once: packs the training data into packed/ (ignored by
 #                                  # git) and checks that everything that travels fits in 64 MiB
+#   scripts/gpu_train.sh check     # here, just before the GPU call: the size check alone
 #   scripts/gpu_train.sh           # there (the device tool's `run`, carry ["packed"]): trains for
 #                                  # MINUTES, evaluates, exports into $OUT
 #
@@ -37,6 +38,17 @@ travel_mib() {  # what the device tool sends: tracked + untracked-not-ignored fi
         xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {printf "%.1f", s / 1048576}'
 }
 
+check_size() {
+    size=$(travel_mib)
+    echo "gpu_train.sh: $size MiB would travel (limit $LIMIT_MIB MiB: tracked and untracked files + $PACKED)"
+    awk -v s="$size" -v l="$LIMIT_MIB" 'BEGIN {exit !(s <= l)}' ||
+        { echo "gpu_train.sh: over the $LIMIT_MIB MiB limit: raise QUANTIZE_HU or remove untracked files" >&2; exit 1; }
+}
+
+if [ "${1:-}" = "check" ]; then
+    check_size
+    exit 0
+fi
 if [ "${1:-}" = "pack" ]; then
     DATA=${DATA:-$(cd .. && pwd)/shared/data}
     [ -e "$PACKED" ] && { echo "gpu_train.sh pack: $PACKED exists; remove it first" >&2; exit 2; }
@@ -51,10 +63,7 @@ if [ "${1:-}" = "pack" ]; then
         --quantize-hu "${QUANTIZE_HU:-16}"
     "$PYTHON" scripts/pack_training_slices.py "${VAL[@]}" --out "$PACKED/val" --compression lzma \
         --quantize-hu "${QUANTIZE_HU:-16}"
-    size=$(travel_mib)
-    echo "gpu_train.sh pack: $size MiB would travel (limit $LIMIT_MIB MiB, working tree + $PACKED)"
-    awk -v s="$size" -v l="$LIMIT_MIB" 'BEGIN {exit !(s <= l)}' ||
-        { echo "gpu_train.sh pack: over the $LIMIT_MIB MiB limit: raise QUANTIZE_HU or remove untracked files" >&2; exit 1; }
+    check_size
     exit 0
 fi
 
