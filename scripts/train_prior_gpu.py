@@ -123,8 +123,12 @@ def append_training_log(card: Path | None, dest: Path, record: dict, heldout: li
         )
     head, tail = text.split(LOG_HEADING, 1)
     lines = tail.split("\n")
-    last = max(i for i, line in enumerate(lines) if line.startswith("|"))  # end of the log table
-    lines.insert(last + 1, row)
+    end = next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))  # the next section
+    rows = [i for i, line in enumerate(lines[:end]) if line.startswith("|")]
+    if not rows:  # a heading without its table: start one
+        lines[end:end] = [LOG_HEADER, ""]
+        rows = [end + 1]
+    lines.insert(rows[-1] + 1, row)
     dest.write_text(head + LOG_HEADING + "\n".join(lines), encoding="utf-8")
     return dest
 

@@ -178,3 +178,21 @@ def test_gpu_train_sh_starts_then_continues_within_the_return_limits(tmp_path):
     card = (prior / "MODEL_CARD.md").read_text()
     rows = [line for line in card.splitlines() if re.match(r"\| \d{4}-\d\d-\d\d", line)]
     assert len(rows) == 2 and "| 2 (total 2) |" in rows[0] and "| 2 (total 4) |" in rows[1], card
+
+
+def test_training_log_row_goes_into_the_log_table_not_a_later_one(tmp_path):
+    recipe = _script("train_prior_gpu")
+    card = tmp_path / "card.md"
+    card.write_text(
+        "# Card\n\n## Training log\nOne row per burst.\n\n"
+        + recipe.LOG_HEADER
+        + "\n| old row |\n\n## Evaluation\n\n| t | x |\n|---|---|\n| 6 | 1 |\n"
+    )
+    burst = {"date": "D", "steps": 5, "images": 40, "minutes": 8.0, "images_per_s": 1000.0, "tflops": 43.0}
+    record = {"bursts": [dict(burst, hardware="1 x GPU")], "steps": 15, "patches_seen": 120}
+    rows = [{"x0_rmse_hu": v} for v in (20.0, 40.0, 70.0)]
+    out = recipe.append_training_log(card, tmp_path / "new.md", record, rows)
+    lines = out.read_text().splitlines()
+    i = lines.index("| old row |")
+    assert lines[i + 1].startswith("| D | 5 (total 15) | 40 (total 120) | 8.0 | 1000 | 43.0 | 20.0 / 40.0 / 70.0 |")
+    assert lines[-1] == "| 6 | 1 |"  # the evaluation table is untouched
