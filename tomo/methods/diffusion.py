@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 from functools import lru_cache
+from typing import Any
 
 import torch
 
@@ -37,6 +38,8 @@ __all__ = [
     "DDS_DEFAULTS",
     "DPS_DEFAULTS",
     "DPS_REFERENCE_DEFAULTS",
+    "DPS_START",
+    "dps_tv_default",
     "DPS_GUIDANCE",
     "dps_solver",
     "solver_name",
@@ -68,19 +71,36 @@ DDS_DEFAULTS = {
 #: (docs/method.md, docs/solvers.md)
 DPS_GUIDANCE = {"dps": dps, "pigdm": pigdm, "mpgd": mpgd, "dsg": dsg, "daps": daps}
 #: defaults of ``tomo reconstruct --method dps``: the successor that won on the train/ tuning
-#: slices (docs/solvers.md, "The residual-gradient family"), warm-started from TV like DDS
-DPS_DEFAULTS = {
+#: slices (docs/solvers.md, "The residual-gradient family"): MPGD, 25 DDIM steps with 20
+#: steepest-descent steps on the residual (plus a smoothed TV loss, :func:`dps_tv_default`) on the
+#: denoised estimate, warm-started from TV at :data:`DPS_START`, denoised at 20 HU at the end
+DPS_DEFAULTS: dict[str, Any] = {
     "guidance": "mpgd",
     "steps": 25,
     "eta": 0.85,
-    "grad_steps": 5,
+    "grad_steps": 20,
+    "step_rule": "steepest",
     "zeta": 1.0,
     "spacing": "leading",
     "seed": 0,
     "init": "tv",
-    "start": 0.2,
     "denoise_hu": 20.0,
 }
+#: ``--start`` of the default dps per standard configuration (:func:`nearest_configuration`), chosen
+#: on the train/ tuning slices (docs/solvers.md)
+DPS_START = {"parallel-30": 0.05, "parallel-8": 0.2, "fanbeam-60": 0.1}
+#: the TV loss of the default dps per standard configuration: this times :func:`dds_tv_default`
+#: (the DDS data step's weight); chosen on the train/ tuning slices (docs/solvers.md): the smoothed
+#: TV of a few gradient steps regularises less than DDS's exact ADMM, so 8 views want more of it
+DPS_TV_FACTOR = {"parallel-30": 1.0, "parallel-8": 3.0, "fanbeam-60": 1.0}
+
+
+def dps_tv_default(geometry, i0: float | None = None) -> float:
+    """Default ``--dps-tv``: :data:`DPS_TV_FACTOR` of the nearest standard configuration times
+    :func:`dds_tv_default` (the rule of views and dose of the DDS data step's TV weight)."""
+    return DPS_TV_FACTOR[nearest_configuration(geometry)] * dds_tv_default(geometry, i0)
+
+
 #: ``--guidance dps``: the reference, DPS of the lecture note over the full schedule from noise;
 #: without --zeta, zeta = default_zeta(steps) = 1000 / steps
 DPS_REFERENCE_DEFAULTS = {"steps": 1000, "seed": 0}
@@ -295,6 +315,18 @@ def run_dps(
     take are refused with a one-line error.
     """
     solver, defaults = dps_solver(guidance)
+    if solver is not dps:
+        defaults["start"] = DPS_START[nearest_configuration(problem.geometry)]
+    dps_tv = options.pop("dps_tv", None)
+    if solver is mpgd and "step_rule" in defaults:  # the default's loss: residual + smoothed TV
+        if dps_tv is not None and dps_tv < 0:
+            raise ValueError(f"--dps-tv must be >= 0, got {dps_tv}")
+        if dps_tv is not None or options.get("tv_weight") is None:  # the solver's own name wins
+            options["tv_weight"] = dps_tv_default(problem.geometry, problem.i0) if dps_tv is None else dps_tv
+    elif dps_tv is not None:
+        if solver is not mpgd:
+            raise ValueError(f"--dps-tv does not apply to --guidance {guidance}")
+        options["tv_weight"] = dps_tv
     if solver is dps and options.get("zeta") is None:
         options["zeta"] = default_zeta(options.get("steps") or defaults["steps"])
     parameters = set(inspect.signature(solver).parameters)
@@ -354,7 +386,9 @@ _START = MethodOption(
     float,
     "dds, dps: with --init, run the last START fraction of the schedule "
     "from the warm start, 0-1 (default dds: 0.05 for parallel scans of more than 15 "
-    f"views per half turn, else 0.2, and 0.2 with --samples; dps: {DPS_DEFAULTS['start']}; 1 = the whole schedule)",
+    "views per half turn, else 0.2, and 0.2 with --samples; dps: "
+    f"{DPS_START['parallel-30']} for those parallel scans, {DPS_START['fanbeam-60']} for fan beams, "
+    f"else {DPS_START['parallel-8']}; 1 = the whole schedule)",
 )
 
 
@@ -420,6 +454,14 @@ def register(registry: MethodRegistry) -> None:
                 float,
                 "dps: step size of the residual gradient (default: mpgd 1.0 in units of the inverse "
                 "Lipschitz constant; guidance dps 1000 / steps)",
+            ),
+            MethodOption(
+                "--dps-tv",
+                "dps_tv",
+                float,
+                "dps: weight of the smoothed TV loss next to the residual (mpgd's steepest-descent steps; "
+                "default: the --dds-tv rule, times 3 for parallel scans of up to 15 views per half turn, "
+                "e.g. 6e-4 at 8 parallel views; 0 = the residual alone)",
             ),
             MethodOption(
                 "--grad-steps",

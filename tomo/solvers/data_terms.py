@@ -178,8 +178,12 @@ class DataFidelity:
         the residual's gradient on the denoised estimate instead of through the network.
         """
         r = self.residual(x)
+        return self.gradient_from_residual(r), r.flatten(1).norm(dim=1)
+
+    def gradient_from_residual(self, r: torch.Tensor) -> torch.Tensor:
+        """The gradient of ``1/2 ||r||^2`` at the image whose residual is ``r`` (one call of ``A^T``)."""
         g = self._apply_adjoint(self._weigh(r))
-        return -g * self._scale_like(g), r.flatten(1).norm(dim=1)
+        return -g * self._scale_like(g)
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         """``s^2 A^T W A x``."""

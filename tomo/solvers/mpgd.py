@@ -57,6 +57,25 @@ def smooth_tv(x: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Te
     return gradient_adjoint(d * inv)[:, None], inv
 
 
+def _steepest_descent(data, x0, steps: int, zeta: float, tv_weight: float, tv_smoothing: float):
+    """Steepest descent with exact line search; the residual is updated, not recomputed
+    (``A`` is linear: ``r(x - a g) = r(x) + a s W^{1/2} A g``), so a step costs one ``A`` and one ``A^T``."""
+    shape = (-1,) + (1,) * (x0.dim() - 1)
+    r = data.residual(x0)
+    for _ in range(steps):
+        grad = data.gradient_from_residual(r)
+        curvature = 0.0
+        if tv_weight > 0:
+            tv_grad, inv = smooth_tv(x0, tv_smoothing)
+            grad = grad + tv_weight * tv_grad
+            curvature = tv_weight * (gradient(grad[:, 0]).pow(2).sum(1, keepdim=True) * inv).flatten(1).sum(1)
+        ag = data.weighted_forward(grad)
+        step = zeta * grad.flatten(1).pow(2).sum(1) / (ag.flatten(1).pow(2).sum(1) + curvature).clamp_min(1e-30)
+        x0 = x0 - step.reshape(shape) * grad
+        r = r + step.reshape((-1,) + (1,) * (r.dim() - 1)) * ag
+    return x0
+
+
 def residual_descent(
     data: DataFidelity,
     x0: torch.Tensor,
@@ -73,19 +92,11 @@ def residual_descent(
     instead, the line search using the TV term's curvature at ``x0`` (MPGD's loss guidance with
     a second loss).
     """
+    if rule == "steepest":
+        return _steepest_descent(data, x0, steps, zeta, tv_weight, tv_smoothing)
     for _ in range(steps):
         grad, norm = data.residual_gradient(x0)  # grad of 1/2 ||r||^2
-        if rule == "steepest":
-            curvature = 0.0
-            if tv_weight > 0:
-                tv_grad, inv = smooth_tv(x0, tv_smoothing)
-                grad = grad + tv_weight * tv_grad
-                dg = gradient(grad[:, 0])
-                curvature = tv_weight * (dg.pow(2).sum(1, keepdim=True) * inv).flatten(1).sum(1)
-            ag = data.weighted_forward(grad)
-            step = grad.flatten(1).pow(2).sum(1) / (ag.flatten(1).pow(2).sum(1) + curvature).clamp_min(1e-30)
-            x0 = x0 - zeta * step.reshape((-1,) + (1,) * (x0.dim() - 1)) * grad
-        elif rule == "normalized":
+        if rule == "normalized":
             # zeta / ||r|| * grad ||r||^2 = 2 zeta / ||r|| * grad (1/2 ||r||^2)
             factor = (2.0 * zeta / norm.clamp_min(1e-12)).reshape((-1,) + (1,) * (x0.dim() - 1))
             x0 = x0 - factor * grad
