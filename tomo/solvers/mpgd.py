@@ -64,7 +64,7 @@ def _steepest_descent(data, x0, steps: int, zeta: float, tv_weight: float, tv_sm
     r = data.residual(x0)
     for _ in range(steps):
         grad = data.gradient_from_residual(r)
-        curvature = 0.0
+        curvature: torch.Tensor | float = 0.0
         if tv_weight > 0:
             tv_grad, inv = smooth_tv(x0, tv_smoothing)
             grad = grad + tv_weight * tv_grad
