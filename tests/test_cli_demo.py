@@ -32,3 +32,15 @@ def test_demo_unknown_method_is_a_one_line_error(tmp_path, capsys):
     assert main(["demo", "--methods", "magic", "--out", str(tmp_path / "d"), "--quiet"]) == 2
     assert "unknown method" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_demo_runs_dps_at_the_default_of_reconstruct():
+    """No --dps-steps: the demo's DPS is ``tomo reconstruct --method dps`` as shipped (its successor's
+    defaults), not the 1000-step reference; --dps-steps still overrides the steps."""
+    from argparse import Namespace
+
+    from tomo.cli.demo import DEMO_DPS_STEPS, _method_options
+
+    assert DEMO_DPS_STEPS is None
+    assert _method_options("dps", Namespace(seed=3, prior=None, dps_steps=None)) == {"seed": 3}
+    assert _method_options("dps", Namespace(seed=3, prior=None, dps_steps=7))["steps"] == 7

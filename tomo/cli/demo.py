@@ -22,11 +22,10 @@ from tomo.cli import CommandError
 from tomo.cli.progress import library_bars
 
 DEFAULT_METHODS = ("fbp", "tv", "dds", "dps")
-#: DPS steps in the demo: the full 1000-step schedule of ``tomo reconstruct --method dps`` (zeta 1).
-#: Measured 2026-11-26 on the 2-core machine with the shipped whole-image prior (64 x 64 grid):
-#: 100 steps 18.4 dB in 8 s, 300 steps 25.7 dB in 31 s, 1000 steps 32.4 dB in 96 s; the whole
-#: demo then takes about 2 minutes (docs/benchmarks.md).
-DEMO_DPS_STEPS = 1000
+#: DPS steps in the demo: None = the default of ``tomo reconstruct --method dps`` (its Jacobian-free
+#: successor, docs/solvers.md). The lecture note's DPS over the full schedule (``--method dps
+#: --guidance dps --steps 1000``) took 216 of the demo's 221 s and scored below TV (docs/benchmarks.md).
+DEMO_DPS_STEPS: int | None = None
 
 
 #: one-line summary shown by ``tomo --help``
@@ -55,7 +54,7 @@ def register(subparsers) -> None:
         "--dps-steps",
         type=int,
         default=DEMO_DPS_STEPS,
-        help=f"DPS sampler steps (default {DEMO_DPS_STEPS}: the full schedule; fewer is faster but worse)",
+        help="DPS sampler steps (default: the default of tomo reconstruct --method dps)",
     )
     from tomo.priors.prior import available_priors
 
@@ -112,7 +111,7 @@ def _method_options(name: str, args) -> dict:
         options["seed"] = args.seed
         if args.prior is not None:
             options["prior"] = args.prior
-    if name == "dps":
+    if name == "dps" and args.dps_steps is not None:
         options["steps"] = args.dps_steps
     return options
 
@@ -220,7 +219,7 @@ def run(args) -> int:
 
     for name in methods:
         get_method(name)  # unknown names fail here, before any work or output
-    if args.dps_steps < 1:
+    if args.dps_steps is not None and args.dps_steps < 1:
         raise CommandError(f"--dps-steps must be >= 1, got {args.dps_steps}")
     out = Path(args.out)
     _prepare_out(out, args.overwrite)
