@@ -24,8 +24,9 @@ def save_preview(
     reference: np.ndarray | None = None,
     title: str = "",
     scores: tuple[float, float] | None = None,
+    window: tuple[float, float] = (-1000.0, 1000.0),
 ) -> None:
-    """PNG of one slice in the [-1000, 1000] HU window, beside the reference when given."""
+    """PNG of one slice in the ``window`` (default [-1000, 1000] HU), beside the reference when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +38,7 @@ def save_preview(
         panels.append((reference, label))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), squeeze=False)
     for ax, (img, label) in zip(axes[0], panels):
-        ax.imshow(img, cmap="gray", vmin=-1000, vmax=1000, interpolation="nearest")
+        ax.imshow(img, cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
         ax.set_title(label, fontsize=9)
         ax.axis("off")
     fig.tight_layout()
@@ -100,15 +101,19 @@ def std_mu_to_hu(std_mu: np.ndarray) -> np.ndarray:
     return np.asarray(std_mu, dtype=np.float32) * np.float32(1000.0 / MU_WATER_PER_MM)
 
 
-def save_npz(path: Path, partial: PartialRun, shape: tuple, meta: dict, overwrite: bool) -> None:
-    """Stream the chunks into ``path`` atomically: a kill leaves no file or the complete one."""
+def save_npz(path: Path, partial: PartialRun, shape: tuple, meta: dict, overwrite: bool, units: str = "hu") -> None:
+    """Stream the chunks into ``path`` atomically: a kill leaves no file or the complete one.
+
+    ``units="mu_per_mm"`` (a sinogram file that is not human CT): the arrays are attenuation in
+    1/mm and are written as ``mu_per_mm`` (and ``std_mu_per_mm``) instead of ``hu``/``std_hu``."""
     from tomo.io.atomic import atomic_file
     from tomo.io.npzfile import NpzStreamWriter
 
     keys = ("hu", "std_hu") if partial.has_std() else ("hu",)
     with atomic_file(path, overwrite=overwrite) as fh, NpzStreamWriter(fh) as writer:
         for key in keys:
-            with writer.array(key, shape, np.float32) as put:
+            name = key if units == "hu" else key.replace("hu", "mu_per_mm")
+            with writer.array(name, shape, np.float32) as put:
                 for start in partial.starts():
                     block = partial.read(start, key)
                     put(block if len(shape) == 3 else block[0])
@@ -132,9 +137,18 @@ def write_previews(outputs: Outputs, partial: PartialRun, source, args, has_std:
         if source.has_reference:
             ((_, _, ref),) = source.iter_slices(k, k + 1, 1)
             ref = ref[0]
+        window = (-1000.0, 1000.0)
+        if getattr(source, "units", "hu") == "mu_per_mm":  # attenuation: windowed on the data, no HU scores
+            ref, window = None, (0.0, max(float(np.percentile(hu, 99.5)), 1e-6))
+            title += ", mu [1/mm]"
         with atomic_path(outputs.preview, overwrite=overwrite) as tmp:
             save_preview(
-                tmp, hu, ref, title=title, scores=None if ref is None else (float(psnr(hu, ref)), float(ssim(hu, ref)))
+                tmp,
+                hu,
+                ref,
+                title=title,
+                scores=None if ref is None else (float(psnr(hu, ref)), float(ssim(hu, ref))),
+                window=window,
             )
         written.append(shown(outputs.preview))
     if has_std and outputs.std_preview is not None:

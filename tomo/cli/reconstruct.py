@@ -194,6 +194,11 @@ def _prepare(args, entry, flags, ranks: Ranks) -> Setup:
     source = None
     try:
         source = open_sinogram(args.file)
+        if source.units == "mu_per_mm" and outputs.kind in ("nifti", "dicom"):
+            raise CommandError(
+                f"{args.file} is in units mu_per_mm (not calibrated human CT): write --out OUT.npz "
+                "(NIfTI and DICOM outputs hold HU)"
+            )
         batch = args.batch_size or entry.batch_size
         check_memory(source, args.method, min(batch, source.num_slices), args.batch_size is None, ranks.local_world)
         reference = read_reference(args, source) if args.dicom_reference is not None else None
@@ -271,8 +276,13 @@ def _finish(args, setup: Setup, seconds: float) -> int:
         )
         if scores is not None:
             meta.update(psnr=np.float64(scores[0]), ssim=np.float64(scores[1]))
-        save_npz(outputs.main, partial, hu_shape(source), meta, overwrite=setup.overwrite)
-        written = [f"{shown(outputs.main)} (hu{', std_hu' if has_std else ''} {'x'.join(map(str, hu_shape(source)))})"]
+        units = source.units
+        meta["units"] = units
+        save_npz(outputs.main, partial, hu_shape(source), meta, overwrite=setup.overwrite, units=units)
+        key = "hu" if units == "hu" else "mu_per_mm"
+        written = [
+            f"{shown(outputs.main)} ({key}{', std_' + key if has_std else ''} {'x'.join(map(str, hu_shape(source)))})"
+        ]
     written += write_previews(outputs, partial, source, args, has_std, setup.overwrite)
     partial.remove()
     print(f"wrote {', '.join(written)} in {seconds:.1f} s ({summary})")
@@ -309,8 +319,12 @@ def _reconstruct_chunks(source, partial: PartialRun, args, options: dict, todo: 
                 return_std=True,
                 **options,
             )
-            hu = mu_to_hu(mu.numpy()).astype(np.float32)
-            std_hu = None if std is None else std_mu_to_hu(std.numpy())
+            if source.units == "mu_per_mm":  # not human CT: keep attenuation in 1/mm, no HU, no HU scores
+                hu, ref = mu.numpy().astype(np.float32), None
+                std_hu = None if std is None else std.numpy().astype(np.float32)
+            else:
+                hu = mu_to_hu(mu.numpy()).astype(np.float32)
+                std_hu = None if std is None else std_mu_to_hu(std.numpy())
             if ref is None:
                 partial.save(start, hu, std=std_hu)
             else:
