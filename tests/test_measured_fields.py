@@ -157,3 +157,21 @@ def test_fit_disc_finds_a_simulated_disc():
     x, y, r, rms = fit_disc(sino, g)
     assert abs(x - 3) < 0.2 and abs(y + 2) < 0.2 and abs(r - 9) < 0.2, (x, y, r)
     assert rms < 0.2
+
+
+def test_sirt_upper_bound_and_tv_method_options():
+    """--upper clips SIRT and TV; --support disc zeroes TV outside the fitted disc; --subsets 2 runs SPDHG."""
+    from tomo.methods import reconstruct
+    from tomo.recon import sirt
+    from tomo.recon.support import disc_mask, fit_disc
+
+    g = _fan(0.0, n=24, det=48, views=30)
+    y = CTProjector(g)(_phantom().double()).float()
+    x = sirt(CTProjector(g), y, iterations=20, upper=0.02, progress=False)
+    assert float(x.max()) <= 0.02 + 1e-9
+    mu = reconstruct(y, g, method="tv", progress=False, iterations=30, upper=0.025, support="disc", subsets=2)
+    cx, cy, r, _ = fit_disc(y.numpy(), g)
+    outside = ~torch.from_numpy(disc_mask(g, cx, cy, r))
+    assert float(mu.max()) <= 0.025 + 1e-6 and float(mu[outside].abs().max()) == 0.0
+    with pytest.raises(ValueError, match="support must be one of"):
+        reconstruct(y, g, method="tv", progress=False, iterations=2, support="square")
