@@ -38,7 +38,7 @@ val_score() {  # sum of the validation eps MSE over the evaluated time steps
 }
 evaluate() {  # evaluate PRIOR_DIR into OUT_DIR on the validation patients
     nice -n 19 python scripts/eval_prior.py --prior "$1" --data "${VAL[@]}" --t 10 50 100 250 \
-        --threads 1 --out "$2" >> "$LOG" 2>&1
+        --baseline-data "$DATA/train/dicom" --threads 1 --out "$2" >> "$LOG" 2>&1
 }
 best_score() { [ -f "$RUN/best/score.txt" ] && cat "$RUN/best/score.txt" || echo inf; }
 if [ -n "$ARCH" ]; then
