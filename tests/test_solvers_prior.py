@@ -296,7 +296,9 @@ def test_std_calibration_per_solver_and_nearest_configuration():
     assert solver_methods.nearest_configuration(fan) == "fanbeam-60"
     assert solver_methods.std_calibration("dds", parallel(8)) == table["parallel-8"]
     assert solver_methods.std_calibration("dds", fan) == table["fanbeam-60"]
-    assert solver_methods.std_calibration("dps", fan) == 1.0  # no factor measured for DPS
+    assert solver_methods.std_calibration("dps", fan) == 1.0  # no factor measured for the reference DPS
+    assert solver_methods.solver_name("dps", {}) == "mpgd" and solver_methods.solver_name("dds", {}) == "dds"
+    assert solver_methods.std_calibration("mpgd", fan) == solver_methods.STD_CALIBRATION["mpgd"]["fanbeam-60"] > 1.0
     assert all(v > 1.0 for v in table.values())  # the samples under-disperse
 
 

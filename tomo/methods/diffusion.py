@@ -141,9 +141,13 @@ def _solve(solver, defaults: dict, sinogram: torch.Tensor, problem: ReconProblem
 #: denoising and the TV weight rule of the fourth tuning round included) and ``--samples 4``
 #: (``scripts/benchmark_dds.py --calibration``, docs/solvers.md). The samples alone
 #: under-disperse: they share the warm start and the data, so their spread misses most of the error.
-#: DPS has no factor (not measured: 1000 steps per sample are out of reach on a CPU).
+#: ``mpgd`` (the default of ``--method dps``): fitted the same way with its defaults and
+#: ``--samples 4`` on train/ tuning slices it was not tuned on (parallel-8: 2 slices, the others 1;
+#: docs/solvers.md). The reference ``--guidance dps`` has no factor (1000 steps per sample are out
+#: of reach on a CPU).
 STD_CALIBRATION: dict[str, dict[str, float]] = {
     "dds": {"parallel-30": 3.18, "parallel-8": 4.44, "fanbeam-60": 5.55},
+    "mpgd": {"parallel-30": 3.36, "parallel-8": 4.10, "fanbeam-60": 4.76},
 }
 
 
