@@ -13,7 +13,8 @@ prior, closer to what dev/ and the held-out set ask of it. Each 1.5 mm slice is 
 256 x 256 reconstruction grid (no inverse crime), as for the 512 x 512 DICOM of dev/.
 
 Prints PSNR/SSIM (mean over slices), seconds per slice and network evaluations for TV and each
-``--setting`` (``key=value,key=value`` options of the registry's dds), per configuration.
+``--setting`` (``key=value,key=value`` options of the registry's dds, or with ``--method dps`` of
+the DPS family: e.g. ``guidance=pigdm``, ``grad_steps=10``, ``tv_weight=1e-4``), per configuration.
 
 Settings with ``samples`` >= 2 also print the coverage of ``mean +- 1.645 std`` over tissue pixels
 and each slice's ``|error| / std`` 90 % quantile (``/ 1.645``: the factor that calibrates it).
