@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -317,11 +318,19 @@ runpy.run_module("tomo", run_name="__main__")
 """
 
 
+def _default_sigint() -> None:
+    """A background job of a non-interactive shell (how CI may start pytest) inherits SIGINT
+    ignored, and so would the child: give it the disposition of a terminal's foreground job."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("module", ["torch", "torch.nn", "tomo.methods.registry"])
 def test_ctrl_c_while_torch_imports_is_one_line(scan, tmp_path, module):
     argv = ["reconstruct", str(scan), "--out", str(tmp_path / "c.npz")]
     code = _INTERRUPT_AT.format(module=module, argv=argv)
-    run = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=REPO, capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), cwd=REPO, capture_output=True, text=True, preexec_fn=_default_sigint
+    )
     assert run.returncode == 130, run.stderr[-3000:]
     assert run.stderr.strip() == "tomo reconstruct: error: interrupted"
     assert not list(tmp_path.iterdir())
