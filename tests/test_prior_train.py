@@ -1,4 +1,9 @@
-"""``tomo train``: exact resume after a kill, two-process DDP (gloo), bad input, outputs."""
+"""``tomo train``: exact resume after a kill, two-process DDP (gloo), bad input, outputs.
+
+Over 600 lines on purpose: every test drives the one ``tomo train`` command and shares its
+fixtures (a tiny training folder, a tiny network, subprocess helpers); split by topic they would
+each rebuild them.
+"""
 
 from __future__ import annotations
 
