@@ -24,21 +24,13 @@ the drift's Lipschitz constant, so it is stable for ``lr < 1`` at every level.
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from operators.base import LinearOperator
-from tomo.priors.noising import add_noise, tweedie_x0
+from tomo.priors.noising import add_noise
 
 from .data_terms import DataFidelity
-from .dds import denoise
-from .sampler_setup import (
-    SolverResult,
-    check_number,
-    check_prior,
-    network_precision,
-    standard_normal,
-    start_sampling,
-)
+from .sampler_setup import SolverResult, check_number, check_prior, standard_normal, start_sampling
+from .x0_loop import guided_ddim
 
 __all__ = ["daps", "langevin_x0"]
 
@@ -120,27 +112,14 @@ def daps(
         x_init=x_init,
     )  # fmt: skip
     noise_level = data.scale if beta is None else torch.full_like(data.scale, float(beta))
-    precision = network_precision(data.y.device, autocast_dtype)
-    history = []
-    with torch.no_grad():
-        for t, abar, abar_prev in tqdm(schedule, desc="DAPS", disable=None if progress else True, leave=False):
-            with precision:
-                eps = prior.eps(x, t, generator=generator).to(x.dtype)
-            x0 = tweedie_x0(x, eps, abar)
-            x0 = x0.clamp(-1.0, 1.0) if clip_x0 else x0
-            x0 = langevin_x0(data, x0, (1.0 - abar) / abar, noise_level, langevin_steps, lr, generator)
-            history.append([float(v) for v in data.residual_norm(x0)])
-            x = x0 if abar_prev >= 1.0 else add_noise(x0, standard_normal(x.shape, generator, x), abar_prev)
-            if not bool(torch.isfinite(x).all()):
-                raise FloatingPointError(f"DAPS produced non-finite values at timestep {t}")
-        if denoise_sigma > 0:
-            with precision:
-                x = denoise(prior, x, denoise_sigma, generator, clip=clip_x0)
-    return SolverResult(
-        x=x,
-        network_evaluations=len(schedule) + (1 if denoise_sigma > 0 else 0),
-        gradient_evaluations=0,
-        operator_calls=data.operator_calls,
-        residual_norms=history,
-        timesteps=list(schedule.timesteps),
-    )
+
+    def data_step(x0, t, abar):
+        return langevin_x0(data, x0, (1.0 - abar) / abar, noise_level, langevin_steps, lr, generator)
+
+    def renoise(x0, eps, abar_prev, generator, like):  # fresh noise: the annealing is decoupled
+        return x0 if abar_prev >= 1.0 else add_noise(x0, standard_normal(like.shape, generator, like), abar_prev)
+
+    return guided_ddim(
+        prior, data, schedule, generator, x, data_step, renoise, name="DAPS", clip_x0=clip_x0,
+        denoise_sigma=denoise_sigma, autocast_dtype=autocast_dtype, progress=progress,
+    )  # fmt: skip

@@ -18,13 +18,11 @@ at the matching timestep), the step that plug-and-play solvers such as DiffPIR e
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from operators.base import LinearOperator
-from tomo.priors.noising import tweedie_x0
 
-from .sampler_setup import SolverResult, check_prior, network_precision, standard_normal, start_sampling
-from .schedule import ddim_step, timestep_for_noise
+from .sampler_setup import SolverResult, check_prior, start_sampling
+from .x0_loop import ddim_renoise, denoise, guided_ddim
 
 __all__ = ["dds", "denoise"]
 
@@ -144,55 +142,21 @@ def dds(
         seed=seed,
         x_init=x_init,
     )
-    precision = network_precision(data.y.device, autocast_dtype)
-    history = []
-    with torch.no_grad():
-        for t, abar, abar_prev in tqdm(schedule, desc="DDS", disable=None if progress else True, leave=False):
-            with precision:
-                eps = prior.eps(x, t, generator=generator).to(x.dtype)
-            x0 = tweedie_x0(x, eps, abar)
-            if clip_x0:
-                x0 = x0.clamp(-1.0, 1.0)
-            if tv_weight > 0:
-                x0 = data.solve_tv(
-                    x0,
-                    tv_weight,
-                    admm_iterations=admm_iterations,
-                    cg_iterations=cg_iterations,
-                    rho=admm_rho,
-                    lam=lam,
-                    tv_z_weight=tv_z_weight,
-                )
-            else:
-                x0 = data.solve(x0, cg_iterations, lam)
-            history.append([float(v) for v in data.residual_norm(x0)])
-            noise = standard_normal(x.shape, generator, x) if abar_prev < 1.0 and eta > 0 else None
-            x = ddim_step(x0, eps, abar_prev, eta, noise)
-            if not bool(torch.isfinite(x).all()):
-                raise FloatingPointError(f"DDS produced non-finite values at timestep {t}")
-        if denoise_sigma > 0:
-            with precision:
-                x = denoise(prior, x, denoise_sigma, generator, clip=clip_x0)
-    return SolverResult(
-        x=x,
-        network_evaluations=len(schedule) + (1 if denoise_sigma > 0 else 0),
-        gradient_evaluations=0,
-        operator_calls=data.operator_calls,
-        residual_norms=history,
-        timesteps=list(schedule.timesteps),
-    )
 
+    def data_step(x0, t, abar):
+        if tv_weight > 0:
+            return data.solve_tv(
+                x0,
+                tv_weight,
+                admm_iterations=admm_iterations,
+                cg_iterations=cg_iterations,
+                rho=admm_rho,
+                lam=lam,
+                tv_z_weight=tv_z_weight,
+            )
+        return data.solve(x0, cg_iterations, lam)
 
-def denoise(prior, x: torch.Tensor, sigma: float, generator=None, *, clip: bool = True) -> torch.Tensor:
-    """Tweedie's estimate of the clean image behind ``x`` [B, 1, H, W], read as a clean image plus
-    white Gaussian noise of standard deviation ``sigma`` (model range).
-
-    ``sqrt(abar_t) x`` at the timestep of the nearest noise level
-    (:func:`~tomo.solvers.schedule.timestep_for_noise`) is what the network saw in training at
-    ``t``; its ``x0`` estimate is the denoised image (clipped to [-1, 1] with ``clip``).
-    """
-    t = timestep_for_noise(prior.alphas_cumprod, sigma)
-    abar = float(prior.alphas_cumprod[t])
-    x_t = abar**0.5 * x
-    x0 = tweedie_x0(x_t, prior.eps(x_t, t, generator=generator).to(x.dtype), abar)
-    return x0.clamp(-1.0, 1.0) if clip else x0
+    return guided_ddim(
+        prior, data, schedule, generator, x, data_step, ddim_renoise(eta), name="DDS", clip_x0=clip_x0,
+        denoise_sigma=denoise_sigma, autocast_dtype=autocast_dtype, progress=progress,
+    )  # fmt: skip

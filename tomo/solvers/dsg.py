@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 from operators.base import LinearOperator
 from tomo.priors.noising import tweedie_x0
 
-from .dds import denoise
 from .sampler_setup import (
     SolverResult,
     check_number,
@@ -33,6 +32,7 @@ from .sampler_setup import (
     standard_normal,
     start_sampling,
 )
+from .x0_loop import denoise
 
 __all__ = ["dsg", "spherical_step"]
 

@@ -23,23 +23,13 @@ At high noise ``lam_t`` is small (trust the data), at low noise it pulls towards
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from operators.base import LinearOperator
 from operators.linalg import conjugate_gradient
-from tomo.priors.noising import tweedie_x0
 
 from .data_terms import DataFidelity
-from .dds import denoise
-from .sampler_setup import (
-    SolverResult,
-    check_number,
-    check_prior,
-    network_precision,
-    standard_normal,
-    start_sampling,
-)
-from .schedule import ddim_step
+from .sampler_setup import SolverResult, check_number, check_prior, start_sampling
+from .x0_loop import ddim_renoise, guided_ddim
 
 __all__ = ["pigdm", "pseudo_inverse_step"]
 
@@ -108,28 +98,11 @@ def pigdm(
         x_init=x_init,
     )  # fmt: skip
     noise2 = data.scale**2 if beta is None else torch.full_like(data.scale, float(beta) ** 2)
-    precision = network_precision(data.y.device, autocast_dtype)
-    history = []
-    with torch.no_grad():
-        for t, abar, abar_prev in tqdm(schedule, desc="PiGDM", disable=None if progress else True, leave=False):
-            with precision:
-                eps = prior.eps(x, t, generator=generator).to(x.dtype)
-            x0 = tweedie_x0(x, eps, abar)
-            x0 = x0.clamp(-1.0, 1.0) if clip_x0 else x0
-            x0 = pseudo_inverse_step(data, x0, noise2 / (1.0 - abar), cg_iterations)
-            history.append([float(v) for v in data.residual_norm(x0)])
-            noise = standard_normal(x.shape, generator, x) if abar_prev < 1.0 and eta > 0 else None
-            x = ddim_step(x0, eps, abar_prev, eta, noise)
-            if not bool(torch.isfinite(x).all()):
-                raise FloatingPointError(f"PiGDM produced non-finite values at timestep {t}")
-        if denoise_sigma > 0:
-            with precision:
-                x = denoise(prior, x, denoise_sigma, generator, clip=clip_x0)
-    return SolverResult(
-        x=x,
-        network_evaluations=len(schedule) + (1 if denoise_sigma > 0 else 0),
-        gradient_evaluations=0,
-        operator_calls=data.operator_calls,
-        residual_norms=history,
-        timesteps=list(schedule.timesteps),
-    )
+
+    def data_step(x0, t, abar):
+        return pseudo_inverse_step(data, x0, noise2 / (1.0 - abar), cg_iterations)
+
+    return guided_ddim(
+        prior, data, schedule, generator, x, data_step, ddim_renoise(eta), name="PiGDM", clip_x0=clip_x0,
+        denoise_sigma=denoise_sigma, autocast_dtype=autocast_dtype, progress=progress,
+    )  # fmt: skip
