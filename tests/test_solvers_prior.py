@@ -282,6 +282,8 @@ def test_registry_dds_final_denoising_in_hu(tiny_prior_dir, monkeypatch):
         reconstruct(sino, parallel, "dds", denoise_hu=-5.0, **kw)
     assert _network_evaluations("dds", {}) == 26 and _network_evaluations("dds", {"denoise_hu": 0.0}) == 25
     assert _network_evaluations("dds", {"steps": 10, "samples": 4}) == 44
+    # dps by its guidance: the default (25 steps + the final denoising), the reference (1000, none)
+    assert _network_evaluations("dps", {}) == 26 and _network_evaluations("dps", {"guidance": "dps"}) == 1000
 
 
 def test_std_calibration_per_solver_and_nearest_configuration():

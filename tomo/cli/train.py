@@ -11,6 +11,8 @@ import argparse
 import json
 import sys
 
+from tomo.priors.config import ARCHITECTURES
+
 #: one-line summary shown by ``tomo --help``
 HELP = "train a diffusion prior on CT slices"
 
@@ -69,7 +71,9 @@ def register(subparsers) -> None:
     m.add_argument(
         "--arch",
         default=None,
-        help="'small' (default, 4.3 M parameters), 'tiny', or a JSON file of diffusers UNet2DModel arguments",
+        help=f"a network preset ({', '.join(ARCHITECTURES)}; default 'small', diffusers' UNet of 4.3 M "
+        "parameters; the 'shuffle-*' presets are tomo's ShuffleUNet, fast on CPUs and GPUs, docs/prior.md) "
+        "or a JSON file of network arguments",
     )
     m.add_argument(
         "--patch-size", type=int, default=None, help="patch side in pixels (default 64); 0 = whole-image mode (GPUs)"

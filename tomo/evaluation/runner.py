@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from operators.units import MU_WATER_PER_MM, mu_to_hu
-from tomo.methods.diffusion import DDS_DEFAULTS, DPS_DEFAULTS
+from tomo.methods.diffusion import DDS_DEFAULTS, DPS_DEFAULTS, dps_solver
 from tomo.methods.registry import MethodOutput, MethodRegistry, default_registry
 
 from .baselines import run_baseline
@@ -127,11 +127,12 @@ def registry_options(name: str, settings: dict) -> dict:
 
 def _network_evaluations(name: str, options: dict) -> int:
     """Network calls per slice of the registry's dds/dps: the solvers' schedule has exactly ``steps``
-    timesteps (:func:`tomo.solvers.schedule.make_schedule`), one call each, and dds one more for
-    its final denoising (``denoise_hu`` > 0), for every sample."""
+    timesteps (:func:`tomo.solvers.schedule.make_schedule`), one call each, and one more for the
+    final denoising (``denoise_hu`` > 0), for every sample. ``dps`` counts the defaults of its
+    ``guidance`` (the reference ``--guidance dps``: 1000 steps, no final denoising)."""
     if name not in _SOLVER_DEFAULTS:
         return 0
-    defaults = _SOLVER_DEFAULTS[name]
+    defaults = dps_solver(options.get("guidance"))[1] if name == "dps" else _SOLVER_DEFAULTS[name]
     denoise = options.get("denoise_hu")
     denoise = defaults.get("denoise_hu", 0.0) if denoise is None else denoise
     steps = int(options.get("steps") or defaults["steps"]) + (1 if denoise else 0)  # + the final denoising
