@@ -616,3 +616,11 @@ def test_resume_augmentation_check_reads_old_records():
         check_resume_augmentation(TrainOptions(data=["d"], out="o", hu_jitter=20.0), old_record, Path("o"))
     with pytest.raises(PriorCheckpointError, match=r"hflip=True \(checkpoint: False\)"):
         check_resume_augmentation(TrainOptions(data=["d"], out="o"), {"augmentation": {"hflip": False}}, Path("o"))
+
+
+def test_train_help_names_every_network_preset():
+    """``tomo train --help`` lists the presets without importing torch: the list must match."""
+    from tomo.cli.train import ARCH_PRESETS
+    from tomo.priors.config import ARCHITECTURES
+
+    assert sorted(ARCH_PRESETS) == sorted(ARCHITECTURES)

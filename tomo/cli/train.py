@@ -11,7 +11,9 @@ import argparse
 import json
 import sys
 
-from tomo.priors.config import ARCHITECTURES
+#: the presets of tomo.priors.config.ARCHITECTURES, named here so that --help imports no torch
+#: (tests/test_prior_train.py checks that the two lists agree)
+ARCH_PRESETS = ("small", "tiny", "large", "shuffle-default", "shuffle-large", "shuffle-tiny")
 
 #: one-line summary shown by ``tomo --help``
 HELP = "train a diffusion prior on CT slices"
@@ -71,7 +73,7 @@ def register(subparsers) -> None:
     m.add_argument(
         "--arch",
         default=None,
-        help=f"a network preset ({', '.join(ARCHITECTURES)}; default 'small', diffusers' UNet of 4.3 M "
+        help=f"a network preset ({', '.join(ARCH_PRESETS)}; default 'small', diffusers' UNet of 4.3 M "
         "parameters; the 'shuffle-*' presets are tomo's ShuffleUNet, fast on CPUs and GPUs, docs/prior.md) "
         "or a JSON file of network arguments",
     )
