@@ -8,10 +8,13 @@
    prints its disc diameter and segments it (Otsu);
 3. reconstructs each ``tb`` limited-angle subset (30 to 90 degrees) with FBP and with TV for limited
    angle (``0 <= mu <= 0.035 /mm``, support = the disc fitted to the shadow edges), segments each
-   (Otsu) and prints the Matthews correlation coefficient against the reference;
+   (Otsu) and prints the Matthews correlation coefficient against the reference; on the full grid
+   also with the learned segmenter ``disc-net`` (trained on simulated discs only;
+   ``tomo.evaluation.disc_net``) when its weights are there;
 4. reconstructs ``ta``, ``tc``, ``td`` (30 degrees) and saves a figure in ``--out``.
 
-``--quick`` (used by the tests): 64 x 64 grid, 30 iterations, the 30- and 90-degree ``tb`` files only.
+``--quick`` (used by the tests): 64 x 64 grid, 30 iterations, the 30- and 90-degree ``tb`` files only
+(no ``disc-net``: it works on the 256 x 256 grid it was trained on).
 Full numbers: ``scripts/benchmark_htc2022.py``, docs/benchmarks.md. Needs the shared data
 (``../shared/data/measured/htc2022``); without it the script says so and exits with status 0.
 """
@@ -41,6 +44,7 @@ def main() -> int:
     import numpy as np
     import torch
 
+    from tomo.evaluation.disc_net import DEFAULT_WEIGHTS
     from tomo.evaluation.htc2022 import matthews_corrcoef, otsu_segmentation, reconstruct_htc, union_scan
     from tomo.io.htc2022 import htc2022_geometry, htc2022_sinogram_file, read_htc2022
     from tomo.io.sinogram import load_sinogram, save_sinogram
@@ -73,9 +77,12 @@ def main() -> int:
     chosen = sorted(tb, key=lambda s: s.arc_deg)
     if args.quick:
         chosen = [s for s in chosen if s.name in ("tb_subsample", "tb_subsample_90")]
+    methods = ["fbp", "tv-la"]
+    if not args.quick and (DEFAULT_WEIGHTS / "model.safetensors").is_file():
+        methods.append("disc-net")
     print("file arc views method mcc seconds")
     for scan in chosen:  # 3. limited-angle subsets
-        for method in ("fbp", "tv-la"):
+        for method in methods:
             mu, sec = reconstruct_htc(scan, method, grid=grid, iterations=iterations)
             score = matthews_corrcoef(otsu_segmentation(mu), ref)
             print(f"mcc {scan.name} {scan.arc_deg:.0f} {scan.sinogram.shape[0]} {method} {score:.3f} {sec:.1f}")

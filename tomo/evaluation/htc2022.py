@@ -12,7 +12,13 @@ Methods compared per arc (each time measured around the whole call, matrix build
 * ``fbp``: FBP with the Hann filter (the angle-set weights of ``operators.fbp``);
 * ``tv``: the ``tv`` method's defaults (what ``tomo reconstruct --method tv`` does);
 * ``tv-la``: TV for limited angle: ``0 <= mu <= HTC_UPPER``, support = the disc fitted to the
-  shadow edges (:mod:`tomo.recon.support`), weight ``HTC_TV_WEIGHT`` (tuned on ``tb`` only).
+  shadow edges (:mod:`tomo.recon.support`), weight ``HTC_TV_WEIGHT`` (tuned on ``tb`` only);
+* ``disc-net``: the learned segmenter of :mod:`tomo.evaluation.disc_net`, trained on simulated
+  discs with holes only; it returns the probability of acrylic (0-1), not attenuation;
+* ``disc-net-tv``: ``disc-net``'s probability times ``HTC_ACRYLIC`` as the start of ``tv-la``,
+  stopped after ``HTC_NET_TV_ITERATIONS``: the measured data correct what the network guessed
+  where they can see, and the network's walls survive where the data cannot see (run to
+  convergence, TV would forget its start: this is early stopping, tuned on ``tb``).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ __all__ = [
     "ArcResult",
     "HTC_UPPER",
     "HTC_TV_WEIGHT",
+    "HTC_ACRYLIC",
+    "HTC_NET_TV_ITERATIONS",
     "METHODS",
 ]
 
@@ -44,7 +52,11 @@ __all__ = [
 HTC_UPPER = 0.035
 #: TV weight of tv-la (tuned on tb only: docs/benchmarks.md)
 HTC_TV_WEIGHT = 1e-3
-METHODS = ("fbp", "tv", "tv-la")
+#: attenuation of acrylic (1/mm), the scale of the ``disc-net-tv`` start
+HTC_ACRYLIC = 0.031
+#: TV iterations of ``disc-net-tv`` from the network's image (tuned on tb only: docs/benchmarks.md)
+HTC_NET_TV_ITERATIONS = 100
+METHODS = ("fbp", "tv", "tv-la", "disc-net", "disc-net-tv")
 
 
 def matthews_corrcoef(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -84,7 +96,10 @@ def union_scan(scans: list[HTCScan]) -> HTCScan:
 def reconstruct_htc(
     scan: HTCScan, method: str, grid: int = 256, iterations: int = 300, weight: float = HTC_TV_WEIGHT
 ) -> tuple[np.ndarray, float]:
-    """Reconstruct ``scan`` with ``method`` (one of :data:`METHODS`); returns (mu [H, W] 1/mm, seconds)."""
+    """Reconstruct ``scan`` with ``method`` (one of :data:`METHODS`); returns (image [H, W], seconds).
+
+    The image is attenuation mu in 1/mm, except for ``disc-net``: the probability of acrylic.
+    """
     from tomo.methods import reconstruct
 
     geometry = htc2022_geometry(scan, grid=grid)
@@ -107,9 +122,37 @@ def reconstruct_htc(
                 upper=HTC_UPPER,
                 support="disc",
             )
+        elif method in ("disc-net", "disc-net-tv"):
+            from tomo.evaluation.disc_net import load_net, segment_probability
+
+            if grid != 256:
+                raise ValueError(f"{method} needs the 256 x 256 grid of 80 mm disc-net was trained on; got grid={grid}")
+            prob = segment_probability(scan.sinogram, geometry, load_net())
+            if method == "disc-net":
+                return prob, time.perf_counter() - start
+            mu = _tv_from(scan.sinogram, geometry, HTC_ACRYLIC * prob, HTC_NET_TV_ITERATIONS, weight)
         else:
             raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     return np.asarray(mu, dtype=np.float32), time.perf_counter() - start
+
+
+def _tv_from(sinogram: np.ndarray, geometry, start: np.ndarray, iterations: int, weight: float) -> torch.Tensor:
+    """``tv-la`` (bounds, fitted disc support) from the image ``start`` (1/mm), ``iterations`` steps."""
+    from operators import CTProjector
+    from tomo.recon.support import disc_mask, fit_disc
+    from tomo.recon.tv import tv_pdhg
+
+    support = torch.from_numpy(disc_mask(geometry, *fit_disc(sinogram, geometry)[:3]))
+    return tv_pdhg(
+        CTProjector(geometry),
+        torch.from_numpy(sinogram),
+        weight=weight,
+        iterations=iterations,
+        upper=HTC_UPPER,
+        support=support,
+        x0=torch.from_numpy(np.asarray(start, dtype=np.float32)),
+        progress=False,
+    )
 
 
 @dataclass

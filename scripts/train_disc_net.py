@@ -1,0 +1,164 @@
+"""Train the limited-angle disc segmenter (tomo.evaluation.disc_net) on simulated discs with holes.
+
+Every training pair is simulated, nothing measured is used: a random disc with holes
+(:mod:`tomo.evaluation.disc_phantoms`), attenuation ``mu`` of 0.029-0.034 /mm, the HTC2022
+scanner's fan-beam geometry over an arc of 30, 40, ..., 90 degrees in 0.5-degree steps starting at
+0 (the network's canonical frame), line integrals with beam hardening ``l - k l^2``
+(``k`` 0.02-0.08, the measured files peak at 1.93 where 70 mm of acrylic would give 2.17), an
+offset of -0.005 to 0.02 and Gaussian noise of 0.003-0.012 (the measured files: 0.005 outside the
+object). Input: Hann FBP and the fitted disc support; target: the acrylic mask.
+
+A pool of simulated pairs is refreshed as training goes (``--refresh`` new pairs per step), so the
+network sees ``pool + steps x refresh`` different phantoms. Checkpoints go to ``RUN/``
+(resumed when present); ``--export DIR`` writes ``model.safetensors``, ``config.json`` and
+``train_log.jsonl`` for :func:`tomo.evaluation.disc_net.load_net`.
+
+Usage (2-core CPU: about 2.5 s per step at batch 8)::
+
+    nice -n 10 python scripts/train_disc_net.py RUN --steps 1000 --export data/disc-net
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+#: the HTC2022 scanner (tomo.io.htc2022 reads the same from each file)
+SOURCE_ORIGIN_MM, SOURCE_DETECTOR_MM, DETECTORS, DETECTOR_MM = 410.66, 553.74, 560, 0.2
+ARCS_DEG = (30, 40, 50, 60, 70, 80, 90)
+
+
+def arc_geometry(arc_deg: float, grid: int = 256, fov_mm: float = 80.0):
+    from operators.geometry import FanBeam2D
+
+    return FanBeam2D(
+        image_shape=(grid, grid),
+        pixel_spacing_mm=fov_mm / grid,
+        angles=tuple(np.deg2rad(np.arange(0.0, arc_deg + 0.25, 0.5))),
+        detector_count=DETECTORS,
+        detector_spacing_mm=DETECTOR_MM,
+        source_origin_mm=SOURCE_ORIGIN_MM,
+        origin_detector_mm=SOURCE_DETECTOR_MM - SOURCE_ORIGIN_MM,
+    )
+
+
+class Simulator:
+    """Simulated (features [2, H, W], target [H, W]) pairs over the arcs of ``ARCS_DEG``."""
+
+    def __init__(self, seed: int):
+        from operators import CTProjector
+
+        self.rng = np.random.default_rng(seed)
+        self.geometries = {a: arc_geometry(a) for a in ARCS_DEG}
+        self.projectors = {a: CTProjector(g) for a, g in self.geometries.items()}
+
+    def pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        from tomo.evaluation.disc_net import input_features
+        from tomo.evaluation.disc_phantoms import random_disc_phantom
+
+        rng = self.rng
+        arc = ARCS_DEG[int(rng.integers(len(ARCS_DEG)))]
+        phantom = random_disc_phantom(rng)
+        mu = float(rng.uniform(0.029, 0.034))
+        with torch.no_grad():
+            lines = self.projectors[arc](torch.from_numpy(phantom * mu)).numpy()
+        lines = lines - rng.uniform(0.02, 0.08) * lines**2 + rng.uniform(-0.005, 0.02)
+        lines = lines + rng.normal(0.0, rng.uniform(0.003, 0.012), lines.shape)
+        features = input_features(lines.astype(np.float32), self.geometries[arc])
+        return features, torch.from_numpy(phantom > 0.5)
+
+
+def export(net: torch.nn.Module, log_path: Path, folder: Path) -> None:
+    """Write ``model.safetensors``, ``config.json`` and the training log into ``folder``."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    # float16 halves the file (9 MB); load_net casts back to float32
+    save_file({k: v.half().contiguous() for k, v in net.state_dict().items()}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(net.config, indent=1) + "\n")
+    (folder / "train_log.jsonl").write_text(log_path.read_text())
+    print(f"exported to {folder}", flush=True)
+
+
+def main() -> None:
+    from tomo.evaluation.disc_net import build_net
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", type=Path, help="run folder (checkpoints, log); resumed when present")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--pool", type=int, default=400, help="simulated pairs kept in memory")
+    ap.add_argument("--refresh", type=int, default=1, help="new pairs simulated per step")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--export", type=Path, default=None, help="write the weights here at the end")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    args.run.mkdir(parents=True, exist_ok=True)
+    ckpt, log_path = args.run / "checkpoint.pt", args.run / "train_log.jsonl"
+
+    net = build_net()
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
+    step = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        step = state["step"]
+        print(f"resumed at step {step}", flush=True)
+    if step >= args.steps:
+        if args.export is not None:
+            export(net, log_path, args.export)
+        return
+    sim = Simulator(args.seed + 1000 * step)
+    start = time.perf_counter()
+    pool = [sim.pair() for _ in range(args.pool)]
+    print(f"pool of {args.pool} simulated in {time.perf_counter() - start:.0f} s", flush=True)
+    rng = np.random.default_rng(args.seed + step)
+    net.train()
+    t0, losses = time.perf_counter(), []
+    while step < args.steps:
+        for _ in range(args.refresh):
+            pool[int(rng.integers(len(pool)))] = sim.pair()
+        idx = rng.choice(len(pool), args.batch, replace=False)
+        x = torch.stack([pool[i][0] for i in idx])
+        target = torch.stack([pool[i][1] for i in idx]).float()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        losses.append(loss.item())
+        if step % 25 == 0 or step == args.steps:
+            rec = {
+                "step": step,
+                "loss": float(np.mean(losses)),
+                "lr": sched.get_last_lr()[0],
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            losses = []
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            print(rec, flush=True)
+        if step % 100 == 0 or step == args.steps:
+            torch.save(
+                {"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step},
+                ckpt.with_suffix(".tmp"),
+            )
+            ckpt.with_suffix(".tmp").replace(ckpt)
+    if args.export is not None:
+        export(net, log_path, args.export)
+
+
+if __name__ == "__main__":
+    main()
