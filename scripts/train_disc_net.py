@@ -50,10 +50,12 @@ def arc_geometry(arc_deg: float, grid: int = 256, fov_mm: float = 80.0):
 class Simulator:
     """Simulated (features [2, H, W], target [H, W]) pairs over the arcs of ``ARCS_DEG``."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, kinds: tuple[str, ...] | None = None):
         from operators import CTProjector
+        from tomo.evaluation.disc_phantoms import PHANTOM_KINDS
 
         self.rng = np.random.default_rng(seed)
+        self.kinds = tuple(kinds or PHANTOM_KINDS)
         self.geometries = {a: arc_geometry(a) for a in ARCS_DEG}
         self.projectors = {a: CTProjector(g) for a, g in self.geometries.items()}
 
@@ -63,7 +65,7 @@ class Simulator:
 
         rng = self.rng
         arc = ARCS_DEG[int(rng.integers(len(ARCS_DEG)))]
-        phantom = random_disc_phantom(rng)
+        phantom = random_disc_phantom(rng, kind=self.kinds[int(rng.integers(len(self.kinds)))])
         mu = float(rng.uniform(0.029, 0.034))
         with torch.no_grad():
             lines = self.projectors[arc](torch.from_numpy(phantom * mu)).numpy()
@@ -97,7 +99,11 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kinds", default=None, help="phantom kinds, comma-separated (default: all of PHANTOM_KINDS)")
     ap.add_argument("--export", type=Path, default=None, help="write the weights here at the end")
+    ap.add_argument(
+        "--init", type=Path, default=None, help="start from these weights: a checkpoint.pt or a folder of load_net"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -105,6 +111,12 @@ def main() -> None:
     ckpt, log_path = args.run / "checkpoint.pt", args.run / "train_log.jsonl"
 
     net = build_net()
+    if args.init is not None and args.init.is_file():
+        net.load_state_dict(torch.load(args.init, weights_only=False)["net"])
+    elif args.init is not None:
+        from tomo.evaluation.disc_net import load_net
+
+        net.load_state_dict(load_net(args.init).state_dict())
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     step = 0
@@ -119,7 +131,7 @@ def main() -> None:
         if args.export is not None:
             export(net, log_path, args.export)
         return
-    sim = Simulator(args.seed + 1000 * step)
+    sim = Simulator(args.seed + 1000 * step, None if args.kinds is None else tuple(args.kinds.split(",")))
     start = time.perf_counter()
     pool = [sim.pair() for _ in range(args.pool)]
     print(f"pool of {args.pool} simulated in {time.perf_counter() - start:.0f} s", flush=True)

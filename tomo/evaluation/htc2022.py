@@ -15,8 +15,8 @@ Methods compared per arc (each time measured around the whole call, matrix build
   shadow edges (:mod:`tomo.recon.support`), weight ``HTC_TV_WEIGHT`` (tuned on ``tb`` only);
 * ``disc-net``: the learned segmenter of :mod:`tomo.evaluation.disc_net`, trained on simulated
   discs with holes only; it returns the probability of acrylic (0-1), not attenuation;
-* ``disc-net-tv``: ``disc-net``'s probability times ``HTC_ACRYLIC`` as the start of ``tv-la``,
-  stopped after ``HTC_NET_TV_ITERATIONS``: the measured data correct what the network guessed
+* ``disc-net-tv``: ``disc-net``'s probability times ``HTC_ACRYLIC`` as the start of ``tv-la``
+  (weight ``HTC_NET_TV_WEIGHT``), stopped after ``HTC_NET_TV_ITERATIONS``: the measured data correct what the network guessed
   where they can see, and the network's walls survive where the data cannot see (run to
   convergence, TV would forget its start: this is early stopping, tuned on ``tb``).
 """
@@ -44,6 +44,7 @@ __all__ = [
     "HTC_TV_WEIGHT",
     "HTC_ACRYLIC",
     "HTC_NET_TV_ITERATIONS",
+    "HTC_NET_TV_WEIGHT",
     "METHODS",
 ]
 
@@ -54,8 +55,10 @@ HTC_UPPER = 0.035
 HTC_TV_WEIGHT = 1e-3
 #: attenuation of acrylic (1/mm), the scale of the ``disc-net-tv`` start
 HTC_ACRYLIC = 0.031
-#: TV iterations of ``disc-net-tv`` from the network's image (tuned on tb only: docs/benchmarks.md)
+#: TV iterations and weight of ``disc-net-tv`` from the network's image (tuned on tb only:
+#: docs/benchmarks.md; more iterations or a larger weight drift back towards plain tv-la)
 HTC_NET_TV_ITERATIONS = 100
+HTC_NET_TV_WEIGHT = 3e-4
 METHODS = ("fbp", "tv", "tv-la", "disc-net", "disc-net-tv")
 
 
@@ -130,7 +133,7 @@ def reconstruct_htc(
             prob = segment_probability(scan.sinogram, geometry, load_net())
             if method == "disc-net":
                 return prob, time.perf_counter() - start
-            mu = _tv_from(scan.sinogram, geometry, HTC_ACRYLIC * prob, HTC_NET_TV_ITERATIONS, weight)
+            mu = _tv_from(scan.sinogram, geometry, HTC_ACRYLIC * prob, HTC_NET_TV_ITERATIONS, HTC_NET_TV_WEIGHT)
         else:
             raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     return np.asarray(mu, dtype=np.float32), time.perf_counter() - start
