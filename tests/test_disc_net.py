@@ -149,7 +149,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 @pytest.mark.skipif(not (DEFAULT_WEIGHTS / "model.safetensors").is_file(), reason="no shipped disc-net weights")
 def test_shipped_net_segments_a_simulated_60_degree_scan():
-    """A phantom the network never saw (its own seed), 60 degrees starting at 200: MCC >= 0.85."""
+    """A phantom the network never saw (its own seed), 60 degrees starting at 200: MCC >= 0.95 (measured 0.989)."""
     from operators import CTProjector
 
     phantom = random_disc_phantom(np.random.default_rng(12345), kind="shapes")
@@ -158,7 +158,7 @@ def test_shipped_net_segments_a_simulated_60_degree_scan():
         y = CTProjector(g)(torch.from_numpy(phantom * 0.031)).numpy()
     prob = segment_probability(y, g, load_net())
     score = matthews_corrcoef(prob > 0.5, phantom > 0.5)
-    assert score >= 0.85, score
+    assert score >= 0.95, score
 
 
 @pytest.mark.parametrize("arc_deg", [90.0, 40.0])
