@@ -17,7 +17,6 @@ import argparse
 import json
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,15 +52,10 @@ def simulated_scores(count: int, arcs=(30, 60, 90)) -> list[dict]:
     Same simulation as training (scripts/train_disc_net.py), start angles random, so this measures
     what the network learned of the object class, not of the measured data.
     """
-    import sys
-
     from operators import CTProjector
-    from tomo.evaluation.disc_net import load_net, segment_probability
+    from tomo.evaluation.disc_net import load_net, scanner_geometry, segment_probability
     from tomo.evaluation.disc_phantoms import PHANTOM_KINDS, random_disc_phantom
     from tomo.evaluation.htc2022 import matthews_corrcoef, otsu_segmentation
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from train_disc_net import arc_geometry
 
     net, rows = load_net(), []
     rng = np.random.default_rng(987_654_321)  # training draws from seeds 0 + 1000 k
@@ -71,8 +65,7 @@ def simulated_scores(count: int, arcs=(30, 60, 90)) -> list[dict]:
             for _ in range(count):
                 phantom = random_disc_phantom(rng, kind=kind)
                 start = float(rng.uniform(0, 360))
-                g = arc_geometry(arc)
-                g = replace(g, angles=tuple(np.asarray(g.angles) + np.deg2rad(start)))
+                g = scanner_geometry(arc, start_deg=start)
                 with torch.no_grad():
                     y = CTProjector(g, backend="astra")(
                         torch.from_numpy(phantom * float(rng.uniform(0.029, 0.034)))

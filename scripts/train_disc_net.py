@@ -28,27 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-#: the HTC2022 scanner (tomo.io.htc2022 reads the same from each file)
-SOURCE_ORIGIN_MM, SOURCE_DETECTOR_MM, DETECTORS, DETECTOR_MM = 410.66, 553.74, 560, 0.2
-ARCS_DEG = (30, 40, 50, 60, 70, 80, 90)
-
-
-def arc_geometry(arc_deg: float, grid: int = 256, fov_mm: float = 80.0):
-    from operators.geometry import FanBeam2D
-
-    return FanBeam2D(
-        image_shape=(grid, grid),
-        pixel_spacing_mm=fov_mm / grid,
-        angles=tuple(np.deg2rad(np.arange(0.0, arc_deg + 0.25, 0.5))),
-        detector_count=DETECTORS,
-        detector_spacing_mm=DETECTOR_MM,
-        source_origin_mm=SOURCE_ORIGIN_MM,
-        origin_detector_mm=SOURCE_DETECTOR_MM - SOURCE_ORIGIN_MM,
-    )
+from tomo.evaluation.disc_net import TRAINING_ARCS_DEG, scanner_geometry
 
 
 class Simulator:
-    """Simulated (features [2, H, W], target [H, W]) pairs over the arcs of ``ARCS_DEG``."""
+    """Simulated (features [2, H, W], target [H, W]) pairs over the arcs of ``TRAINING_ARCS_DEG``."""
 
     def __init__(self, seed: int, kinds: tuple[str, ...] | None = None):
         from operators import CTProjector
@@ -56,7 +40,7 @@ class Simulator:
 
         self.rng = np.random.default_rng(seed)
         self.kinds = tuple(kinds or PHANTOM_KINDS)
-        self.geometries = {a: arc_geometry(a) for a in ARCS_DEG}
+        self.geometries = {a: scanner_geometry(a) for a in TRAINING_ARCS_DEG}
         self.projectors = {a: CTProjector(g) for a, g in self.geometries.items()}
 
     def pair(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +48,7 @@ class Simulator:
         from tomo.evaluation.disc_phantoms import random_disc_phantom
 
         rng = self.rng
-        arc = ARCS_DEG[int(rng.integers(len(ARCS_DEG)))]
+        arc = TRAINING_ARCS_DEG[int(rng.integers(len(TRAINING_ARCS_DEG)))]
         phantom = random_disc_phantom(rng, kind=self.kinds[int(rng.integers(len(self.kinds)))])
         mu = float(rng.uniform(0.029, 0.034))
         with torch.no_grad():

@@ -33,6 +33,8 @@ __all__ = [
     "NET_CONFIG",
     "MU_SCALE",
     "DEFAULT_WEIGHTS",
+    "TRAINING_ARCS_DEG",
+    "scanner_geometry",
     "canonical_geometry",
     "input_features",
     "to_scan_frame",
@@ -78,6 +80,25 @@ class DiscNet(torch.nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         t = torch.zeros(features.shape[0], dtype=features.dtype, device=features.device)
         return self.shuffle(self.core(self.unshuffle(features), t).sample)[:, 0]
+
+
+#: the HTC2022 scanner as its files describe it (mm; 560 detectors binned to 0.2 mm)
+SOURCE_ORIGIN_MM, SOURCE_DETECTOR_MM, DETECTORS, DETECTOR_MM = 410.66, 553.74, 560, 0.2
+#: the arcs the network was trained on (degrees; views every 0.5 degree)
+TRAINING_ARCS_DEG = (30, 40, 50, 60, 70, 80, 90)
+
+
+def scanner_geometry(arc_deg: float, start_deg: float = 0.0, grid: int = 256, fov_mm: float = 80.0) -> FanBeam2D:
+    """The HTC2022 scanner over ``arc_deg`` degrees from ``start_deg`` in 0.5-degree views."""
+    return FanBeam2D(
+        image_shape=(grid, grid),
+        pixel_spacing_mm=fov_mm / grid,
+        angles=tuple(np.deg2rad(start_deg + np.arange(0.0, arc_deg + 0.25, 0.5))),
+        detector_count=DETECTORS,
+        detector_spacing_mm=DETECTOR_MM,
+        source_origin_mm=SOURCE_ORIGIN_MM,
+        origin_detector_mm=SOURCE_DETECTOR_MM - SOURCE_ORIGIN_MM,
+    )
 
 
 def canonical_geometry(geometry: FanBeam2D) -> tuple[FanBeam2D, float]:
@@ -157,9 +178,7 @@ def unmirror(image: np.ndarray, arc_rad: float) -> np.ndarray:
 
 
 @torch.no_grad()
-def segment_probability(
-    sinogram: np.ndarray, geometry: FanBeam2D, net: DiscNet, mirror: bool = True
-) -> np.ndarray:
+def segment_probability(sinogram: np.ndarray, geometry: FanBeam2D, net: DiscNet, mirror: bool = True) -> np.ndarray:
     """Probability of acrylic ``float32 [H, W]`` in the frame of ``geometry`` (any start angle).
 
     ``mirror``: average with the prediction for the mirrored scan (:func:`mirrored`), a second
