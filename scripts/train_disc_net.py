@@ -61,18 +61,18 @@ class Simulator:
 
 def export(net: torch.nn.Module, log_path: Path, folder: Path) -> None:
     """Write ``model.safetensors``, ``config.json`` and the training log into ``folder``."""
-    from safetensors.torch import save_file
+    from tomo.priors.checkpoint import atomic_write_text, save_tensors
 
-    folder.mkdir(parents=True, exist_ok=True)
     # float16 halves the file (9 MB); load_net casts back to float32
-    save_file({k: v.half().contiguous() for k, v in net.state_dict().items()}, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps(net.config, indent=1) + "\n")
-    (folder / "train_log.jsonl").write_text(log_path.read_text())
+    save_tensors(folder / "model.safetensors", {k: v.half() for k, v in net.state_dict().items()})
+    atomic_write_text(folder / "config.json", json.dumps(net.config, indent=1) + "\n")
+    atomic_write_text(folder / "train_log.jsonl", log_path.read_text())
     print(f"exported to {folder}", flush=True)
 
 
 def main() -> None:
-    from tomo.evaluation.disc_net import build_net
+    from tomo.evaluation.disc_net import DiscNet
+    from tomo.io.atomic import atomic_path
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="run folder (checkpoints, log); resumed when present")
@@ -94,7 +94,7 @@ def main() -> None:
     args.run.mkdir(parents=True, exist_ok=True)
     ckpt, log_path = args.run / "checkpoint.pt", args.run / "train_log.jsonl"
 
-    net = build_net()
+    net = DiscNet()
     if args.init is not None and args.init.is_file():
         net.load_state_dict(torch.load(args.init, weights_only=False)["net"])
     elif args.init is not None:
@@ -147,11 +147,9 @@ def main() -> None:
                 fh.write(json.dumps(rec) + "\n")
             print(rec, flush=True)
         if step % 100 == 0 or step == args.steps:
-            torch.save(
-                {"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step},
-                ckpt.with_suffix(".tmp"),
-            )
-            ckpt.with_suffix(".tmp").replace(ckpt)
+            with atomic_path(ckpt, overwrite=True) as tmp:
+                snapshot = {"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step}
+                torch.save(snapshot, tmp)
     if args.export is not None:
         export(net, log_path, args.export)
 

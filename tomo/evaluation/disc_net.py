@@ -39,7 +39,6 @@ __all__ = [
     "input_features",
     "to_scan_frame",
     "DiscNet",
-    "build_net",
     "load_net",
     "mirrored",
     "unmirror",
@@ -134,22 +133,17 @@ def to_scan_frame(image: np.ndarray, start_rad: float) -> np.ndarray:
     return ndimage.rotate(image, np.rad2deg(start_rad), reshape=False, order=1, mode="constant")
 
 
-def build_net(config: dict | None = None) -> DiscNet:
-    """A fresh :class:`DiscNet` of ``config`` (default :data:`NET_CONFIG`)."""
-    return DiscNet(config)
-
-
 def load_net(folder: str | Path = DEFAULT_WEIGHTS) -> DiscNet:
     """The trained network of ``folder`` (``config.json`` + ``model.safetensors``), in eval mode."""
-    from safetensors.torch import load_file
+    from tomo.priors.checkpoint import load_tensors
 
     folder = Path(folder)
     if not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(
             f"no disc-net weights in {folder}: train them with scripts/train_disc_net.py (see docs/benchmarks.md)"
         )
-    net = build_net(json.loads((folder / "config.json").read_text()))
-    net.load_state_dict(load_file(folder / "model.safetensors"))
+    net = DiscNet(json.loads((folder / "config.json").read_text()))
+    net.load_state_dict(load_tensors(folder / "model.safetensors")[0])
     return net.eval()
 
 
