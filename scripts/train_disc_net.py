@@ -108,6 +108,11 @@ def main() -> None:
         state = torch.load(ckpt, weights_only=False)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
+        if state["sched"]["total_steps"] != args.steps:  # the learning-rate schedule is fixed per run
+            raise SystemExit(
+                f"{args.run} was planned for {state['sched']['total_steps']} steps: resume it with that --steps, "
+                f"or start a new run folder with --init {ckpt}"
+            )
         sched.load_state_dict(state["sched"])
         step = state["step"]
         print(f"resumed at step {step}", flush=True)
